@@ -1,0 +1,130 @@
+//! The typed result of parsing: which object version, what happened, what to do.
+
+use chrono::{DateTime, Utc};
+
+use crate::Sequencer;
+
+/// One object version in one bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectRef {
+    /// Bucket name.
+    pub bucket: String,
+    /// Decoded object key.
+    pub key: String,
+    /// `versionId` exactly as the event gave it: `None` when absent (unversioned bucket),
+    /// `Some("null")` for the null version of a versioned or suspended bucket.
+    pub version_id: Option<String>,
+}
+
+impl ObjectRef {
+    /// The version id to pass to S3 API calls so they address exactly this version
+    /// (`"null"` is a valid `versionId` parameter; absent means "the current version").
+    pub fn api_version_id(&self) -> Option<&str> {
+        self.version_id.as_deref()
+    }
+
+    /// The version id as the table stores it: null for unversioned objects and the null version.
+    pub fn table_version_id(&self) -> Option<&str> {
+        self.version_id.as_deref().filter(|v| *v != "null")
+    }
+}
+
+/// An annotation named by an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnotationRef {
+    /// Annotation name (1–512 bytes of UTF-8).
+    pub name: String,
+    /// Payload size in bytes, when the event says.
+    pub size: Option<u64>,
+    /// Annotation ETag (quotes stripped), when the event says.
+    pub e_tag: Option<String>,
+}
+
+/// The S3 event type, as far as annotable distinguishes them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventKind {
+    /// `ObjectAnnotation:Put`: an annotation was created or replaced.
+    AnnotationPut,
+    /// `ObjectAnnotation:Delete`: an annotation was deleted.
+    AnnotationDelete,
+    /// Any other `ObjectAnnotation:*` event (the suffix as received).
+    AnnotationOther(String),
+    /// `ObjectCreated:*` (the suffix: `Put`, `Post`, `Copy`, `CompleteMultipartUpload`, …).
+    ObjectCreated(String),
+    /// `ObjectRemoved:Delete` or `LifecycleExpiration:Delete`: a version is permanently gone.
+    ObjectRemoved,
+    /// `ObjectRemoved:DeleteMarkerCreated` or `LifecycleExpiration:DeleteMarkerCreated`.
+    DeleteMarkerCreated,
+    /// Any other event name (as received, without the `s3:` prefix).
+    Other(String),
+}
+
+/// Why an object version's annotations are reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResetCause {
+    /// New content was written at this key/version (`ObjectCreated:*`).
+    ObjectCreated,
+    /// The version was permanently deleted.
+    ObjectRemoved,
+    /// An annotation event that names no annotation, or of an unknown kind: the version's
+    /// annotation set must be re-read.
+    AnnotationsChanged,
+}
+
+/// Why an event needs no table change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IgnoreReason {
+    /// A delete marker was created: the versions below it keep their annotations.
+    DeleteMarker,
+    /// The event type says nothing about annotations (tagging, restore, replication, …).
+    Unrelated(String),
+}
+
+/// What the pipeline must do for an event (design.md §4).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Fetch this annotation (GetObjectAnnotation) and record its content; if it no longer
+    /// exists, record that it is gone.
+    FetchAnnotation(AnnotationRef),
+    /// Record that this annotation is gone.
+    DeleteAnnotation(AnnotationRef),
+    /// Every annotation of the version is gone (`OBJECT_RESET`); when `relist` is set, list the
+    /// version's annotations and record each one at the same sequence number.
+    Reset {
+        /// Why.
+        cause: ResetCause,
+        /// Whether the version may now hold annotations that must be read back.
+        relist: bool,
+    },
+    /// Nothing to write; acknowledge and count.
+    Ignore(IgnoreReason),
+}
+
+/// Fields of a notification record that are kept for the journal and for logs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventContext {
+    /// `eventName` without the `s3:` prefix, e.g. `ObjectAnnotation:Put`.
+    pub event_name: String,
+    /// `eventVersion` as received, e.g. `2.6`.
+    pub event_version: String,
+    /// `eventTime`: when S3 finished the request.
+    pub event_time: Option<DateTime<Utc>>,
+    /// `awsRegion`.
+    pub region: Option<String>,
+    /// `s3.object.sequencer`, when present (object events; annotation events may lack it).
+    pub sequencer: Option<Sequencer>,
+    /// `s3.object.size`: the object's size.
+    pub object_size: Option<u64>,
+    /// `s3.object.eTag`: the object's ETag (quotes stripped; empty means absent).
+    pub object_e_tag: Option<String>,
+    /// `s3.object.hasObjectAnnotation`, when present.
+    pub has_object_annotation: Option<bool>,
+    /// `userIdentity.principalId`.
+    pub requester: Option<String>,
+    /// `requestParameters.sourceIPAddress`.
+    pub source_ip_address: Option<String>,
+    /// `responseElements.x-amz-request-id`.
+    pub request_id: Option<String>,
+    /// `s3.configurationId`: the notification configuration that matched.
+    pub configuration_id: Option<String>,
+}
