@@ -219,13 +219,13 @@ pub fn save_fixture(name: &str, body: &str) {
     std::fs::write(fixtures_dir().join(format!("{name}.json")), text).expect("write fixture");
 }
 
-/// Replaces volatile strings with placeholders, the same value always with the same placeholder
-/// (so a fixture still shows which events share a version id).
-fn stabilise(value: &mut serde_json::Value, seen: &mut HashMap<String, String>) {
-    const VOLATILE: [&str; 6] = [
+/// Replaces volatile strings with placeholders numbered per field (`version-1`, `version-2`, …
+/// in order of appearance), the same value always with the same placeholder, so a fixture still
+/// shows which events share a version id.
+fn stabilise(value: &mut serde_json::Value, seen: &mut HashMap<(String, String), String>) {
+    const VOLATILE: [&str; 5] = [
         "eventTime",
         "versionId",
-        "sequencer",
         "x-amz-request-id",
         "RequestId",
         "Time",
@@ -233,18 +233,17 @@ fn stabilise(value: &mut serde_json::Value, seen: &mut HashMap<String, String>) 
     match value {
         serde_json::Value::Object(map) => {
             for (key, inner) in map.iter_mut() {
-                if let serde_json::Value::String(s) = inner
-                    && VOLATILE.contains(&key.as_str())
-                    && s != "null"
-                {
-                    let next = seen.len();
-                    let replacement = seen
-                        .entry(s.clone())
-                        .or_insert_with(|| placeholder(key, s, next))
-                        .clone();
-                    *s = replacement;
-                } else {
-                    stabilise(inner, seen);
+                match inner {
+                    serde_json::Value::String(s)
+                        if VOLATILE.contains(&key.as_str()) && s != "null" =>
+                    {
+                        let n = 1 + seen.keys().filter(|(k, _)| k == key).count();
+                        *s = seen
+                            .entry((key.clone(), s.clone()))
+                            .or_insert_with(|| placeholder(key, n))
+                            .clone();
+                    }
+                    _ => stabilise(inner, seen),
                 }
             }
         }
@@ -253,11 +252,9 @@ fn stabilise(value: &mut serde_json::Value, seen: &mut HashMap<String, String>) 
     }
 }
 
-fn placeholder(key: &str, original: &str, n: usize) -> String {
+fn placeholder(key: &str, n: usize) -> String {
     match key {
         "eventTime" | "Time" => format!("2026-11-21T12:00:{:02}.000Z", n % 60),
-        // Sequencers must stay hex and keep their relative order within one fixture.
-        "sequencer" => original.to_string(),
         "versionId" => format!("version-{n}"),
         _ => format!("request-{n}"),
     }

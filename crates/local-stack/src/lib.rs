@@ -34,7 +34,9 @@ const READY_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {
     /// `scripts/local-stack.sh install` failed.
-    #[error("installing the emulator failed ({status}); run `scripts/local-stack.sh install` to see why:\n{stderr}")]
+    #[error(
+        "installing the emulator failed ({status}); run `scripts/local-stack.sh install` to see why:\n{stderr}"
+    )]
     Install {
         /// Exit status of the script.
         status: String,
@@ -45,7 +47,9 @@ pub enum StackError {
     #[error("could not start the emulator: {0}")]
     Io(#[from] std::io::Error),
     /// The process exited before it answered on its health URL.
-    #[error("the emulator on 127.0.0.1:{port} exited during start-up ({status}); last log lines:\n{log}")]
+    #[error(
+        "the emulator on 127.0.0.1:{port} exited during start-up ({status}); last log lines:\n{log}"
+    )]
     Exited {
         /// Port it was given.
         port: u16,
@@ -55,7 +59,9 @@ pub enum StackError {
         log: String,
     },
     /// The process never answered on its health URL.
-    #[error("the emulator on 127.0.0.1:{port} did not become healthy within {waited:?}; last log lines:\n{log}")]
+    #[error(
+        "the emulator on 127.0.0.1:{port} did not become healthy within {waited:?}; last log lines:\n{log}"
+    )]
     NotReady {
         /// Port it was given.
         port: u16,
@@ -234,7 +240,9 @@ impl LocalStack {
             .split(' ')
             .nth(1)
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:.80}")))?;
+            .ok_or_else(|| {
+                std::io::Error::other(format!("not an HTTP response: {response:.80}"))
+            })?;
         let body = response
             .split_once("\r\n\r\n")
             .map(|(_, b)| b.to_string())

@@ -26,7 +26,10 @@ mod tests {
     #[test]
     fn aws_documented_examples() {
         // notification-content-structure: "red flower.jpg" arrives as "red+flower.jpg".
-        assert_eq!(decode_key("red+flower.jpg").as_deref(), Some("red flower.jpg"));
+        assert_eq!(
+            decode_key("red+flower.jpg").as_deref(),
+            Some("red flower.jpg")
+        );
         assert_eq!(decode_key("dir%2Fa.txt").as_deref(), Some("dir/a.txt"));
         assert_eq!(decode_key("dir/a.txt").as_deref(), Some("dir/a.txt"));
     }
@@ -34,7 +37,10 @@ mod tests {
     #[test]
     fn plus_sign_and_unicode() {
         // A literal '+' is sent as %2B; a space as '+'.
-        assert_eq!(decode_key("dir/a+b%2Bc.txt").as_deref(), Some("dir/a b+c.txt"));
+        assert_eq!(
+            decode_key("dir/a+b%2Bc.txt").as_deref(),
+            Some("dir/a b+c.txt")
+        );
         assert_eq!(decode_key("caf%C3%A9/%E2%9C%93").as_deref(), Some("café/✓"));
         // Already-decoded unicode passes through.
         assert_eq!(decode_key("café").as_deref(), Some("café"));

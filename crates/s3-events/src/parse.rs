@@ -88,9 +88,7 @@ fn parse_value(value: &Value, allow_envelope: bool) -> Result<Notification, Pars
     } else {
         let mut keys: Vec<&str> = top.keys().map(String::as_str).take(8).collect();
         keys.sort_unstable();
-        format!(
-            "no Records array, no s3:TestEvent, no SNS Message (top-level keys: {keys:?})"
-        )
+        format!("no Records array, no s3:TestEvent, no SNS Message (top-level keys: {keys:?})")
     };
     Err(ParseError::NotS3Notification { detail })
 }
@@ -151,7 +149,10 @@ impl<'a> RecordParser<'a> {
         let object = self.required_object(s3.get("object"), "s3.object")?;
         let raw_key = self.required_str(object.get("key"), "s3.object.key")?;
         let key = decode_key(raw_key).ok_or_else(|| {
-            self.invalid("s3.object.key", format!("{raw_key:?} does not decode to UTF-8"))
+            self.invalid(
+                "s3.object.key",
+                format!("{raw_key:?} does not decode to UTF-8"),
+            )
         })?;
         let version_id = self
             .optional_str(object.get("versionId"), "s3.object.versionId")?
@@ -296,10 +297,7 @@ impl<'a> RecordParser<'a> {
             .next()
             .is_some_and(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()));
         if major.is_empty() || !major.bytes().all(|b| b.is_ascii_digit()) || !minor_ok {
-            return Err(self.invalid(
-                "eventVersion",
-                format!("{version:?} is not MAJOR.MINOR"),
-            ));
+            return Err(self.invalid("eventVersion", format!("{version:?} is not MAJOR.MINOR")));
         }
         if major.trim_start_matches('0') != "2" {
             return Err(ParseError::UnsupportedEventVersion {
@@ -356,10 +354,9 @@ impl<'a> RecordParser<'a> {
         match value {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(self.invalid(
-                field,
-                format!("is {}, expected a string", json_type(other)),
-            )),
+            Some(other) => {
+                Err(self.invalid(field, format!("is {}, expected a string", json_type(other))))
+            }
         }
     }
 
@@ -370,17 +367,18 @@ impl<'a> RecordParser<'a> {
     ) -> Result<Option<u64>, ParseError> {
         match value {
             None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
-                self.invalid(field, format!("{n} is not a non-negative integer"))
-            }),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| self.invalid(field, format!("{n} is not a non-negative integer"))),
             // Some producers quote numbers; accept a decimal string.
-            Some(Value::String(s)) => s.parse().map(Some).map_err(|_| {
-                self.invalid(field, format!("{s:?} is not a non-negative integer"))
-            }),
-            Some(other) => Err(self.invalid(
-                field,
-                format!("is {}, expected a number", json_type(other)),
-            )),
+            Some(Value::String(s)) => s
+                .parse()
+                .map(Some)
+                .map_err(|_| self.invalid(field, format!("{s:?} is not a non-negative integer"))),
+            Some(other) => {
+                Err(self.invalid(field, format!("is {}, expected a number", json_type(other))))
+            }
         }
     }
 
