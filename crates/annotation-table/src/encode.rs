@@ -1,0 +1,83 @@
+//! [`JournalRow`]s → Arrow [`RecordBatch`] in the table's schema and sort order.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
+use arrow::record_batch::RecordBatch;
+use chrono::{DateTime, Utc};
+
+use crate::JournalRow;
+
+/// Encodes rows into a batch of `schema` (the table's Arrow schema, with Iceberg field ids),
+/// columns matched by name. Rows are expected in the table's sort order; [`sort_rows`] does that.
+pub fn encode_rows(schema: &SchemaRef, rows: &[JournalRow]) -> Result<RecordBatch, ArrowError> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| column(field.name(), rows))
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
+}
+
+/// Sorts rows by the table's sort order: (bucket, object_key, name), nulls first.
+pub(crate) fn sort_rows(rows: &mut [JournalRow]) {
+    rows.sort_unstable_by(|a, b| {
+        (a.bucket.as_str(), a.object_key.as_str(), a.name.as_deref()).cmp(&(
+            b.bucket.as_str(),
+            b.object_key.as_str(),
+            b.name.as_deref(),
+        ))
+    });
+}
+
+fn strings<'a>(rows: &'a [JournalRow], f: impl Fn(&'a JournalRow) -> Option<&'a str>) -> ArrayRef {
+    Arc::new(rows.iter().map(f).collect::<StringArray>())
+}
+
+fn micros_utc(t: &DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn column(name: &str, rows: &[JournalRow]) -> Result<ArrayRef, ArrowError> {
+    let utc = |f: fn(&JournalRow) -> Option<i64>| -> ArrayRef {
+        Arc::new(
+            rows.iter()
+                .map(f)
+                .collect::<TimestampMicrosecondArray>()
+                .with_timezone("+00:00"),
+        )
+    };
+    Ok(match name {
+        "bucket" => strings(rows, |r| Some(&r.bucket)),
+        "object_key" => strings(rows, |r| Some(&r.object_key)),
+        "object_version_id" => strings(rows, |r| r.object_version_id.as_deref()),
+        "object_join_key" => strings(rows, |r| Some(&r.object_join_key)),
+        "name" => strings(rows, |r| r.name.as_deref()),
+        "record_type" => strings(rows, |r| Some(r.record_type.as_str())),
+        "sequence_number" => strings(rows, |r| Some(&r.sequence_number)),
+        "last_modified_date" => Arc::new(
+            rows.iter()
+                .map(|r| r.last_modified_date.map(|t| t.and_utc().timestamp_micros()))
+                .collect::<TimestampMicrosecondArray>(),
+        ),
+        "size" => Arc::new(rows.iter().map(|r| r.size).collect::<Int64Array>()),
+        "e_tag" => strings(rows, |r| r.e_tag.as_deref()),
+        "checksum_algorithm" => strings(rows, |r| r.checksum_algorithm.as_deref()),
+        "replication_status" => strings(rows, |r| r.replication_status.as_deref()),
+        "text_value" => strings(rows, |r| r.text_value.as_deref()),
+        "event_name" => strings(rows, |r| r.event_name.as_deref()),
+        "event_time" => utc(|r| r.event_time.as_ref().map(micros_utc)),
+        "source" => strings(rows, |r| Some(r.source.as_str())),
+        "requester" => strings(rows, |r| r.requester.as_deref()),
+        "source_ip_address" => strings(rows, |r| r.source_ip_address.as_deref()),
+        "request_id" => strings(rows, |r| r.request_id.as_deref()),
+        "ingested_at" => utc(|r| Some(micros_utc(&r.ingested_at))),
+        other => {
+            return Err(ArrowError::SchemaError(format!(
+                "the table has a column `{other}` that annotable does not write"
+            )));
+        }
+    })
+}

@@ -1,0 +1,26 @@
+//! The annotation journal as an Iceberg table.
+//!
+//! This crate owns everything between "rows to record" and "rows in a committed Iceberg
+//! snapshot": the table definition (loaded from `schemas/annotation_journal.json`, the single
+//! source of truth, embedded at build time), the Arrow encoding of [`JournalRow`]s, Parquet data
+//! files (zstd) written through iceberg's partitioned writer, and the idempotent commit: one
+//! `fast_append` per [`Batch`], carrying the batch id in the snapshot summary, so a commit whose
+//! outcome is unknown is resolved by looking for that id before trying again (design.md §3.3).
+//! It also builds the catalogs annotable supports from configuration ([`CatalogConfig`]).
+//!
+//! It does no S3 event handling and no querying: rows come from the pipeline, SQL goes through
+//! `annotation-sql`.
+
+mod catalog;
+mod encode;
+mod error;
+mod journal;
+mod row;
+mod spec;
+
+pub use catalog::{CatalogConfig, StorageConfig, connect};
+pub use encode::encode_rows;
+pub use error::TableError;
+pub use journal::{Batch, BatchId, CommitReport, JournalTable, RetryPolicy, SUMMARY_BATCH_ID};
+pub use row::{JournalRow, RecordType, Source};
+pub use spec::{JournalSpec, journal_spec};

@@ -1,0 +1,91 @@
+//! One journal row.
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+
+/// What a journal row says about an annotation (design.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordType {
+    /// The annotation is present with this content.
+    Put,
+    /// The annotation is gone.
+    Delete,
+    /// Every annotation of the object version not re-stated at the same sequence number is gone.
+    ObjectReset,
+}
+
+impl RecordType {
+    /// The value stored in `record_type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordType::Put => "PUT",
+            RecordType::Delete => "DELETE",
+            RecordType::ObjectReset => "OBJECT_RESET",
+        }
+    }
+}
+
+/// Where a row came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A bucket notification (`serve`).
+    Notification,
+    /// A bucket listing (`backfill`).
+    Backfill,
+}
+
+impl Source {
+    /// The value stored in `source`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Notification => "notification",
+            Source::Backfill => "backfill",
+        }
+    }
+}
+
+/// One row of `annotation_journal`; field meanings are in `schemas/annotation_journal.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct JournalRow {
+    pub bucket: String,
+    pub object_key: String,
+    pub object_version_id: Option<String>,
+    pub object_join_key: String,
+    pub name: Option<String>,
+    pub record_type: RecordType,
+    pub sequence_number: String,
+    pub last_modified_date: Option<NaiveDateTime>,
+    pub size: Option<i64>,
+    pub e_tag: Option<String>,
+    pub checksum_algorithm: Option<String>,
+    pub replication_status: Option<String>,
+    pub text_value: Option<String>,
+    pub event_name: Option<String>,
+    pub event_time: Option<DateTime<Utc>>,
+    pub source: Source,
+    pub requester: Option<String>,
+    pub source_ip_address: Option<String>,
+    pub request_id: Option<String>,
+    pub ingested_at: DateTime<Utc>,
+}
+
+impl JournalRow {
+    /// Approximate in-memory size, for flushing batches on bytes.
+    pub fn approx_bytes(&self) -> usize {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        96 + self.bucket.len()
+            + self.object_key.len()
+            + opt(&self.object_version_id)
+            + self.object_join_key.len()
+            + opt(&self.name)
+            + self.sequence_number.len()
+            + opt(&self.e_tag)
+            + opt(&self.checksum_algorithm)
+            + opt(&self.replication_status)
+            + opt(&self.text_value)
+            + opt(&self.event_name)
+            + opt(&self.requester)
+            + opt(&self.source_ip_address)
+            + opt(&self.request_id)
+    }
+}
