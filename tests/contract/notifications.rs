@@ -139,6 +139,24 @@ impl Flow {
         version
     }
 
+    /// Copies the object onto itself (new metadata, so S3 accepts it) with `directive`.
+    async fn copy_onto_itself(
+        &self,
+        directive: AnnotationDirective,
+    ) -> aws_sdk_s3::operation::copy_object::CopyObjectOutput {
+        self.s
+            .s3
+            .copy_object()
+            .bucket(self.bucket)
+            .key(KEY)
+            .copy_source(format!("{}/{}", self.bucket, urlencode(KEY)))
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .annotation_directive(directive.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{} CopyObject {directive:?}: {e:?}", self.kind()))
+    }
+
     async fn annotate(&self, version: Option<&str>, name: &str, payload: &str) {
         self.s
             .put_annotation(self.bucket, KEY, version, name, payload)
@@ -252,19 +270,10 @@ async fn every_kind_of_message(versioned: bool) {
         e.action
     );
 
-    // CopyObject with annotations (default COPY): hasObjectAnnotation true → re-list.
+    // CopyObject with COPY: hasObjectAnnotation true → re-list.
     f.annotate(None, "label", "copied").await;
     f.expect("PutObjectAnnotation before copy", None, 1).await;
-    let copy =
-        f.s.s3
-            .copy_object()
-            .bucket(bucket)
-            .key(KEY)
-            .copy_source(format!("{bucket}/{}", urlencode(KEY)))
-            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
-            .send()
-            .await
-            .expect("CopyObject");
+    let copy = f.copy_onto_itself(AnnotationDirective::Copy).await;
     let e = f
         .expect_one("CopyObject (COPY)", Some("object-created-copy"))
         .await;
@@ -286,17 +295,7 @@ async fn every_kind_of_message(versioned: bool) {
     );
 
     // CopyObject with EXCLUDE: hasObjectAnnotation false → reset only.
-    let copy =
-        f.s.s3
-            .copy_object()
-            .bucket(bucket)
-            .key(KEY)
-            .copy_source(format!("{bucket}/{}", urlencode(KEY)))
-            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
-            .annotation_directive(AnnotationDirective::Exclude)
-            .send()
-            .await
-            .expect("CopyObject EXCLUDE");
+    let copy = f.copy_onto_itself(AnnotationDirective::Exclude).await;
     let e = f
         .expect_one("CopyObject (EXCLUDE)", Some("object-created-copy-exclude"))
         .await;
