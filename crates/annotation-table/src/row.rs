@@ -68,24 +68,3 @@ pub struct JournalRow {
     pub request_id: Option<String>,
     pub ingested_at: DateTime<Utc>,
 }
-
-impl JournalRow {
-    /// Approximate in-memory size, for flushing batches on bytes.
-    pub fn approx_bytes(&self) -> usize {
-        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-        96 + self.bucket.len()
-            + self.object_key.len()
-            + opt(&self.object_version_id)
-            + self.object_join_key.len()
-            + opt(&self.name)
-            + self.sequence_number.len()
-            + opt(&self.e_tag)
-            + opt(&self.checksum_algorithm)
-            + opt(&self.replication_status)
-            + opt(&self.text_value)
-            + opt(&self.event_name)
-            + opt(&self.requester)
-            + opt(&self.source_ip_address)
-            + opt(&self.request_id)
-    }
-}

@@ -37,10 +37,17 @@ fn check(body: &[u8]) -> Result<(), TestCaseError> {
             prop_assert!(!events.is_empty(), "accepted a message with no events");
             for e in events {
                 prop_assert!(!e.object.bucket.is_empty(), "event with an empty bucket");
-                prop_assert!(
-                    e.context.event_version.starts_with('2')
-                        || e.context.event_version.starts_with("02")
-                        || e.context.event_version.starts_with('0')
+                let major = e
+                    .context
+                    .event_version
+                    .split('.')
+                    .next()
+                    .unwrap_or_default();
+                prop_assert_eq!(
+                    major.trim_start_matches('0'),
+                    "2",
+                    "accepted eventVersion {}",
+                    e.context.event_version
                 );
             }
         }
