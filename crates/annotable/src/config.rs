@@ -1,0 +1,352 @@
+//! Configuration: one TOML file (`--config`), every key overridable by an `ANNOTABLE_*`
+//! environment variable, and the most used ones by flags (flags win, then the environment,
+//! then the file, then the embedded defaults).
+//!
+//! A key `a.b` in the file is `ANNOTABLE_A_B` in the environment: `catalog.uri` is
+//! `ANNOTABLE_CATALOG_URI`. With nothing configured, annotable runs embedded: a SQLite catalog
+//! at `<data_dir>/catalog.db` and a warehouse at `<data_dir>/warehouse`, `data_dir` being
+//! `./annotable-data`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use annotation_table::{CatalogConfig, StorageConfig};
+use serde::Deserialize;
+
+/// A configuration problem, naming the key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown keys or wrong types.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// TOML's description, with line and column.
+        message: String,
+    },
+    /// A value (from any layer) is not acceptable.
+    #[error("config key {key} ({env}): {message}")]
+    Invalid {
+        /// The key, as in the file.
+        key: String,
+        /// The environment variable for it.
+        env: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+    /// The data directory cannot be created.
+    #[error(
+        "cannot create data directory {path}: {source}; set data_dir (ANNOTABLE_DATA_DIR) to a writable folder"
+    )]
+    DataDir {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The whole configuration, as read from the file (every field optional there).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Folder for the embedded catalog and warehouse (and backfill checkpoints).
+    pub data_dir: Option<PathBuf>,
+    /// Iceberg namespace of the tables.
+    pub namespace: Option<String>,
+    /// Journal table name.
+    pub table: Option<String>,
+    /// The catalog.
+    #[serde(default)]
+    pub catalog: CatalogSection,
+    /// The warehouse storage.
+    #[serde(default)]
+    pub storage: StorageSection,
+}
+
+/// `[catalog]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogSection {
+    /// `sqlite:PATH` or `postgres://…`; default `sqlite:<data_dir>/catalog.db`.
+    pub uri: Option<String>,
+    /// `file:///abs/path` or `s3://bucket/prefix`; default `<data_dir>/warehouse`.
+    pub warehouse: Option<String>,
+    /// Catalog name (as other engines will see it).
+    pub name: Option<String>,
+}
+
+/// `[storage]`: how the warehouse's S3 files are reached.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// Custom S3 endpoint (S3-compatible stores).
+    pub s3_endpoint: Option<String>,
+    /// Region of the warehouse bucket.
+    pub s3_region: Option<String>,
+    /// Static access key id (otherwise the AWS default chain).
+    pub s3_access_key_id: Option<String>,
+    /// Static secret access key.
+    pub s3_secret_access_key: Option<String>,
+    /// Path-style addressing.
+    pub s3_path_style: Option<bool>,
+}
+
+/// Default Iceberg namespace (as AWS S3 Metadata's).
+pub const DEFAULT_NAMESPACE: &str = "s3_metadata";
+/// Default journal table name.
+pub const DEFAULT_TABLE: &str = "annotation_journal";
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "annotable-data";
+
+impl Config {
+    /// Reads `path` if given, then applies the `ANNOTABLE_*` variables of `env`.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            None => Config::default(),
+        };
+        let env: BTreeMap<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("ANNOTABLE_"))
+            .collect();
+        config.apply_env(&env)?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
+        let get = |key: &str| env.get(&env_name(key)).cloned();
+        let set = |slot: &mut Option<String>, key: &str| {
+            if let Some(v) = get(key) {
+                *slot = Some(v);
+            }
+        };
+        if let Some(v) = get("data_dir") {
+            self.data_dir = Some(PathBuf::from(v));
+        }
+        set(&mut self.namespace, "namespace");
+        set(&mut self.table, "table");
+        set(&mut self.catalog.uri, "catalog.uri");
+        set(&mut self.catalog.warehouse, "catalog.warehouse");
+        set(&mut self.catalog.name, "catalog.name");
+        set(&mut self.storage.s3_endpoint, "storage.s3_endpoint");
+        set(&mut self.storage.s3_region, "storage.s3_region");
+        set(
+            &mut self.storage.s3_access_key_id,
+            "storage.s3_access_key_id",
+        );
+        set(
+            &mut self.storage.s3_secret_access_key,
+            "storage.s3_secret_access_key",
+        );
+        if let Some(v) = get("storage.s3_path_style") {
+            self.storage.s3_path_style = Some(parse_bool("storage.s3_path_style", &v)?);
+        }
+        Ok(())
+    }
+
+    /// The namespace, defaulted.
+    pub fn namespace(&self) -> &str {
+        self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+    }
+
+    /// The journal table name, defaulted.
+    pub fn table(&self) -> &str {
+        self.table.as_deref().unwrap_or(DEFAULT_TABLE)
+    }
+
+    /// The catalog name, defaulted.
+    pub fn catalog_name(&self) -> &str {
+        self.catalog.name.as_deref().unwrap_or("annotable")
+    }
+
+    /// The data directory as an absolute path, created if missing.
+    pub fn data_dir(&self) -> Result<PathBuf, ConfigError> {
+        let dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        std::fs::create_dir_all(&dir).map_err(|source| ConfigError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        std::path::absolute(&dir).map_err(|source| ConfigError::DataDir { path: dir, source })
+    }
+
+    /// The catalog to connect to: the configured one, or the embedded default under the data
+    /// directory (missing parts of a SQL catalog default the same way).
+    pub fn catalog_config(&self) -> Result<CatalogConfig, ConfigError> {
+        let needs_data_dir = self.catalog.uri.is_none() || self.catalog.warehouse.is_none();
+        let embedded = if needs_data_dir {
+            Some(CatalogConfig::embedded(&self.data_dir()?))
+        } else {
+            None
+        };
+        let (default_uri, default_warehouse) = match embedded {
+            Some(CatalogConfig::Sql { uri, warehouse }) => (Some(uri), Some(warehouse)),
+            None => (None, None),
+        };
+        let uri = self.catalog.uri.clone().or(default_uri).unwrap_or_default();
+        let warehouse = match self.catalog.warehouse.clone() {
+            Some(w) => normalise_warehouse(&w)?,
+            None => default_warehouse.unwrap_or_default(),
+        };
+        Ok(CatalogConfig::Sql { uri, warehouse })
+    }
+
+    /// How the warehouse's files are reached.
+    pub fn storage_config(&self) -> StorageConfig {
+        StorageConfig {
+            s3_endpoint: self.storage.s3_endpoint.clone(),
+            s3_region: self.storage.s3_region.clone(),
+            s3_access_key_id: self.storage.s3_access_key_id.clone(),
+            s3_secret_access_key: self.storage.s3_secret_access_key.clone(),
+            s3_path_style: self.storage.s3_path_style.unwrap_or(false),
+        }
+    }
+}
+
+/// `catalog.warehouse` accepts `s3://…`, `file:///abs` and a plain local path (made absolute).
+fn normalise_warehouse(w: &str) -> Result<String, ConfigError> {
+    if w.starts_with("s3://") || w.starts_with("s3a://") || w.starts_with("file:///") {
+        return Ok(w.to_string());
+    }
+    if w.contains("://") {
+        return Err(ConfigError::Invalid {
+            key: "catalog.warehouse".into(),
+            env: env_name("catalog.warehouse"),
+            message: format!(
+                "{w:?} is not supported: use s3://bucket/prefix, file:///abs/path or a local folder"
+            ),
+        });
+    }
+    let path = std::path::absolute(w).map_err(|e| ConfigError::Invalid {
+        key: "catalog.warehouse".into(),
+        env: env_name("catalog.warehouse"),
+        message: e.to_string(),
+    })?;
+    Ok(format!("file://{}", path.display()))
+}
+
+/// The environment variable for a config key: `catalog.uri` → `ANNOTABLE_CATALOG_URI`.
+pub fn env_name(key: &str) -> String {
+    format!("ANNOTABLE_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            key: key.into(),
+            env: env_name(key),
+            message: format!("{v:?} is not a boolean (true/false)"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_overrides_the_file() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("annotable.toml");
+        std::fs::write(
+            &file,
+            "namespace = \"from_file\"\n[catalog]\nuri = \"postgres://db/x\"\nwarehouse = \"s3://wh/p\"\n[storage]\ns3_path_style = true\n",
+        )?;
+        let config = Config::load(
+            Some(&file),
+            env(&[("ANNOTABLE_NAMESPACE", "from_env"), ("OTHER", "x")]),
+        )?;
+        assert_eq!(config.namespace(), "from_env");
+        assert_eq!(config.table(), DEFAULT_TABLE);
+        assert_eq!(
+            config.catalog_config()?,
+            CatalogConfig::Sql {
+                uri: "postgres://db/x".into(),
+                warehouse: "s3://wh/p".into()
+            }
+        );
+        assert!(config.storage_config().s3_path_style);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[catalog]\nurl = \"x\"\n")?;
+        let err = Config::load(Some(&file), env(&[]))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("url") && e.contains("bad.toml")),
+            "{err:?}"
+        );
+        let err = Config::load(None, env(&[("ANNOTABLE_STORAGE_S3_PATH_STYLE", "maybe")]))
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("ANNOTABLE_STORAGE_S3_PATH_STYLE")),
+            "{err:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn embedded_defaults_live_under_an_absolute_data_dir() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let config = Config::load(
+            None,
+            env(&[(
+                "ANNOTABLE_DATA_DIR",
+                &dir.path().join("d").display().to_string(),
+            )]),
+        )?;
+        let CatalogConfig::Sql { uri, warehouse } = config.catalog_config()?;
+        assert!(
+            uri.starts_with("sqlite:/") && uri.ends_with("/d/catalog.db"),
+            "{uri}"
+        );
+        assert!(
+            warehouse.starts_with("file:///") && warehouse.ends_with("/d/warehouse"),
+            "{warehouse}"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,19 @@
+//! SQL over the annotation journal.
+//!
+//! This crate owns the query side: a read-only DataFusion session on an Iceberg catalog
+//! ([`QuerySession`]) in which new tables and new snapshots are visible to the next query,
+//! the views of `queries/views/*.sql` (embedded at build time; `annotations` is the
+//! AWS-compatible current state), the JSON functions of `datafusion-functions-json` over
+//! `text_value` (`json_get_str`, `json_get_int`, `json_contains`, `->`, `->>`, ...), and the
+//! output formats of `annotable query` ([`OutputFormat`]).
+//!
+//! It writes nothing to the catalog: rows are written by `annotation-table`.
+
+mod error;
+mod format;
+mod provider;
+mod session;
+
+pub use error::SqlError;
+pub use format::{OutputFormat, write_result};
+pub use session::{CATALOG_NAME, QueryResult, QuerySession, view_definitions};

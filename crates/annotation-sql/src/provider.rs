@@ -1,0 +1,264 @@
+//! Read-only DataFusion providers over an Iceberg catalog that always show the catalog's
+//! current state: a table is looked up in the catalog when a query names it, and every scan
+//! loads the table's current snapshot, so tables created and snapshots committed after the
+//! session started are visible without a restart. (iceberg-datafusion's own
+//! `IcebergCatalogProvider` lists tables once at start-up and accepts writes; neither fits
+//! `annotable query`.) Views live in memory, next to the tables of their namespace.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::{CatalogProvider, SchemaProvider, Session};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result as DFResult};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::{Catalog, ErrorKind, NamespaceIdent, TableIdent};
+use iceberg_datafusion::IcebergStaticTableProvider;
+
+/// The name the views use for the journal, whatever the configured table is called.
+pub(crate) const JOURNAL_ALIAS: &str = "annotation_journal";
+
+fn df_error(e: iceberg::Error) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// One Iceberg table, read at its current snapshot on every scan.
+#[derive(Debug)]
+pub(crate) struct LiveTable {
+    catalog: Arc<dyn Catalog>,
+    ident: TableIdent,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for LiveTable {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DFResult<Arc<dyn ExecutionPlan>> {
+        let table = self
+            .catalog
+            .load_table(&self.ident)
+            .await
+            .map_err(df_error)?;
+        let current = IcebergStaticTableProvider::try_new_from_table(table)
+            .await
+            .map_err(df_error)?;
+        if current.schema() != self.schema {
+            return Err(DataFusionError::Plan(format!(
+                "the schema of table {} changed while this query was planned; run it again",
+                self.ident
+            )));
+        }
+        current.scan(state, projection, filters, limit).await
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DFResult<Vec<TableProviderFilterPushDown>> {
+        // iceberg prunes files and row groups with the predicates; rows are filtered again.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+}
+
+/// One namespace: its Iceberg tables (looked up on demand) and the views registered in it.
+#[derive(Debug)]
+pub(crate) struct NamespaceSchema {
+    catalog: Arc<dyn Catalog>,
+    namespace: NamespaceIdent,
+    /// The configured journal table name, reachable as [`JOURNAL_ALIAS`] too.
+    journal: Option<String>,
+    views: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
+    /// Table names seen at the last [`NamespaceSchema::refresh`], for `SHOW TABLES`.
+    listed: RwLock<Vec<String>>,
+}
+
+impl NamespaceSchema {
+    pub(crate) fn new(
+        catalog: Arc<dyn Catalog>,
+        namespace: NamespaceIdent,
+        journal: Option<String>,
+    ) -> Self {
+        NamespaceSchema {
+            catalog,
+            namespace,
+            journal,
+            views: RwLock::default(),
+            listed: RwLock::default(),
+        }
+    }
+
+    fn table_name<'a>(&'a self, name: &'a str) -> &'a str {
+        match &self.journal {
+            Some(journal) if name == JOURNAL_ALIAS => journal,
+            _ => name,
+        }
+    }
+
+    pub(crate) fn has_view(&self, name: &str) -> bool {
+        self.views.read().is_ok_and(|v| v.contains_key(name))
+    }
+
+    pub(crate) fn view_names(&self) -> Vec<String> {
+        self.views
+            .read()
+            .map(|v| v.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Re-lists the namespace's tables; a namespace that does not exist has none.
+    pub(crate) async fn refresh(&self) -> Result<Vec<String>, iceberg::Error> {
+        let names: Vec<String> = match self.catalog.list_tables(&self.namespace).await {
+            Ok(idents) => idents.into_iter().map(|t| t.name).collect(),
+            Err(e) if e.kind() == ErrorKind::NamespaceNotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        if let Ok(mut listed) = self.listed.write() {
+            listed.clone_from(&names);
+        }
+        Ok(names)
+    }
+
+    /// Whether the Iceberg table exists now (views aside).
+    pub(crate) async fn table_exists_now(&self, name: &str) -> Result<bool, iceberg::Error> {
+        let ident = TableIdent::new(self.namespace.clone(), self.table_name(name).to_string());
+        match self.catalog.table_exists(&ident).await {
+            Ok(exists) => Ok(exists),
+            Err(e) if e.kind() == ErrorKind::NamespaceNotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for NamespaceSchema {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn table_names(&self) -> Vec<String> {
+        let mut names = self.view_names();
+        if let Ok(listed) = self.listed.read() {
+            names.extend(listed.iter().cloned());
+        }
+        names
+    }
+
+    async fn table(&self, name: &str) -> DFResult<Option<Arc<dyn TableProvider>>> {
+        if let Some(view) = self.views.read().ok().and_then(|v| v.get(name).cloned()) {
+            return Ok(Some(view));
+        }
+        if !self.table_exists_now(name).await.map_err(df_error)? {
+            return Ok(None);
+        }
+        let ident = TableIdent::new(self.namespace.clone(), self.table_name(name).to_string());
+        let table = self.catalog.load_table(&ident).await.map_err(df_error)?;
+        let schema =
+            Arc::new(schema_to_arrow_schema(table.metadata().current_schema()).map_err(df_error)?);
+        Ok(Some(Arc::new(LiveTable {
+            catalog: self.catalog.clone(),
+            ident,
+            schema,
+        })))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.has_view(name)
+            || self
+                .listed
+                .read()
+                .is_ok_and(|l| l.iter().any(|t| t == self.table_name(name)))
+    }
+
+    /// Only views can be registered (the views of `queries/views`, at session start); the
+    /// catalog itself is never written through a query session.
+    fn register_table(
+        &self,
+        name: String,
+        table: Arc<dyn TableProvider>,
+    ) -> DFResult<Option<Arc<dyn TableProvider>>> {
+        if table.table_type() != TableType::View {
+            return Err(DataFusionError::Plan(format!(
+                "cannot create table {name}: query sessions are read-only"
+            )));
+        }
+        let mut views = self
+            .views
+            .write()
+            .map_err(|_| DataFusionError::Internal("view registry poisoned".into()))?;
+        Ok(views.insert(name, table))
+    }
+}
+
+/// The catalog as DataFusion sees it: one schema per namespace.
+#[derive(Debug)]
+pub(crate) struct IcebergCatalog {
+    catalog: Arc<dyn Catalog>,
+    /// The default namespace, which holds the journal and the views.
+    default_name: String,
+    default: Arc<NamespaceSchema>,
+    /// Namespaces listed at session start.
+    listed: Vec<String>,
+}
+
+impl IcebergCatalog {
+    pub(crate) fn new(
+        catalog: Arc<dyn Catalog>,
+        default_name: String,
+        default: Arc<NamespaceSchema>,
+        listed: Vec<String>,
+    ) -> Self {
+        IcebergCatalog {
+            catalog,
+            default_name,
+            default,
+            listed,
+        }
+    }
+}
+
+impl CatalogProvider for IcebergCatalog {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn schema_names(&self) -> Vec<String> {
+        let mut names = self.listed.clone();
+        if !names.contains(&self.default_name) {
+            names.push(self.default_name.clone());
+        }
+        names
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if name == self.default_name {
+            return Some(self.default.clone());
+        }
+        Some(Arc::new(NamespaceSchema::new(
+            self.catalog.clone(),
+            NamespaceIdent::new(name.to_string()),
+            None,
+        )))
+    }
+}

@@ -1,0 +1,298 @@
+//! The query session: DataFusion over the Iceberg catalog, with the views and JSON functions.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::SchemaProvider;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use datafusion::sql::TableReference;
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::Statement;
+use iceberg::{Catalog, NamespaceIdent};
+use tokio::sync::Mutex;
+
+use crate::error::SqlError;
+use crate::provider::{IcebergCatalog, JOURNAL_ALIAS, NamespaceSchema};
+
+/// The name of the DataFusion catalog holding the Iceberg namespaces.
+pub const CATALOG_NAME: &str = "annotable";
+
+/// The views of `queries/views/*.sql`, embedded at build time, in file name order.
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/views.rs"));
+}
+
+/// `(file name, SQL)` of every view annotable defines over the journal.
+pub fn view_definitions() -> &'static [(&'static str, &'static str)] {
+    embedded::VIEWS
+}
+
+/// A read-only SQL session over one namespace of an Iceberg catalog.
+///
+/// Unqualified names resolve in the namespace (`annotation_journal`, `annotations`, ...);
+/// `other_namespace.table` reaches the rest of the catalog. Tables and snapshots created after
+/// the session started are visible to the next query.
+pub struct QuerySession {
+    ctx: SessionContext,
+    catalog_name: String,
+    namespace: String,
+    journal: String,
+    schema: Arc<NamespaceSchema>,
+    views_loaded: Mutex<bool>,
+}
+
+/// A query's complete result.
+#[derive(Debug)]
+pub struct QueryResult {
+    /// The result schema (also for zero rows).
+    pub schema: SchemaRef,
+    /// The rows.
+    pub batches: Vec<RecordBatch>,
+}
+
+impl QueryResult {
+    /// The number of rows.
+    pub fn num_rows(&self) -> usize {
+        self.batches.iter().map(RecordBatch::num_rows).sum()
+    }
+}
+
+impl QuerySession {
+    /// Opens a session on `namespace` of `catalog`, whose journal table is `journal`.
+    /// `catalog_name` is how errors name the catalog (no secrets).
+    pub async fn new(
+        catalog: Arc<dyn Catalog>,
+        catalog_name: impl Into<String>,
+        namespace: &str,
+        journal: &str,
+    ) -> Result<Self, SqlError> {
+        let catalog_name = catalog_name.into();
+        let listed = catalog
+            .list_namespaces(None)
+            .await
+            .map_err(|e| SqlError::Catalog {
+                catalog: catalog_name.clone(),
+                action: "listing namespaces".into(),
+                source: Box::new(e),
+            })?
+            .into_iter()
+            .map(|ns| ns.to_url_string())
+            .collect();
+        let schema = Arc::new(NamespaceSchema::new(
+            catalog.clone(),
+            NamespaceIdent::new(namespace.to_string()),
+            (journal != JOURNAL_ALIAS).then(|| journal.to_string()),
+        ));
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG_NAME, namespace)
+            .with_create_default_catalog_and_schema(false)
+            .with_information_schema(true);
+        let mut ctx = SessionContext::new_with_config(config);
+        ctx.register_catalog(
+            CATALOG_NAME,
+            Arc::new(IcebergCatalog::new(
+                catalog,
+                namespace.to_string(),
+                schema.clone(),
+                listed,
+            )),
+        );
+        datafusion_functions_json::register_all(&mut ctx).map_err(|e| SqlError::Execution {
+            source: Box::new(e),
+        })?;
+        Ok(QuerySession {
+            ctx,
+            catalog_name,
+            namespace: namespace.to_string(),
+            journal: journal.to_string(),
+            schema,
+            views_loaded: Mutex::new(false),
+        })
+    }
+
+    /// The DataFusion context (for registering more tables, say, in tests or benchmarks).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Plans one read-only statement. Refuses DDL, DML, COPY and SET; says which table is
+    /// unknown, or that the journal has not been created yet.
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame, SqlError> {
+        let state = self.ctx.state();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state
+            .sql_to_statement(sql, &dialect)
+            .map_err(SqlError::from_planning)?;
+        refuse_writes(&statement)?;
+        self.load_views().await?;
+        let references = state
+            .resolve_table_references(&statement)
+            .map_err(SqlError::from_planning)?;
+        for reference in &references {
+            self.check_table(reference).await?;
+        }
+        let plan = state
+            .statement_to_plan(statement)
+            .await
+            .map_err(SqlError::from_planning)?;
+        refuse_write_plan(&plan)?;
+        self.ctx
+            .execute_logical_plan(plan)
+            .await
+            .map_err(SqlError::from_planning)
+    }
+
+    /// Runs one read-only statement and collects its result.
+    pub async fn query(&self, sql: &str) -> Result<QueryResult, SqlError> {
+        let frame = self.sql(sql).await?;
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let batches = frame.collect().await.map_err(|e| SqlError::Execution {
+            source: Box::new(e),
+        })?;
+        Ok(QueryResult { schema, batches })
+    }
+
+    /// Registers the views once the journal exists (they are plans over it).
+    async fn load_views(&self) -> Result<(), SqlError> {
+        let mut loaded = self.views_loaded.lock().await;
+        if *loaded {
+            return Ok(());
+        }
+        let names = self
+            .schema
+            .refresh()
+            .await
+            .map_err(|e| self.catalog_error("listing tables", e))?;
+        if !names.iter().any(|n| n == &self.journal) {
+            return Ok(());
+        }
+        for (file, sql) in view_definitions() {
+            let view = |source| SqlError::View {
+                file: file.to_string(),
+                source: Box::new(source),
+            };
+            self.ctx
+                .sql(sql)
+                .await
+                .map_err(view)?
+                .collect()
+                .await
+                .map_err(view)?;
+        }
+        *loaded = true;
+        Ok(())
+    }
+
+    async fn check_table(&self, reference: &TableReference) -> Result<(), SqlError> {
+        let in_default = match (reference.catalog(), reference.schema()) {
+            (Some(c), _) if c != CATALOG_NAME => false,
+            (_, Some(s)) => s == self.namespace,
+            (_, None) => true,
+        };
+        if !in_default {
+            return Ok(());
+        }
+        let name = reference.table();
+        if self.schema.has_view(name) {
+            return Ok(());
+        }
+        let exists = self
+            .schema
+            .table_exists_now(name)
+            .await
+            .map_err(|e| self.catalog_error("looking up a table", e))?;
+        if exists {
+            return Ok(());
+        }
+        let journal_exists = self
+            .schema
+            .table_exists_now(&self.journal)
+            .await
+            .map_err(|e| self.catalog_error("looking up the journal", e))?;
+        let is_ours = name == self.journal
+            || name == JOURNAL_ALIAS
+            || view_definitions()
+                .iter()
+                .any(|(file, _)| file.strip_suffix(".sql") == Some(name));
+        if !journal_exists && is_ours {
+            return Err(SqlError::TableNotCreated {
+                table: format!("{}.{}", self.namespace, self.journal),
+                catalog: self.catalog_name.clone(),
+            });
+        }
+        let mut known = self.schema.table_names();
+        known.sort();
+        known.dedup();
+        Err(SqlError::UnknownTable {
+            table: reference.to_string(),
+            known: if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            },
+            namespace: self.namespace.clone(),
+        })
+    }
+
+    fn catalog_error(&self, action: &str, e: iceberg::Error) -> SqlError {
+        SqlError::Catalog {
+            catalog: self.catalog_name.clone(),
+            action: action.to_string(),
+            source: Box::new(e),
+        }
+    }
+}
+
+/// Statement kinds a read-only session accepts before planning.
+fn refuse_writes(statement: &DFStatement) -> Result<(), SqlError> {
+    let what = match statement {
+        DFStatement::Statement(s) => match s.as_ref() {
+            Statement::Query(_)
+            | Statement::Explain { .. }
+            | Statement::ExplainTable { .. }
+            | Statement::ShowTables { .. }
+            | Statement::ShowColumns { .. }
+            | Statement::ShowVariable { .. } => return Ok(()),
+            other => first_words(&other.to_string()),
+        },
+        DFStatement::Explain(_) => return Ok(()),
+        DFStatement::CreateExternalTable(_) => "CREATE EXTERNAL TABLE".to_string(),
+        DFStatement::CopyTo(_) => "COPY".to_string(),
+        other => first_words(&other.to_string()),
+    };
+    Err(SqlError::ReadOnly { what })
+}
+
+/// A plan that writes anything (EXPLAIN ANALYZE runs its input) is refused too.
+fn refuse_write_plan(plan: &LogicalPlan) -> Result<(), SqlError> {
+    let mut what = None;
+    let _ = plan.apply(|node| {
+        what = match node {
+            LogicalPlan::Ddl(ddl) => Some(ddl.name().to_string()),
+            LogicalPlan::Dml(dml) => Some(dml.op.to_string()),
+            LogicalPlan::Copy(_) => Some("COPY".to_string()),
+            LogicalPlan::Statement(s) => Some(s.name().to_string()),
+            _ => None,
+        };
+        Ok(if what.is_some() {
+            datafusion::common::tree_node::TreeNodeRecursion::Stop
+        } else {
+            datafusion::common::tree_node::TreeNodeRecursion::Continue
+        })
+    });
+    match what {
+        Some(what) => Err(SqlError::ReadOnly { what }),
+        None => Ok(()),
+    }
+}
+
+fn first_words(sql: &str) -> String {
+    sql.split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_uppercase()
+}
