@@ -14,6 +14,7 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "installing the local AWS emulator"
 scripts/local-stack.sh install
+scripts/py-tools.sh install
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

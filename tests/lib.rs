@@ -259,3 +259,21 @@ fn placeholder(key: &str, n: usize) -> String {
         _ => format!("request-{n}"),
     }
 }
+
+/// The Python of the project's py-tools venv (pyiceberg, DuckDB), installed on first use by
+/// `scripts/py-tools.sh`.
+pub fn py_tools_python() -> PathBuf {
+    let script = local_stack::workspace_root().join("scripts/py-tools.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("python")
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} python failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
