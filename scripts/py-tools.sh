@@ -10,7 +10,7 @@
 set -euo pipefail
 
 # Pinned: the figures in the benchmarks' notes are against these versions.
-PACKAGES=("pyiceberg[sql-sqlite,pyarrow]==0.12.0" "duckdb==1.5.6")
+PACKAGES=("pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]==0.12.0" "duckdb==1.5.6")
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir=${ANNOTABLE_PY_TOOLS_DIR:-$root/.local/py-tools}
 venv=$dir/venv

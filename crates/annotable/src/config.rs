@@ -78,12 +78,21 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogSection {
-    /// `sqlite:PATH` or `postgres://…`; default `sqlite:<data_dir>/catalog.db`.
+    /// `sql` (default), `rest`, `glue` or `s3tables`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// sql: `sqlite:PATH` or `postgres://…` (default `sqlite:<data_dir>/catalog.db`);
+    /// rest: the server URI; glue, s3tables: a custom endpoint (optional).
     pub uri: Option<String>,
-    /// `file:///abs/path` or `s3://bucket/prefix`; default `<data_dir>/warehouse`.
+    /// sql, glue: `file:///abs/path` or `s3://bucket/prefix` (default `<data_dir>/warehouse`);
+    /// rest: the warehouse name, if the server wants one; s3tables: the table bucket ARN.
     pub warehouse: Option<String>,
     /// Catalog name (as other engines will see it).
     pub name: Option<String>,
+    /// Extra properties passed to the catalog as they are (REST `credential`/`token`, Glue
+    /// `catalog_id`, AWS `profile_name`, ...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
 }
 
 /// `[storage]`: how the warehouse's S3 files are reached.
@@ -148,6 +157,7 @@ impl Config {
         }
         set(&mut self.namespace, "namespace");
         set(&mut self.table, "table");
+        set(&mut self.catalog.kind, "catalog.type");
         set(&mut self.catalog.uri, "catalog.uri");
         set(&mut self.catalog.warehouse, "catalog.warehouse");
         set(&mut self.catalog.name, "catalog.name");
@@ -198,6 +208,55 @@ impl Config {
     /// The catalog to connect to: the configured one, or the embedded default under the data
     /// directory (missing parts of a SQL catalog default the same way).
     pub fn catalog_config(&self) -> Result<CatalogConfig, ConfigError> {
+        let properties = self.catalog.properties.clone();
+        let required = |value: &Option<String>, key: &str, what: &str| {
+            value.clone().ok_or_else(|| ConfigError::Invalid {
+                key: key.into(),
+                env: env_name(key),
+                message: format!("required for this catalog type: {what}"),
+            })
+        };
+        match self.catalog.kind.as_deref().unwrap_or("sql") {
+            "sql" => {}
+            "rest" => {
+                return Ok(CatalogConfig::Rest {
+                    uri: required(&self.catalog.uri, "catalog.uri", "the REST catalog's URI")?,
+                    warehouse: self.catalog.warehouse.clone(),
+                    properties,
+                });
+            }
+            "glue" => {
+                return Ok(CatalogConfig::Glue {
+                    warehouse: required(
+                        &self.catalog.warehouse,
+                        "catalog.warehouse",
+                        "s3://bucket/prefix for the table files",
+                    )?,
+                    endpoint: self.catalog.uri.clone(),
+                    properties,
+                });
+            }
+            "s3tables" => {
+                return Ok(CatalogConfig::S3Tables {
+                    table_bucket_arn: required(
+                        &self.catalog.warehouse,
+                        "catalog.warehouse",
+                        "the table bucket ARN, arn:aws:s3tables:REGION:ACCOUNT:bucket/NAME",
+                    )?,
+                    endpoint: self.catalog.uri.clone(),
+                    properties,
+                });
+            }
+            other => {
+                return Err(ConfigError::Invalid {
+                    key: "catalog.type".into(),
+                    env: env_name("catalog.type"),
+                    message: format!(
+                        "{other:?} is not a catalog type: use sql, rest, glue or s3tables"
+                    ),
+                });
+            }
+        }
         let needs_data_dir = self.catalog.uri.is_none() || self.catalog.warehouse.is_none();
         let embedded = if needs_data_dir {
             Some(CatalogConfig::embedded(&self.data_dir()?))
@@ -206,7 +265,7 @@ impl Config {
         };
         let (default_uri, default_warehouse) = match embedded {
             Some(CatalogConfig::Sql { uri, warehouse }) => (Some(uri), Some(warehouse)),
-            None => (None, None),
+            _ => (None, None),
         };
         let uri = self.catalog.uri.clone().or(default_uri).unwrap_or_default();
         let warehouse = match self.catalog.warehouse.clone() {
@@ -328,6 +387,46 @@ mod tests {
     }
 
     #[test]
+    fn aws_and_rest_catalogs_from_config() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[catalog]\ntype = \"s3tables\"\nwarehouse = \"arn:aws:s3tables:us-east-1:111122223333:bucket/b\"\n[catalog.properties]\nprofile_name = \"p\"\n",
+        )?;
+        let config = Config::load(Some(&file), env(&[]))?;
+        assert_eq!(
+            config.catalog_config()?,
+            CatalogConfig::S3Tables {
+                table_bucket_arn: "arn:aws:s3tables:us-east-1:111122223333:bucket/b".into(),
+                endpoint: None,
+                properties: [("profile_name".to_string(), "p".to_string())].into(),
+            }
+        );
+        let config = Config::load(None, env(&[("ANNOTABLE_CATALOG_TYPE", "glue")]))?;
+        let err = config.catalog_config().err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("ANNOTABLE_CATALOG_WAREHOUSE")),
+            "{err:?}"
+        );
+        let config = Config::load(
+            None,
+            env(&[
+                ("ANNOTABLE_CATALOG_TYPE", "rest"),
+                ("ANNOTABLE_CATALOG_URI", "http://127.0.0.1:8181"),
+            ]),
+        )?;
+        assert!(matches!(
+            config.catalog_config()?,
+            CatalogConfig::Rest { .. }
+        ));
+        let config = Config::load(None, env(&[("ANNOTABLE_CATALOG_TYPE", "hive")]))?;
+        assert!(config.catalog_config().is_err());
+        Ok(())
+    }
+
+    #[test]
     fn embedded_defaults_live_under_an_absolute_data_dir() -> Result<(), Box<dyn std::error::Error>>
     {
         let dir = tempfile::tempdir()?;
@@ -338,7 +437,9 @@ mod tests {
                 &dir.path().join("d").display().to_string(),
             )]),
         )?;
-        let CatalogConfig::Sql { uri, warehouse } = config.catalog_config()?;
+        let CatalogConfig::Sql { uri, warehouse } = config.catalog_config()? else {
+            panic!("the default catalog is SQL");
+        };
         assert!(
             uri.starts_with("sqlite:/") && uri.ends_with("/d/catalog.db"),
             "{uri}"

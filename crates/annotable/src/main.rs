@@ -10,6 +10,10 @@ use annotation_sql::OutputFormat;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 
+/// mimalloc: see the workspace Cargo.toml for the measurement behind it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// S3 object annotations as an Apache Iceberg table you can query with SQL.
 #[derive(Debug, Parser)]
 #[command(name = "annotable", version, about, long_about = None)]

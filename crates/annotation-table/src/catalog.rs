@@ -1,10 +1,20 @@
 //! Catalogs and warehouse storage from configuration.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
 use iceberg::{Catalog, CatalogBuilder};
+use iceberg_catalog_glue::{
+    GLUE_CATALOG_PROP_URI, GLUE_CATALOG_PROP_WAREHOUSE, GlueCatalogBuilder,
+};
+use iceberg_catalog_rest::{
+    REST_CATALOG_PROP_URI, REST_CATALOG_PROP_WAREHOUSE, RestCatalogBuilder,
+};
+use iceberg_catalog_s3tables::{
+    S3TABLES_CATALOG_PROP_ENDPOINT_URL, S3TABLES_CATALOG_PROP_TABLE_BUCKET_ARN,
+    S3TablesCatalogBuilder,
+};
 use iceberg_catalog_sql::{
     SQL_CATALOG_PROP_BIND_STYLE, SQL_CATALOG_PROP_URI, SQL_CATALOG_PROP_WAREHOUSE, SqlBindStyle,
     SqlCatalogBuilder,
@@ -24,6 +34,33 @@ pub enum CatalogConfig {
         /// Warehouse root: `file:///abs/path` or `s3://bucket/prefix`.
         warehouse: String,
     },
+    /// An Iceberg REST catalog (Polaris, Nessie, Lakekeeper, Unity, Tabular, ...).
+    Rest {
+        /// Base URI, e.g. `https://catalog.example.com/api/catalog`.
+        uri: String,
+        /// Warehouse name or location, when the server wants one.
+        warehouse: Option<String>,
+        /// Extra catalog properties passed through (`credential`, `token`, `scope`, ...).
+        properties: BTreeMap<String, String>,
+    },
+    /// AWS Glue Data Catalog; table files go to `warehouse` on S3.
+    Glue {
+        /// Warehouse root, `s3://bucket/prefix`.
+        warehouse: String,
+        /// Custom Glue endpoint (emulators); also used for S3 unless the storage sets one.
+        endpoint: Option<String>,
+        /// Extra catalog properties passed through (`catalog_id`, `profile_name`, ...).
+        properties: BTreeMap<String, String>,
+    },
+    /// Amazon S3 Tables: the table bucket holds both catalog and files.
+    S3Tables {
+        /// `arn:aws:s3tables:REGION:ACCOUNT:bucket/NAME`.
+        table_bucket_arn: String,
+        /// Custom S3 Tables endpoint (emulators).
+        endpoint: Option<String>,
+        /// Extra catalog properties passed through (`profile_name`, ...).
+        properties: BTreeMap<String, String>,
+    },
 }
 
 impl CatalogConfig {
@@ -39,6 +76,15 @@ impl CatalogConfig {
     pub fn describe(&self) -> String {
         match self {
             CatalogConfig::Sql { uri, .. } => redact(uri),
+            CatalogConfig::Rest { uri, .. } => format!("REST catalog {}", redact(uri)),
+            CatalogConfig::Glue { warehouse, .. } => {
+                format!("Glue catalog (warehouse {warehouse})")
+            }
+            CatalogConfig::S3Tables {
+                table_bucket_arn, ..
+            } => {
+                format!("S3 Tables {table_bucket_arn}")
+            }
         }
     }
 }
@@ -67,6 +113,11 @@ impl StorageConfig {
             }
         };
         put("s3.endpoint", &self.s3_endpoint);
+        // The AWS catalogs (Glue, S3 Tables) take their own credentials and region under
+        // these names; the same static keys serve both when configured.
+        put("aws_access_key_id", &self.s3_access_key_id);
+        put("aws_secret_access_key", &self.s3_secret_access_key);
+        put("region_name", &self.s3_region);
         put("s3.region", &self.s3_region);
         put("s3.access-key-id", &self.s3_access_key_id);
         put("s3.secret-access-key", &self.s3_secret_access_key);
@@ -165,6 +216,98 @@ pub async fn connect(
                 }
             }
         }
+        CatalogConfig::Rest {
+            uri,
+            warehouse,
+            properties,
+        } => {
+            let mut props = storage.props();
+            props.extend(properties.clone());
+            props.insert(REST_CATALOG_PROP_URI.into(), uri.clone());
+            if let Some(warehouse) = warehouse {
+                props.insert(REST_CATALOG_PROP_WAREHOUSE.into(), warehouse.clone());
+            }
+            let catalog = RestCatalogBuilder::default()
+                .with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()))
+                .load(name, props)
+                .await
+                .map_err(|e| {
+                    aws_fail(
+                        config,
+                        "connecting",
+                        "is the REST catalog URI right and reachable, and are its credentials set?",
+                        e,
+                    )
+                })?;
+            Ok(Arc::new(catalog))
+        }
+        CatalogConfig::Glue {
+            warehouse,
+            endpoint,
+            properties,
+        } => {
+            let mut props = storage.props();
+            props.extend(properties.clone());
+            props.insert(GLUE_CATALOG_PROP_WAREHOUSE.into(), warehouse.clone());
+            if let Some(endpoint) = endpoint {
+                props.insert(GLUE_CATALOG_PROP_URI.into(), endpoint.clone());
+            }
+            let catalog = GlueCatalogBuilder::default()
+                .with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()))
+                .load(name, props)
+                .await
+                .map_err(|e| {
+                    aws_fail(
+                        config,
+                        "connecting",
+                        "are AWS credentials and region set, and may they use Glue?",
+                        e,
+                    )
+                })?;
+            Ok(Arc::new(catalog))
+        }
+        CatalogConfig::S3Tables {
+            table_bucket_arn,
+            endpoint,
+            properties,
+        } => {
+            let mut props = storage.props();
+            props.extend(properties.clone());
+            props.insert(
+                S3TABLES_CATALOG_PROP_TABLE_BUCKET_ARN.into(),
+                table_bucket_arn.clone(),
+            );
+            if let Some(endpoint) = endpoint {
+                props.insert(S3TABLES_CATALOG_PROP_ENDPOINT_URL.into(), endpoint.clone());
+            }
+            let catalog = S3TablesCatalogBuilder::default()
+                .with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()))
+                .load(name, props)
+                .await
+                .map_err(|e| {
+                    aws_fail(
+                        config,
+                        "connecting",
+                        "is the table bucket ARN right, and are AWS credentials and region set?",
+                        e,
+                    )
+                })?;
+            Ok(Arc::new(catalog))
+        }
+    }
+}
+
+fn aws_fail(
+    config: &CatalogConfig,
+    action: &str,
+    hint: &'static str,
+    source: iceberg::Error,
+) -> TableError {
+    TableError::Catalog {
+        catalog: config.describe(),
+        action: action.to_string(),
+        hint,
+        source: Box::new(source),
     }
 }
 

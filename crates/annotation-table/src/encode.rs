@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::array::{ArrayRef, Int64Array, StringBuilder, TimestampMicrosecondArray};
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
@@ -13,6 +13,15 @@ use crate::JournalRow;
 /// Encodes rows into a batch of `schema` (the table's Arrow schema, with Iceberg field ids),
 /// columns matched by name. Rows are expected in the table's sort order; [`sort_rows`] does that.
 pub fn encode_rows(schema: &SchemaRef, rows: &[JournalRow]) -> Result<RecordBatch, ArrowError> {
+    encode_refs(schema, &rows.iter().collect::<Vec<_>>())
+}
+
+/// [`encode_rows`] over references, so rows can be put in order without moving them (a
+/// `JournalRow` is ~500 bytes; sorting references is several times cheaper).
+pub(crate) fn encode_refs(
+    schema: &SchemaRef,
+    rows: &[&JournalRow],
+) -> Result<RecordBatch, ArrowError> {
     let columns = schema
         .fields()
         .iter()
@@ -21,30 +30,38 @@ pub fn encode_rows(schema: &SchemaRef, rows: &[JournalRow]) -> Result<RecordBatc
     RecordBatch::try_new(schema.clone(), columns)
 }
 
-/// Sorts rows by the table's sort order: (bucket, object_key, name), nulls first.
-pub(crate) fn sort_rows(rows: &mut [JournalRow]) {
-    rows.sort_unstable_by(|a, b| {
+/// Rows in the table's sort order: (bucket, object_key, name), nulls first.
+pub(crate) fn sorted(rows: &[JournalRow]) -> Vec<&JournalRow> {
+    let mut refs: Vec<&JournalRow> = rows.iter().collect();
+    refs.sort_unstable_by(|a, b| {
         (a.bucket.as_str(), a.object_key.as_str(), a.name.as_deref()).cmp(&(
             b.bucket.as_str(),
             b.object_key.as_str(),
             b.name.as_deref(),
         ))
     });
+    refs
 }
 
-fn strings<'a>(rows: &'a [JournalRow], f: impl Fn(&'a JournalRow) -> Option<&'a str>) -> ArrayRef {
-    Arc::new(rows.iter().map(f).collect::<StringArray>())
+/// A string column, its buffers sized up front (one allocation each, no regrowth).
+fn strings<'a>(rows: &[&'a JournalRow], f: impl Fn(&'a JournalRow) -> Option<&'a str>) -> ArrayRef {
+    let bytes = rows.iter().map(|r| f(r).map_or(0, str::len)).sum();
+    let mut builder = StringBuilder::with_capacity(rows.len(), bytes);
+    for row in rows {
+        builder.append_option(f(row));
+    }
+    Arc::new(builder.finish())
 }
 
 fn micros_utc(t: &DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn column(name: &str, rows: &[JournalRow]) -> Result<ArrayRef, ArrowError> {
+fn column(name: &str, rows: &[&JournalRow]) -> Result<ArrayRef, ArrowError> {
     let utc = |f: fn(&JournalRow) -> Option<i64>| -> ArrayRef {
         Arc::new(
             rows.iter()
-                .map(f)
+                .map(|r| f(r))
                 .collect::<TimestampMicrosecondArray>()
                 .with_timezone("+00:00"),
         )

@@ -12,9 +12,8 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use arrow::record_batch::RecordBatch;
 use iceberg::arrow::{RecordBatchPartitionSplitter, schema_to_arrow_schema};
 use iceberg::spec::{DataFile, DataFileFormat};
 use iceberg::table::Table;
@@ -25,14 +24,14 @@ use iceberg::writer::file_writer::location_generator::{
     DefaultFileNameGenerator, DefaultLocationGenerator,
 };
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
-use iceberg::writer::partitioning::PartitioningWriter;
-use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
 use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::WriterProperties;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use tracing::{debug, warn};
 
-use crate::encode::{encode_rows, sort_rows};
+use crate::encode::{encode_refs, sorted};
 use crate::error::is_transient;
 use crate::{JournalRow, Source, TableError, journal_spec};
 
@@ -133,6 +132,12 @@ pub struct CommitReport {
     pub attempts: u32,
     /// True when an earlier attempt had landed and this call only confirmed it.
     pub already_committed: bool,
+    /// CPU time spent sorting and encoding rows to Arrow, summed over the parallel tasks.
+    pub encode_time: Duration,
+    /// Wall time from rows to written Parquet data files (sorting and encoding included).
+    pub write_time: Duration,
+    /// Time spent committing (all attempts, backoff included).
+    pub commit_time: Duration,
 }
 
 /// The journal table in one catalog.
@@ -257,11 +262,7 @@ impl JournalTable {
     /// Writes the batch as Parquet data files and commits them in one snapshot, exactly once
     /// (see the module doc). An empty batch commits nothing.
     pub async fn append(&self, batch: Batch) -> Result<CommitReport, TableError> {
-        let Batch {
-            id,
-            source,
-            mut rows,
-        } = batch;
+        let Batch { id, source, rows } = batch;
         let row_count = rows.len();
         let table_name = self.ident.to_string();
         if rows.is_empty() {
@@ -272,26 +273,29 @@ impl JournalTable {
                 snapshot_id: None,
                 attempts: 0,
                 already_committed: false,
+                encode_time: Duration::ZERO,
+                write_time: Duration::ZERO,
+                commit_time: Duration::ZERO,
             });
         }
-        sort_rows(&mut rows);
-        let encoded =
-            encode_rows(&self.arrow_schema, &rows).map_err(|source| TableError::Encode {
-                table: table_name.clone(),
-                rows: row_count,
-                source,
-            })?;
-        drop(rows);
-
+        let started = Instant::now();
         let mut table = self.load().await?;
-        let files = write_data_files(&table, &id, &encoded)
+        let (files, encode_time) = write_data_files(&table, &self.arrow_schema, &id, rows)
             .await
-            .map_err(|source| TableError::Write {
-                table: table_name.clone(),
-                batch_id: id.to_string(),
-                source: Box::new(source),
+            .map_err(|failure| match failure {
+                WriteFailure::Encode(source) => TableError::Encode {
+                    table: table_name.clone(),
+                    rows: row_count,
+                    source,
+                },
+                WriteFailure::Write(source) => TableError::Write {
+                    table: table_name.clone(),
+                    batch_id: id.to_string(),
+                    source: Box::new(source),
+                },
             })?;
-        drop(encoded);
+        let write_time = started.elapsed();
+        let started = Instant::now();
 
         let summary = HashMap::from([
             (SUMMARY_BATCH_ID.to_string(), id.to_string()),
@@ -306,6 +310,9 @@ impl JournalTable {
             snapshot_id,
             attempts,
             already_committed,
+            encode_time,
+            write_time,
+            commit_time: started.elapsed(),
         };
 
         let mut attempt = 0;
@@ -413,24 +420,68 @@ fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> 
             ));
         }
     };
-    Ok(WriterProperties::builder()
-        .set_compression(compression)
-        .build())
+    let mut builder = WriterProperties::builder().set_compression(compression);
+    // Columns that are (nearly) unique per row: a dictionary never pays off there, and Parquet
+    // would build one for the first megabyte of every column chunk before falling back.
+    for column in [
+        "text_value",
+        "sequence_number",
+        "object_join_key",
+        "request_id",
+        "e_tag",
+    ] {
+        builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
+    }
+    // Payloads are up to 1 MiB: chunk-level min/max suffices (nobody prunes on them) and page
+    // statistics would compare every value.
+    builder = builder
+        .set_column_statistics_enabled(ColumnPath::from("text_value"), EnabledStatistics::Chunk);
+    Ok(builder.build())
 }
 
-/// Splits the batch by partition and writes one Parquet file per partition (more if a partition
-/// passes the target file size), named `<batch id>-NNNNN.parquet`.
+/// Below this many rows a partition is written as one file; above it, a partition may be cut
+/// into several files so that every core has work (a 100k-row batch into one partition is
+/// written as two files on two cores, not one file on one).
+const MIN_ROWS_PER_FILE: usize = 25_000;
+
+/// Why writing the data files failed.
+enum WriteFailure {
+    Encode(arrow::error::ArrowError),
+    Write(iceberg::Error),
+}
+
+impl From<iceberg::Error> for WriteFailure {
+    fn from(e: iceberg::Error) -> Self {
+        WriteFailure::Write(e)
+    }
+}
+
+fn task_failed(e: tokio::task::JoinError) -> WriteFailure {
+    WriteFailure::Write(iceberg::Error::new(
+        ErrorKind::Unexpected,
+        format!("a Parquet writer task failed: {e}"),
+    ))
+}
+
+/// Writes the rows as Parquet data files named `<batch id>-NNNNN.parquet`, in parallel: rows
+/// are grouped by partition (bucket, day of ingested_at); each group is sorted and encoded on a
+/// blocking thread, then written by its own tasks (one per file; a large group is cut into
+/// several sorted, non-overlapping files so every core has work). Sorting, Arrow encoding,
+/// Parquet encoding and zstd are all CPU-bound, so this spreads a batch over every core and
+/// never stalls the async runtime with long computations. Returns the files and the CPU time
+/// spent sorting and encoding (summed over the groups).
 async fn write_data_files(
     table: &Table,
+    arrow_schema: &arrow::datatypes::SchemaRef,
     id: &BatchId,
-    batch: &RecordBatch,
-) -> Result<Vec<DataFile>, iceberg::Error> {
+    rows: Vec<JournalRow>,
+) -> Result<(Vec<DataFile>, Duration), WriteFailure> {
     let metadata = table.metadata();
     let schema = metadata.current_schema().clone();
-    let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
+    let splitter = Arc::new(RecordBatchPartitionSplitter::try_new_with_computed_values(
         schema.clone(),
         metadata.default_partition_spec().clone(),
-    )?;
+    )?);
     let parquet = ParquetWriterBuilder::new(writer_properties(table)?, schema);
     let rolling = RollingFileWriterBuilder::new_with_default_file_size(
         parquet,
@@ -438,11 +489,68 @@ async fn write_data_files(
         DefaultLocationGenerator::new(metadata)?,
         DefaultFileNameGenerator::new(id.to_string(), None, DataFileFormat::Parquet),
     );
-    let mut writer = FanoutWriter::new(DataFileWriterBuilder::new(rolling));
-    for (key, part) in splitter.split(batch)? {
-        writer.write(key, part).await?;
+    let builder = Arc::new(DataFileWriterBuilder::new(rolling));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per_file = (rows.len() / cores).max(MIN_ROWS_PER_FILE);
+
+    // Few partitions per batch: find each row's group by a linear scan, without allocating.
+    let mut groups: Vec<Vec<JournalRow>> = Vec::new();
+    for row in rows {
+        let day = row.ingested_at.date_naive();
+        match groups
+            .iter_mut()
+            .find(|g| g[0].bucket == row.bucket && g[0].ingested_at.date_naive() == day)
+        {
+            Some(group) => group.push(row),
+            None => groups.push(vec![row]),
+        }
     }
-    writer.close().await
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for group in groups {
+        let (builder, splitter, arrow_schema) =
+            (builder.clone(), splitter.clone(), arrow_schema.clone());
+        tasks.spawn(async move {
+            let (batch, cpu) = tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
+                let batch = encode_refs(&arrow_schema, &sorted(&group));
+                drop(group);
+                batch.map(|b| (b, started.elapsed()))
+            })
+            .await
+            .map_err(task_failed)?
+            .map_err(WriteFailure::Encode)?;
+            let mut writes = tokio::task::JoinSet::new();
+            // One group is one partition; the splitter computes its key (and would split a
+            // group that somehow spans two partitions).
+            for (key, part) in splitter.split(&batch)? {
+                let n = part.num_rows();
+                let len = n.div_ceil(n.div_ceil(per_file).max(1)).max(1);
+                for offset in (0..n).step_by(len) {
+                    let slice = part.slice(offset, len.min(n - offset));
+                    let (builder, key) = (builder.clone(), key.clone());
+                    writes.spawn(async move {
+                        let mut writer = builder.build(Some(key)).await?;
+                        writer.write(slice).await?;
+                        writer.close().await
+                    });
+                }
+            }
+            let mut files = Vec::new();
+            while let Some(written) = writes.join_next().await {
+                files.extend(written.map_err(task_failed)??);
+            }
+            Ok::<_, WriteFailure>((files, cpu))
+        });
+    }
+    let mut files = Vec::new();
+    let mut cpu = Duration::ZERO;
+    while let Some(done) = tasks.join_next().await {
+        let (written, took) = done.map_err(task_failed)??;
+        files.extend(written);
+        cpu += took;
+    }
+    Ok((files, cpu))
 }
 
 fn catalog_error(table: &str, action: &str, source: iceberg::Error) -> TableError {

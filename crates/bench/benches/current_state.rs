@@ -1,0 +1,271 @@
+//! Current-state benchmark: latency and peak memory of `SELECT count(*) FROM annotations`
+//! and of two example queries over a journal of realistic rows (5M by default), answered by
+//! annotable's DataFusion session, next to DuckDB answering the same questions on the same
+//! Parquet files in the same run. DuckDB gets several formulations of the view (the same
+//! portable SQL, a row_number() window, and its own arg_max) and is credited with its fastest.
+//!
+//! Every measurement is a separate process (so peak RSS, VmHWM, is that query's alone); each
+//! is run 3 times and the median reported.
+//!
+//! `cargo bench -p annotable-bench --bench current_state` (ANNOTABLE_BENCH_ROWS to change
+//! 5,000,000; the journal is built once and kept under the target dir).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use annotable_bench::{peak_rss_mib, py_tools_python, realistic_rows_range, secs};
+use annotation_sql::QuerySession;
+use annotation_table::{Batch, CatalogConfig, JournalTable, Source, StorageConfig, connect};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const RUNS: usize = 3;
+
+/// `(label, annotable SQL, DuckDB SQL over the view `annotations`)`.
+const QUERIES: [(&str, &str, &str); 3] = [
+    (
+        "count(*) FROM annotations",
+        "SELECT count(*) FROM annotations",
+        "SELECT count(*) FROM annotations",
+    ),
+    (
+        "counts_and_sizes_by_name",
+        include_str!("../../../queries/counts_and_sizes_by_name.sql"),
+        include_str!("../../../queries/counts_and_sizes_by_name.sql"),
+    ),
+    (
+        "objects_by_annotation_value",
+        include_str!("../../../queries/objects_by_annotation_value.sql"),
+        "SELECT bucket, object_key, object_version_id, json_extract_string(text_value, '$.reviewer') AS reviewer FROM annotations WHERE name = 'review' AND json_extract_string(text_value, '$.status') = 'approved' ORDER BY bucket, object_key",
+    ),
+];
+
+const DUCKDB: &str = r#"
+import json, sys, time, duckdb
+files, formulation, view_sql, query = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+con = duckdb.connect()
+con.execute(f"CREATE VIEW annotation_journal AS SELECT * FROM read_parquet('{files}')")
+cols = "bucket, object_key, object_version_id, object_join_key, name, sequence_number, last_modified_date, size, e_tag, checksum_algorithm, replication_status, text_value"
+if formulation == "portable view (same SQL)":
+    con.execute(view_sql)
+elif formulation == "row_number() window":
+    con.execute(f"""CREATE VIEW annotations AS
+      SELECT {cols} FROM (
+        SELECT *, row_number() OVER (PARTITION BY bucket, object_key, object_version_id, name ORDER BY sequence_number DESC) AS rn,
+               max(CASE WHEN record_type = 'OBJECT_RESET' THEN sequence_number END) OVER (PARTITION BY bucket, object_key, object_version_id) AS reset_seq
+        FROM annotation_journal) t
+      WHERE rn = 1 AND name IS NOT NULL AND record_type = 'PUT' AND (reset_seq IS NULL OR reset_seq <= sequence_number)""")
+elif formulation == "arg_max":
+    con.execute(f"""CREATE VIEW annotations AS
+      WITH latest AS (
+        SELECT arg_max(j, sequence_number) AS r FROM annotation_journal j WHERE name IS NOT NULL
+        GROUP BY bucket, object_key, object_version_id, name),
+      resets AS (
+        SELECT bucket, object_key, object_version_id, max(sequence_number) AS seq FROM annotation_journal
+        WHERE record_type = 'OBJECT_RESET' GROUP BY ALL)
+      SELECT {', '.join('r.' + c + ' AS ' + c for c in cols.split(', '))} FROM latest
+      LEFT JOIN resets x ON x.bucket = r.bucket AND x.object_key = r.object_key AND x.object_version_id IS NOT DISTINCT FROM r.object_version_id
+      WHERE r.record_type = 'PUT' AND (x.seq IS NULL OR x.seq <= r.sequence_number)""")
+start = time.perf_counter()
+rows = con.execute(query).fetchall()
+elapsed = time.perf_counter() - start
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+print(json.dumps({"seconds": elapsed, "rows": len(rows), "first": str(rows[0]) if rows else None, "peak_mib": peak}))
+"#;
+
+const FORMULATIONS: [&str; 3] = ["portable view (same SQL)", "row_number() window", "arg_max"];
+
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    seconds: f64,
+    peak_mib: f64,
+}
+
+fn median(mut runs: Vec<Run>) -> Run {
+    runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let mid = runs[runs.len() / 2];
+    let mut peaks: Vec<f64> = runs.iter().map(|r| r.peak_mib).collect();
+    peaks.sort_by(f64::total_cmp);
+    Run {
+        seconds: mid.seconds,
+        peak_mib: peaks[peaks.len() / 2],
+    }
+}
+
+async fn build_journal(dir: &Path, n: usize) -> Result<()> {
+    let marker = dir.join(".complete");
+    if marker.exists() {
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let catalog = connect(
+        "annotable",
+        &CatalogConfig::embedded(dir),
+        &StorageConfig::default(),
+    )
+    .await?;
+    let journal = JournalTable::open(catalog, "s3_metadata", None).await?;
+    let start = Instant::now();
+    let mut offset = 0;
+    while offset < n {
+        let end = (offset + 250_000).min(n);
+        journal
+            .append(Batch::new(
+                Source::Backfill,
+                realistic_rows_range(offset..end, n, 7),
+            ))
+            .await?;
+        offset = end;
+    }
+    println!("  built the {n}-row journal in {:.1} s", secs(start));
+    std::fs::write(marker, n.to_string())?;
+    Ok(())
+}
+
+/// Child mode: one query through annotable's session; prints seconds, rows, peak MiB.
+async fn child(dir: &Path, sql: &str) -> Result<()> {
+    let catalog = connect(
+        "annotable",
+        &CatalogConfig::embedded(dir),
+        &StorageConfig::default(),
+    )
+    .await?;
+    let session = QuerySession::new(catalog, "bench", "s3_metadata", "annotation_journal").await?;
+    let start = Instant::now();
+    let result = session.query(sql).await?;
+    let seconds = secs(start);
+    let first = result
+        .batches
+        .iter()
+        .find(|b| b.num_rows() > 0)
+        .and_then(|b| arrow::util::display::array_value_to_string(b.column(0), 0).ok());
+    println!(
+        "{}",
+        serde_json::json!({"seconds": seconds, "rows": result.num_rows(), "first": first, "peak_mib": peak_rss_mib()})
+    );
+    Ok(())
+}
+
+fn run_json(cmd: &mut Command) -> Result<(Run, serde_json::Value)> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let run = Run {
+        seconds: v["seconds"].as_f64().unwrap_or(f64::NAN),
+        peak_mib: v["peak_mib"].as_f64().unwrap_or(f64::NAN),
+    };
+    Ok((run, v))
+}
+
+/// The digits of a JSON value's text (a count, however each engine prints it).
+fn digits(v: &serde_json::Value) -> String {
+    v.to_string().chars().filter(char::is_ascii_digit).collect()
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let n: usize = std::env::var("ANNOTABLE_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000_000);
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let dir = std::env::var("ANNOTABLE_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| target.join(format!("bench-data/current-state-{n}")));
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(pos) = args.iter().position(|a| a == "--child") {
+        let sql = args.get(pos + 1).ok_or("--child needs SQL")?;
+        return child(&dir, sql).await;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    println!(
+        "current-state benchmark: {n}-row journal, {cores} cores, median of {RUNS} runs, each run its own process"
+    );
+    build_journal(&dir, n).await?;
+    let files = format!("{}/warehouse/**/*.parquet", dir.display());
+    let python = py_tools_python()?;
+    let view_sql = annotation_sql::view_definitions()
+        .iter()
+        .find(|(f, _)| *f == "annotations.sql")
+        .map(|(_, sql)| *sql)
+        .ok_or("no annotations view")?;
+    let me = std::env::current_exe()?;
+
+    println!(
+        "\n{:<30} {:<34} {:>9} {:>10} {:>8}",
+        "query", "engine", "seconds", "peak MiB", "rows"
+    );
+    for (label, ours, theirs) in QUERIES {
+        let mut runs = Vec::new();
+        let mut rows = serde_json::Value::Null;
+        let mut answer = String::new();
+        for _ in 0..RUNS {
+            let (run, v) = run_json(
+                Command::new(&me)
+                    .arg("--bench")
+                    .arg("--child")
+                    .arg(ours)
+                    .env("ANNOTABLE_BENCH_DIR", &dir),
+            )?;
+            runs.push(run);
+            rows = v["rows"].clone();
+            answer = digits(&v["first"]);
+        }
+        let ours_run = median(runs);
+        println!(
+            "{label:<30} {:<34} {:>9.3} {:>10.0} {:>8}",
+            "annotable (DataFusion)", ours_run.seconds, ours_run.peak_mib, rows
+        );
+        let mut best: Option<(Run, &str)> = None;
+        for formulation in FORMULATIONS {
+            let mut runs = Vec::new();
+            let mut rows = serde_json::Value::Null;
+            for _ in 0..RUNS {
+                let (run, v) = run_json(
+                    Command::new(&python)
+                        .args(["-c", DUCKDB])
+                        .arg(&files)
+                        .arg(formulation)
+                        .arg(view_sql)
+                        .arg(theirs),
+                )?;
+                runs.push(run);
+                if label.starts_with("count") && digits(&v["first"]) != answer {
+                    return Err(format!(
+                        "DuckDB ({formulation}) counts {} annotations, annotable {answer}",
+                        v["first"]
+                    )
+                    .into());
+                }
+                rows = v["rows"].clone();
+            }
+            let run = median(runs);
+            println!(
+                "{:<30} {:<34} {:>9.3} {:>10.0} {:>8}",
+                "",
+                format!("DuckDB, {formulation}"),
+                run.seconds,
+                run.peak_mib,
+                rows
+            );
+            if best.is_none_or(|(b, _)| run.seconds < b.seconds) {
+                best = Some((run, formulation));
+            }
+        }
+        if let Some((b, f)) = best {
+            println!(
+                "{:<30} annotable / DuckDB fastest ({f}): time {:.2}x, peak memory {:.2}x\n",
+                "",
+                ours_run.seconds / b.seconds,
+                ours_run.peak_mib / b.peak_mib
+            );
+        }
+    }
+    Ok(())
+}

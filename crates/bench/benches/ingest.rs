@@ -1,0 +1,233 @@
+//! Ingest benchmark: rows/s of annotable's encode + write + commit (one Iceberg snapshot per
+//! batch, embedded SQLite catalog, local warehouse) at 10k- and 100k-row commits, next to two
+//! baselines measured in the same run on the same rows:
+//!   (a) parquet's `ArrowWriter` (zstd 3) writing the same RecordBatches, one writer and two
+//!       writers in parallel (no Iceberg, no sorting, no partitioning, no commit);
+//!   (b) pyiceberg `table.append` of the same rows into a SQLite-catalog table with the same
+//!       partition spec, in 100k-row appends.
+//!
+//! `cargo bench -p annotable-bench --bench ingest` (ANNOTABLE_BENCH_ROWS to change 1,000,000).
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use annotable_bench::{py_tools_python, realistic_rows, secs};
+use annotation_table::{
+    Batch, CatalogConfig, JournalRow, JournalTable, Source, StorageConfig, connect, encode_rows,
+    journal_spec,
+};
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const PYICEBERG: &str = r#"
+import json, sys, time
+import pyarrow.parquet as pq
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.partitioning import PartitionSpec, PartitionField
+from pyiceberg.transforms import IdentityTransform, DayTransform
+from pyiceberg.io.pyarrow import pyarrow_to_schema
+from pyiceberg.table.name_mapping import MappedField, NameMapping
+data, root, chunk = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rows = pq.read_table(data)
+catalog = SqlCatalog("bench", uri=f"sqlite:///{root}/catalog.db", warehouse=f"file://{root}/warehouse")
+catalog.create_namespace("bench")
+schema = pyarrow_to_schema(rows.schema)
+spec = PartitionSpec(
+    PartitionField(source_id=schema.find_field("bucket").field_id, field_id=1000, transform=IdentityTransform(), name="bucket"),
+    PartitionField(source_id=schema.find_field("ingested_at").field_id, field_id=1001, transform=DayTransform(), name="ingested_day"),
+)
+table = catalog.create_table("bench.journal", schema=schema, partition_spec=spec,
+    properties={"write.parquet.compression-codec": "zstd", "write.parquet.compression-level": "3"})
+start = time.perf_counter()
+for offset in range(0, rows.num_rows, chunk):
+    table.append(rows.slice(offset, chunk))
+elapsed = time.perf_counter() - start
+print(json.dumps({"rows": rows.num_rows, "seconds": elapsed}))
+"#;
+
+fn props() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).unwrap_or_default()))
+        .build()
+}
+
+fn arrow_writer(batches: &[RecordBatch], path: &std::path::Path) -> Result<()> {
+    let Some(first) = batches.first() else {
+        return Ok(());
+    };
+    let mut writer =
+        ArrowWriter::try_new(std::fs::File::create(path)?, first.schema(), Some(props()))?;
+    for b in batches {
+        writer.write(b)?;
+    }
+    writer.close()?;
+    Ok(())
+}
+
+async fn annotable_ingest(rows: &[JournalRow], commit_rows: usize) -> Result<(f64, usize, usize)> {
+    let dir = tempfile::tempdir()?;
+    let catalog = connect(
+        "annotable",
+        &CatalogConfig::embedded(dir.path()),
+        &StorageConfig::default(),
+    )
+    .await?;
+    let journal = JournalTable::open(catalog, "s3_metadata", None).await?;
+    let batches: Vec<Vec<JournalRow>> = rows
+        .chunks(commit_rows)
+        .map(<[JournalRow]>::to_vec)
+        .collect();
+    let start = Instant::now();
+    let (mut commits, mut files) = (0, 0);
+    let (mut encode, mut write, mut commit) = (0.0, 0.0, 0.0);
+    for chunk in batches {
+        let report = journal
+            .append(Batch::new(Source::Notification, chunk))
+            .await?;
+        commits += 1;
+        files += report.data_files;
+        encode += report.encode_time.as_secs_f64();
+        write += report.write_time.as_secs_f64();
+        commit += report.commit_time.as_secs_f64();
+    }
+    println!(
+        "  {commit_rows}-row commits: sort+encode {encode:.2} s, write {write:.2} s, commit {commit:.2} s"
+    );
+    Ok((secs(start), commits, files))
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let n: usize = std::env::var("ANNOTABLE_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    println!("ingest benchmark: {n} realistic journal rows, {cores} cores");
+    let rows = realistic_rows(n, 42);
+    let schema = Arc::new(iceberg::arrow::schema_to_arrow_schema(
+        &journal_spec()?.schema,
+    )?);
+    let start = Instant::now();
+    let batches: Vec<RecordBatch> = rows
+        .chunks(100_000)
+        .map(|c| encode_rows(&schema, c))
+        .collect::<std::result::Result<_, _>>()?;
+    println!("  encode_rows alone: {:.0} rows/s", n as f64 / secs(start));
+    let mut copy = rows.clone();
+    let start = Instant::now();
+    for c in copy.chunks_mut(100_000) {
+        c.sort_unstable_by(|a, b| {
+            (a.bucket.as_str(), a.object_key.as_str(), a.name.as_deref()).cmp(&(
+                b.bucket.as_str(),
+                b.object_key.as_str(),
+                b.name.as_deref(),
+            ))
+        });
+    }
+    println!("  sort alone: {:.0} rows/s", n as f64 / secs(start));
+    let start = Instant::now();
+    drop(copy);
+    println!("  drop alone: {:.0} rows/s", n as f64 / secs(start));
+    let raw: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+    println!("  {:.0} MiB in Arrow", raw as f64 / 1048576.0);
+
+    let dir = tempfile::tempdir()?;
+    let mut report = Vec::new();
+
+    // (a) ArrowWriter, one writer and two in parallel
+    let start = Instant::now();
+    arrow_writer(&batches, &dir.path().join("one.parquet"))?;
+    let one = n as f64 / secs(start);
+    report.push(("ArrowWriter zstd(3), 1 writer".to_string(), one));
+    let (left, right) = batches.split_at(batches.len() / 2);
+    let start = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let a = s
+            .spawn(|| arrow_writer(left, &dir.path().join("a.parquet")).map_err(|e| e.to_string()));
+        let b = s.spawn(|| {
+            arrow_writer(right, &dir.path().join("b.parquet")).map_err(|e| e.to_string())
+        });
+        for h in [a, b] {
+            h.join().map_err(|_| "writer thread panicked")??;
+        }
+        Ok(())
+    })?;
+    report.push((
+        "ArrowWriter zstd(3), 2 writers".to_string(),
+        n as f64 / secs(start),
+    ));
+
+    // annotable
+    if std::env::var("ANNOTABLE_BENCH_ONLY").is_ok_and(|v| v == "annotable") {
+        let (seconds, _, _) = annotable_ingest(&rows, 100_000).await?;
+        println!("annotable only: {:.0} rows/s", n as f64 / seconds);
+        return Ok(());
+    }
+    let mut at_100k = 0.0;
+    for commit_rows in [10_000, 100_000] {
+        let (seconds, commits, files) = annotable_ingest(&rows, commit_rows).await?;
+        let rate = n as f64 / seconds;
+        if commit_rows == 100_000 {
+            at_100k = rate;
+        }
+        report.push((
+            format!(
+                "annotable append, {commit_rows}-row commits ({commits} commits, {files} files)"
+            ),
+            rate,
+        ));
+    }
+    drop(rows);
+
+    // (b) pyiceberg, from the same rows written to Parquet
+    let input = dir.path().join("input.parquet");
+    arrow_writer(&batches, &input)?;
+    drop(batches);
+    let py_root = dir.path().join("pyiceberg");
+    std::fs::create_dir_all(&py_root)?;
+    let mut pyiceberg = None;
+    match py_tools_python() {
+        Ok(python) => {
+            let out = Command::new(python)
+                .args(["-c", PYICEBERG])
+                .arg(&input)
+                .arg(&py_root)
+                .arg("100000")
+                .output()?;
+            if out.status.success() {
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                let rate =
+                    v["rows"].as_f64().unwrap_or(0.0) / v["seconds"].as_f64().unwrap_or(f64::NAN);
+                report.push((
+                    "pyiceberg 0.12 append, 100000-row appends".to_string(),
+                    rate,
+                ));
+                pyiceberg = Some(rate);
+            } else {
+                eprintln!(
+                    "pyiceberg baseline failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Err(e) => eprintln!("pyiceberg baseline skipped: {e}"),
+    }
+
+    println!("\n{:<70} {:>12} {:>10}", "", "rows/s", "vs 1 ArrowWriter");
+    for (what, rate) in &report {
+        println!("{what:<70} {rate:>12.0} {:>10.2}", rate / one);
+    }
+    if let Some(py) = pyiceberg {
+        println!(
+            "\nannotable at 100k-row commits / pyiceberg append: {:.2}x",
+            at_100k / py
+        );
+    }
+    Ok(())
+}

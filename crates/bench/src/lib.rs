@@ -1,0 +1,163 @@
+//! Shared by the benchmarks: realistic journal rows, the Python baselines, timing and memory.
+//!
+//! Rows follow the issue's description of real traffic: object keys around 70 bytes, JSON
+//! payloads around 200 bytes, 10% DELETEs (plus 2% OBJECT_RESETs from object overwrites),
+//! half the objects versioned, a handful of buckets and annotation names, and each
+//! annotation written several times over its history.
+
+use std::path::PathBuf;
+
+/// The same allocator as the `annotable` binary, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use std::process::Command;
+use std::time::Instant;
+
+use annotation_table::{JournalRow, RecordType, Source};
+use chrono::{DateTime, Duration, Utc};
+
+/// A small, fast, deterministic generator (the figures must be reproducible).
+pub struct Rng(u64);
+
+impl Rng {
+    /// Seeded.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+const NAMES: [&str; 8] = [
+    "review",
+    "owner",
+    "labels",
+    "retention",
+    "classification",
+    "caption",
+    "source-system",
+    "checksum-note",
+];
+const STATUSES: [&str; 4] = ["approved", "pending", "rejected", "needs-changes"];
+
+/// `n` journal rows over `n / 5` objects (so each annotation has a history), in sequence order.
+pub fn realistic_rows(n: usize, seed: u64) -> Vec<JournalRow> {
+    realistic_rows_range(0..n, n, seed)
+}
+
+/// Rows `range` of the `n`-row journal of [`realistic_rows`] (each row depends only on its
+/// index, so a large journal can be generated in pieces).
+pub fn realistic_rows_range(range: std::ops::Range<usize>, n: usize, seed: u64) -> Vec<JournalRow> {
+    let objects = (n / 5).max(1) as u64;
+    let start: DateTime<Utc> = Utc::now() - Duration::hours(2);
+    range
+        .map(|i| {
+            let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0xd6e8_feb8_6659_fd93));
+            rng.below(2);
+            let object = rng.below(objects);
+            let bucket = format!("media-archive-{}", object % 4);
+            // ~70-byte keys: a tenant, a date path, a file name
+            let key = format!(
+                "tenant-{:04}/uploads/2026/{:02}/{:02}/images/IMG_{:012}_original.jpeg",
+                object % 1000,
+                1 + object % 12,
+                1 + object % 28,
+                object
+            );
+            let version = object.is_multiple_of(2).then(|| format!("3HL4kqtJlcpXroDTDmJ+rmSpXd3dIb{:06}", object % 1_000_000));
+            let roll = rng.below(100);
+            let record_type = match roll {
+                0..=9 => RecordType::Delete,
+                10..=11 => RecordType::ObjectReset,
+                _ => RecordType::Put,
+            };
+            let name = (record_type != RecordType::ObjectReset).then(|| NAMES[rng.below(NAMES.len() as u64) as usize].to_string());
+            let at = start + Duration::microseconds(i as i64 * 1_000);
+            // ~200-byte JSON payloads
+            let text = (record_type == RecordType::Put).then(|| {
+                format!(
+                    r#"{{"status":"{}","reviewer":"user-{:05}","score":{},"tags":["t{}","t{}"],"note":"revision {} of object {} checked against policy v{}","approved":{}}}"#,
+                    STATUSES[rng.below(4) as usize],
+                    rng.below(100_000),
+                    rng.below(100),
+                    rng.below(50),
+                    rng.below(50),
+                    i,
+                    object,
+                    rng.below(9),
+                    rng.below(2) == 0
+                )
+            });
+            JournalRow {
+                object_join_key: format!("{bucket}/{key}/{}", version.as_deref().unwrap_or("null")),
+                bucket,
+                object_key: key,
+                object_version_id: version,
+                name,
+                record_type,
+                sequence_number: format!("{:020}-{:04}", 1_700_000_000_000_000_000u64 + i as u64, 1),
+                last_modified_date: text.as_ref().map(|_| at.naive_utc()),
+                size: text.as_ref().map(|t| t.len() as i64),
+                e_tag: text.as_ref().map(|t| format!("\"{:032x}\"", t.len() as u128 * 0x9e37_79b9_7f4a_7c15)),
+                checksum_algorithm: text.as_ref().map(|_| "CRC64NVME".to_string()),
+                replication_status: None,
+                text_value: text,
+                event_name: Some(match record_type {
+                    RecordType::Put => "ObjectAnnotation:Put",
+                    RecordType::Delete => "ObjectAnnotation:Delete",
+                    RecordType::ObjectReset => "ObjectCreated:Put",
+                }.to_string()),
+                event_time: Some(at),
+                source: Source::Notification,
+                requester: Some("123456789012".to_string()),
+                source_ip_address: Some("10.0.0.1".to_string()),
+                request_id: Some(format!("{:016X}", rng.below(u64::MAX))),
+                ingested_at: at,
+            }
+        })
+        .collect()
+}
+
+/// The Python of `scripts/py-tools.sh` (pyiceberg, DuckDB), installing it if needed.
+pub fn py_tools_python() -> Result<PathBuf, String> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/py-tools.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("python")
+        .output()
+        .map_err(|e| format!("running {}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{} python: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// Peak resident memory of this process so far (VmHWM), in MiB.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Seconds since `t`.
+pub fn secs(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
