@@ -169,11 +169,19 @@ impl SchemaProvider for NamespaceSchema {
         if let Some(view) = self.views.read().ok().and_then(|v| v.get(name).cloned()) {
             return Ok(Some(view));
         }
-        if !self.table_exists_now(name).await.map_err(df_error)? {
-            return Ok(None);
-        }
         let ident = TableIdent::new(self.namespace.clone(), self.table_name(name).to_string());
-        let table = self.catalog.load_table(&ident).await.map_err(df_error)?;
+        let table = match self.catalog.load_table(&ident).await {
+            Ok(table) => table,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::TableNotFound | ErrorKind::NamespaceNotFound
+                ) =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(df_error(e)),
+        };
         let schema =
             Arc::new(schema_to_arrow_schema(table.metadata().current_schema()).map_err(df_error)?);
         Ok(Some(Arc::new(LiveTable {

@@ -221,58 +221,45 @@ pub async fn connect(
             warehouse,
             properties,
         } => {
-            let mut props = storage.props();
-            props.extend(properties.clone());
+            let mut props = with_extra(storage, properties);
             props.insert(REST_CATALOG_PROP_URI.into(), uri.clone());
             if let Some(warehouse) = warehouse {
                 props.insert(REST_CATALOG_PROP_WAREHOUSE.into(), warehouse.clone());
             }
-            let catalog = RestCatalogBuilder::default()
-                .with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()))
-                .load(name, props)
-                .await
-                .map_err(|e| {
-                    aws_fail(
-                        config,
-                        "connecting",
-                        "is the REST catalog URI right and reachable, and are its credentials set?",
-                        e,
-                    )
-                })?;
-            Ok(Arc::new(catalog))
+            load(
+                RestCatalogBuilder::default(),
+                name,
+                props,
+                config,
+                "is the REST catalog URI right and reachable, and are its credentials set?",
+            )
+            .await
         }
         CatalogConfig::Glue {
             warehouse,
             endpoint,
             properties,
         } => {
-            let mut props = storage.props();
-            props.extend(properties.clone());
+            let mut props = with_extra(storage, properties);
             props.insert(GLUE_CATALOG_PROP_WAREHOUSE.into(), warehouse.clone());
             if let Some(endpoint) = endpoint {
                 props.insert(GLUE_CATALOG_PROP_URI.into(), endpoint.clone());
             }
-            let catalog = GlueCatalogBuilder::default()
-                .with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()))
-                .load(name, props)
-                .await
-                .map_err(|e| {
-                    aws_fail(
-                        config,
-                        "connecting",
-                        "are AWS credentials and region set, and may they use Glue?",
-                        e,
-                    )
-                })?;
-            Ok(Arc::new(catalog))
+            load(
+                GlueCatalogBuilder::default(),
+                name,
+                props,
+                config,
+                "are AWS credentials and region set, and may they use Glue?",
+            )
+            .await
         }
         CatalogConfig::S3Tables {
             table_bucket_arn,
             endpoint,
             properties,
         } => {
-            let mut props = storage.props();
-            props.extend(properties.clone());
+            let mut props = with_extra(storage, properties);
             props.insert(
                 S3TABLES_CATALOG_PROP_TABLE_BUCKET_ARN.into(),
                 table_bucket_arn.clone(),
@@ -280,35 +267,50 @@ pub async fn connect(
             if let Some(endpoint) = endpoint {
                 props.insert(S3TABLES_CATALOG_PROP_ENDPOINT_URL.into(), endpoint.clone());
             }
-            let catalog = S3TablesCatalogBuilder::default()
-                .with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()))
-                .load(name, props)
-                .await
-                .map_err(|e| {
-                    aws_fail(
-                        config,
-                        "connecting",
-                        "is the table bucket ARN right, and are AWS credentials and region set?",
-                        e,
-                    )
-                })?;
-            Ok(Arc::new(catalog))
+            load(
+                S3TablesCatalogBuilder::default(),
+                name,
+                props,
+                config,
+                "is the table bucket ARN right, and are AWS credentials and region set?",
+            )
+            .await
         }
     }
 }
 
-fn aws_fail(
+/// The storage properties with the configured extra catalog properties on top.
+fn with_extra(
+    storage: &StorageConfig,
+    properties: &BTreeMap<String, String>,
+) -> HashMap<String, String> {
+    let mut props = storage.props();
+    props.extend(properties.clone());
+    props
+}
+
+/// Loads a REST, Glue or S3 Tables catalog with annotable's storage factory.
+async fn load<B: CatalogBuilder>(
+    builder: B,
+    name: &str,
+    props: HashMap<String, String>,
     config: &CatalogConfig,
-    action: &str,
     hint: &'static str,
-    source: iceberg::Error,
-) -> TableError {
-    TableError::Catalog {
-        catalog: config.describe(),
-        action: action.to_string(),
-        hint,
-        source: Box::new(source),
-    }
+) -> Result<Arc<dyn Catalog>, TableError>
+where
+    B::C: 'static,
+{
+    let catalog = builder
+        .with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()))
+        .load(name, props)
+        .await
+        .map_err(|e| TableError::Catalog {
+            catalog: config.describe(),
+            action: "connecting".to_string(),
+            hint,
+            source: Box::new(e),
+        })?;
+    Ok(Arc::new(catalog))
 }
 
 fn is_creation_race(error: &iceberg::Error) -> bool {

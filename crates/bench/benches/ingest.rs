@@ -6,7 +6,8 @@
 //!   (b) pyiceberg `table.append` of the same rows into a SQLite-catalog table with the same
 //!       partition spec, in 100k-row appends.
 //!
-//! `cargo bench -p annotable-bench --bench ingest` (ANNOTABLE_BENCH_ROWS to change 1,000,000).
+//! `cargo bench -p annotable-bench --bench ingest` (ANNOTABLE_BENCH_ROWS to change 1,000,000;
+//! ANNOTABLE_BENCH_ONLY=annotable runs only annotable at 100k-row commits, for profiling).
 
 use std::process::Command;
 use std::sync::Arc;
@@ -119,21 +120,7 @@ async fn main() -> Result<()> {
         .map(|c| encode_rows(&schema, c))
         .collect::<std::result::Result<_, _>>()?;
     println!("  encode_rows alone: {:.0} rows/s", n as f64 / secs(start));
-    let mut copy = rows.clone();
-    let start = Instant::now();
-    for c in copy.chunks_mut(100_000) {
-        c.sort_unstable_by(|a, b| {
-            (a.bucket.as_str(), a.object_key.as_str(), a.name.as_deref()).cmp(&(
-                b.bucket.as_str(),
-                b.object_key.as_str(),
-                b.name.as_deref(),
-            ))
-        });
-    }
-    println!("  sort alone: {:.0} rows/s", n as f64 / secs(start));
-    let start = Instant::now();
-    drop(copy);
-    println!("  drop alone: {:.0} rows/s", n as f64 / secs(start));
+
     let raw: usize = batches.iter().map(RecordBatch::get_array_memory_size).sum();
     println!("  {:.0} MiB in Arrow", raw as f64 / 1048576.0);
 
