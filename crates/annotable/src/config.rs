@@ -72,6 +72,62 @@ pub struct Config {
     /// The warehouse storage.
     #[serde(default)]
     pub storage: StorageSection,
+    /// How the S3 buckets and the SQS queue are reached (credentials come from the standard
+    /// AWS chain: environment, profile, ECS task role).
+    #[serde(default)]
+    pub aws: AwsSection,
+    /// `annotable serve`.
+    #[serde(default)]
+    pub serve: ServeSection,
+}
+
+/// `[aws]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSection {
+    /// Custom endpoint for S3 and SQS (an emulator or S3-compatible store); `AWS_ENDPOINT_URL`
+    /// works too.
+    pub endpoint_url: Option<String>,
+    /// Region (otherwise `AWS_REGION` / the profile).
+    pub region: Option<String>,
+    /// Path-style S3 addressing (needed by most emulators).
+    pub force_path_style: Option<bool>,
+    /// Sent as `x-amz-expected-bucket-owner` on every S3 call.
+    pub expected_bucket_owner: Option<String>,
+    /// Only these buckets are read; events of others go to the dead-letter path.
+    pub allowed_buckets: Option<Vec<String>>,
+    /// S3 calls in flight at most.
+    pub s3_concurrency: Option<usize>,
+}
+
+/// `[serve]`: the queue consumer.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeSection {
+    /// The SQS queue URL the bucket notifications arrive on.
+    pub queue_url: Option<String>,
+    /// Concurrent long-poll receivers.
+    pub receivers: Option<usize>,
+    /// Messages being resolved at once.
+    pub messages_in_flight: Option<usize>,
+    /// Flush a batch at this many observations.
+    pub flush_rows: Option<usize>,
+    /// Flush a batch at this many payload bytes.
+    pub flush_bytes: Option<usize>,
+    /// Flush a batch when its oldest message is this old (milliseconds).
+    pub flush_age_ms: Option<u64>,
+    /// Visibility timeout to keep in-flight messages at (seconds; default: the queue's).
+    pub visibility_timeout_secs: Option<u64>,
+    /// Deadline for a graceful stop (seconds).
+    pub shutdown_timeout_secs: Option<u64>,
+    /// Address of /metrics, /healthz and /readyz (`off` to disable).
+    pub http_addr: Option<String>,
+    /// Where poison messages are moved when the queue has no redrive policy.
+    pub dead_letter_queue_url: Option<String>,
+    /// Object versions whose last written state is remembered (restating rows are suppressed).
+    pub dedup_versions: Option<usize>,
+    /// How far back (seconds) the start-up warm-up of that memory reads the journal.
+    pub dedup_lookback_secs: Option<u64>,
 }
 
 /// `[catalog]`.
@@ -174,6 +230,56 @@ impl Config {
         if let Some(v) = get("storage.s3_path_style") {
             self.storage.s3_path_style = Some(parse_bool("storage.s3_path_style", &v)?);
         }
+        set(&mut self.aws.endpoint_url, "aws.endpoint_url");
+        set(&mut self.aws.region, "aws.region");
+        if let Some(v) = get("aws.force_path_style") {
+            self.aws.force_path_style = Some(parse_bool("aws.force_path_style", &v)?);
+        }
+        set(
+            &mut self.aws.expected_bucket_owner,
+            "aws.expected_bucket_owner",
+        );
+        if let Some(v) = get("aws.allowed_buckets") {
+            self.aws.allowed_buckets = Some(
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|b| !b.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+            );
+        }
+        parse_num(&get, "aws.s3_concurrency", &mut self.aws.s3_concurrency)?;
+        set(&mut self.serve.queue_url, "serve.queue_url");
+        parse_num(&get, "serve.receivers", &mut self.serve.receivers)?;
+        parse_num(
+            &get,
+            "serve.messages_in_flight",
+            &mut self.serve.messages_in_flight,
+        )?;
+        parse_num(&get, "serve.flush_rows", &mut self.serve.flush_rows)?;
+        parse_num(&get, "serve.flush_bytes", &mut self.serve.flush_bytes)?;
+        parse_num(&get, "serve.flush_age_ms", &mut self.serve.flush_age_ms)?;
+        parse_num(
+            &get,
+            "serve.visibility_timeout_secs",
+            &mut self.serve.visibility_timeout_secs,
+        )?;
+        parse_num(
+            &get,
+            "serve.shutdown_timeout_secs",
+            &mut self.serve.shutdown_timeout_secs,
+        )?;
+        set(&mut self.serve.http_addr, "serve.http_addr");
+        set(
+            &mut self.serve.dead_letter_queue_url,
+            "serve.dead_letter_queue_url",
+        );
+        parse_num(&get, "serve.dedup_versions", &mut self.serve.dedup_versions)?;
+        parse_num(
+            &get,
+            "serve.dedup_lookback_secs",
+            &mut self.serve.dedup_lookback_secs,
+        )?;
         Ok(())
     }
 
@@ -312,6 +418,21 @@ fn normalise_warehouse(w: &str) -> Result<String, ConfigError> {
 /// The environment variable for a config key: `catalog.uri` → `ANNOTABLE_CATALOG_URI`.
 pub fn env_name(key: &str) -> String {
     format!("ANNOTABLE_{}", key.replace('.', "_").to_ascii_uppercase())
+}
+
+fn parse_num<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    slot: &mut Option<T>,
+) -> Result<(), ConfigError> {
+    if let Some(v) = get(key) {
+        *slot = Some(v.trim().parse().map_err(|_| ConfigError::Invalid {
+            key: key.into(),
+            env: env_name(key),
+            message: format!("{v:?} is not a non-negative whole number"),
+        })?);
+    }
+    Ok(())
 }
 
 fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {

@@ -4,5 +4,10 @@
 //! (and, for long-running ones, a shutdown signal); `main.rs` only parses arguments, sets up
 //! logging and reports errors. This crate is the only place `anyhow` is used: in `main`.
 
+pub mod aws;
 pub mod config;
+pub mod doctor;
+pub mod pipeline;
 pub mod query;
+pub mod serve;
+pub mod setup;

@@ -5,10 +5,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use annotable::config::Config;
+use annotable::doctor;
 use annotable::query::{self, QueryRequest};
+use annotable::serve::{self, ServeOptions};
+use annotable::setup::{self, SetupRequest};
 use annotation_sql::OutputFormat;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// mimalloc: see the workspace Cargo.toml for the measurement behind it.
 #[global_allocator]
@@ -51,6 +56,62 @@ enum Command {
     /// AWS S3 Metadata compatible). JSON functions: json_get_str(text_value, 'key'),
     /// json_get_int, json_get_bool, json_contains, and the -> / ->> operators.
     Query(QueryArgs),
+    /// Consume bucket notifications from SQS and append their annotations to the table.
+    ///
+    /// Runs until SIGTERM/SIGINT, then commits what it holds, deletes those messages and exits 0
+    /// within --shutdown-timeout. Serves /metrics, /healthz and /readyz on --http-addr.
+    Serve(ServeArgs),
+    /// Configure AWS resources for annotable.
+    #[command(subcommand)]
+    Setup(SetupCommand),
+    /// Check credentials, queue, buckets, catalog and table, and say what to fix.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// SQS queue URL receiving the bucket notifications [config: serve.queue_url].
+    #[arg(long)]
+    queue_url: Option<String>,
+    /// Stop after this many seconds with nothing received and nothing held.
+    #[arg(long, value_name = "SECS")]
+    exit_when_idle: Option<f64>,
+    /// Deadline of a graceful stop, in seconds [default: 25, under ECS's 30 s stopTimeout].
+    #[arg(long, value_name = "SECS")]
+    shutdown_timeout: Option<u64>,
+    /// Address of /metrics, /healthz and /readyz, or `off` [default: 127.0.0.1:9464].
+    #[arg(long)]
+    http_addr: Option<String>,
+    /// Log format: json (default, one object per line on stdout) or text.
+    #[arg(long, default_value = "json")]
+    log_format: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum SetupCommand {
+    /// Send a bucket's annotation and object notifications to the queue (merges with the
+    /// bucket's other notification configurations; idempotent).
+    Notifications(SetupArgs),
+}
+
+#[derive(Debug, Args)]
+struct SetupArgs {
+    /// The bucket.
+    #[arg(long)]
+    bucket: String,
+    /// The SQS queue URL.
+    #[arg(long)]
+    queue_url: String,
+    /// Only keys under this prefix.
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct DoctorArgs {
+    /// Buckets to check (repeatable) [default: aws.allowed_buckets].
+    #[arg(long)]
+    bucket: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -70,7 +131,10 @@ struct QueryArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    match &cli.command {
+        Command::Serve(args) => init_logging(args.log_format == "json", "info"),
+        _ => init_logging(false, "warn"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -90,14 +154,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+/// `serve` logs JSON lines to stdout (what awslogs forwards); the other commands log text to
+/// stderr, keeping stdout for their output. `ANNOTABLE_LOG` sets the filter.
+fn init_logging(json: bool, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_env("ANNOTABLE_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let filter = EnvFilter::try_from_env("ANNOTABLE_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{default_level},aws_config=warn,aws_smithy_runtime=warn"
+        ))
+    });
+    let _ = if json {
+        tracing_subscriber::fmt()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_env_filter(filter)
+            .with_writer(std::io::stdout)
+            .try_init()
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init()
+    };
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -127,7 +206,95 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             query::run(&config, &request, stdout).await?;
             Ok(())
         }
+        Command::Serve(args) => {
+            if args.queue_url.is_some() {
+                config.serve.queue_url = args.queue_url;
+            }
+            if let Some(t) = args.shutdown_timeout {
+                config.serve.shutdown_timeout_secs = Some(t);
+            }
+            if args.http_addr.is_some() {
+                config.serve.http_addr = args.http_addr;
+            }
+            let mut options = ServeOptions::from_config(&config)?;
+            options.exit_when_idle = args
+                .exit_when_idle
+                .map(|s| Duration::from_secs_f64(s.max(0.0)));
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            serve::run(&config, options, shutdown).await?;
+            Ok(())
+        }
+        Command::Setup(SetupCommand::Notifications(args)) => {
+            let sdk = annotable::aws::sdk_config(&config).await;
+            let s3 = annotable::aws::s3_client(&config, &sdk);
+            let sqs = annotable::aws::sqs_client(&sdk);
+            let request = SetupRequest {
+                bucket: args.bucket,
+                queue_url: args.queue_url,
+                prefix: args.prefix,
+            };
+            let changes = setup::notifications(&s3, &sqs, &request).await?;
+            if changes.is_empty() {
+                println!(
+                    "bucket {} already notifies {}: nothing changed",
+                    request.bucket, request.queue_url
+                );
+            }
+            for c in changes {
+                println!("changed: {c}");
+            }
+            Ok(())
+        }
+        Command::Doctor(args) => {
+            let buckets = if args.bucket.is_empty() {
+                config.aws.allowed_buckets.clone().unwrap_or_default()
+            } else {
+                args.bucket
+            };
+            let checks = doctor::run(&config, &buckets).await;
+            let mut failed = 0;
+            for c in &checks {
+                match &c.result {
+                    Ok(detail) => println!("ok    {}: {detail}", c.what),
+                    Err(fix) => {
+                        failed += 1;
+                        println!("FAIL  {}: {fix}", c.what);
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} of {} checks failed", checks.len());
+            }
+            Ok(())
+        }
     }
+}
+
+/// Cancels `shutdown` on SIGTERM (ECS stopping the task) or SIGINT (Ctrl-C).
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("stop signal received");
+    shutdown.cancel();
 }
 
 fn read_sql(args: &QueryArgs) -> anyhow::Result<String> {

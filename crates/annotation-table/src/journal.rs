@@ -39,7 +39,8 @@ use crate::{JournalRow, Source, TableError, journal_spec};
 pub const SUMMARY_BATCH_ID: &str = "annotable.batch-id";
 const SUMMARY_ROWS: &str = "annotable.rows";
 const SUMMARY_SOURCE: &str = "annotable.source";
-const SUMMARY_WRITER: &str = "annotable.writer";
+/// Snapshot-summary key holding the id of the process that committed.
+pub const SUMMARY_WRITER: &str = "annotable.writer";
 
 /// A batch id: unique per batch, time-ordered (UUIDv7).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -239,6 +240,11 @@ impl JournalTable {
     /// The table identifier.
     pub fn ident(&self) -> &TableIdent {
         &self.ident
+    }
+
+    /// This handle's writer id (recorded in every snapshot it commits).
+    pub fn writer_id(&self) -> &str {
+        &self.writer_id
     }
 
     /// The catalog.

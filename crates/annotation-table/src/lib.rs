@@ -21,6 +21,8 @@ mod spec;
 pub use catalog::{CatalogConfig, StorageConfig, connect};
 pub use encode::encode_rows;
 pub use error::TableError;
-pub use journal::{Batch, BatchId, CommitReport, JournalTable, RetryPolicy, SUMMARY_BATCH_ID};
+pub use journal::{
+    Batch, BatchId, CommitReport, JournalTable, RetryPolicy, SUMMARY_BATCH_ID, SUMMARY_WRITER,
+};
 pub use row::{JournalRow, RecordType, Source};
 pub use spec::{JournalSpec, journal_spec};

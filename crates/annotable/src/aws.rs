@@ -1,0 +1,53 @@
+//! AWS clients from the configuration: the standard credential/region chain of `aws-config`
+//! (environment, profile, ECS task role), plus the `[aws]` overrides for emulators and
+//! S3-compatible stores.
+
+use annotation_source::{AnnotationSource, SourceOptions};
+
+use crate::config::Config;
+
+/// The shared SDK configuration.
+pub async fn sdk_config(config: &Config) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(endpoint) = &config.aws.endpoint_url {
+        loader = loader.endpoint_url(endpoint);
+    }
+    if let Some(region) = &config.aws.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    loader.load().await
+}
+
+/// The S3 client configuration (path style when configured).
+pub fn s3_config(config: &Config, sdk: &aws_config::SdkConfig) -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::from(sdk)
+        .force_path_style(config.aws.force_path_style.unwrap_or(false))
+}
+
+/// A plain S3 client (SDK retries on), for setup and checks.
+pub fn s3_client(config: &Config, sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(s3_config(config, sdk).build())
+}
+
+/// The SQS client.
+pub fn sqs_client(sdk: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(sdk)
+}
+
+/// The annotation reader, with its own retries (see `annotation_source`).
+pub fn annotation_source(config: &Config, sdk: &aws_config::SdkConfig) -> AnnotationSource {
+    let s3 = annotation_source::s3_client(&s3_config(config, sdk));
+    let mut options = SourceOptions {
+        expected_bucket_owner: config.aws.expected_bucket_owner.clone(),
+        allowed_buckets: config
+            .aws
+            .allowed_buckets
+            .as_ref()
+            .map(|b| b.iter().cloned().collect()),
+        ..SourceOptions::default()
+    };
+    if let Some(n) = config.aws.s3_concurrency {
+        options.concurrency = n.max(1);
+    }
+    AnnotationSource::new(s3, options)
+}

@@ -1,0 +1,107 @@
+//! The receive loops: long polls that never wait for a commit (design.md §1).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use s3_events::{Notification, ParseError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::Shared;
+use super::visibility::Held;
+
+/// A received message and what its body parsed to.
+pub(crate) struct Inbound {
+    pub msg: Held,
+    pub parsed: Result<Notification, ParseError>,
+}
+
+/// One receiver: long-polls (20 s, 10 messages) until `stop`, parses, hands on. Blocks only
+/// when the stages behind it are full, which bounds memory whatever the backlog.
+pub(crate) async fn receive_loop(
+    shared: Arc<Shared>,
+    index: usize,
+    tx: mpsc::Sender<Inbound>,
+    stop: CancellationToken,
+) {
+    let mut failures = 0u32;
+    let timeout = shared.queue.visibility_timeout;
+    loop {
+        if stop.is_cancelled() {
+            return;
+        }
+        let request = shared
+            .sqs
+            .receive_message()
+            .queue_url(&shared.queue.url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(20)
+            .visibility_timeout(i32::try_from(timeout.as_secs()).unwrap_or(43_200))
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send();
+        let response = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = request => r,
+        };
+        let messages = match response {
+            Ok(out) => {
+                failures = 0;
+                out.messages.unwrap_or_default()
+            }
+            Err(e) => {
+                failures += 1;
+                shared.metrics.receive_errors.inc();
+                let wait = Duration::from_millis(200u64 << failures.min(6));
+                warn!(receiver = index, queue_url = %shared.queue.url, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), ?wait, "ReceiveMessage failed; retrying");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => continue,
+                }
+            }
+        };
+        for m in messages {
+            let Some(receipt) = m.receipt_handle else {
+                continue;
+            };
+            let receive_count = m
+                .attributes
+                .as_ref()
+                .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            let msg = Held {
+                receipt,
+                message_id: m.message_id.unwrap_or_default(),
+                receive_count,
+                received_at: Instant::now(),
+                body: m.body.unwrap_or_default(),
+            };
+            shared.registry.insert(&msg, msg.received_at + timeout);
+            shared.metrics.received.inc();
+            let parsed = s3_events::parse_message(msg.body.as_bytes());
+            debug!(message_id = %msg.message_id, receive_count, "received");
+            if tx.send(Inbound { msg, parsed }).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Cancels `stop` once nothing has been received for `idle` and nothing is held.
+pub(crate) async fn idle_watch(shared: Arc<Shared>, idle: Duration, stop: CancellationToken) {
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let last = shared.registry.last_received().unwrap_or(started);
+        if shared.registry.len() == 0 && last.elapsed() >= idle {
+            tracing::info!(
+                ?idle,
+                "idle: nothing received or held; stopping (--exit-when-idle)"
+            );
+            stop.cancel();
+            return;
+        }
+    }
+}

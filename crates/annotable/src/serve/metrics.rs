@@ -1,0 +1,234 @@
+//! Prometheus metrics of the service (`/metrics`).
+
+use std::sync::Arc;
+
+use annotation_source::{CallStats, LATENCY_BUCKETS_SECONDS, Op};
+use chrono::{DateTime, Utc};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::pipeline::Observation;
+
+use super::ServeReport;
+
+/// Every counter and histogram `serve` exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    s3: Arc<CallStats>,
+    pub(crate) received: Counter,
+    pub(crate) acked: Counter,
+    pub(crate) failed: Counter,
+    pub(crate) poisoned: Counter,
+    pub(crate) delete_failed: Counter,
+    pub(crate) receive_errors: Counter,
+    pub(crate) events_ignored: Counter,
+    pub(crate) visibility_extended: Counter,
+    pub(crate) rows_written: Counter,
+    pub(crate) rows_suppressed: Counter,
+    pub(crate) commits: Counter,
+    pub(crate) batch_rows: Histogram,
+    pub(crate) batch_bytes: Histogram,
+    pub(crate) commit_seconds: Histogram,
+    pub(crate) lag_seconds: Histogram,
+}
+
+impl Metrics {
+    /// Registers every metric; S3 call statistics are read from `s3` at scrape time.
+    pub fn new(s3: Arc<CallStats>) -> Metrics {
+        let mut registry = Registry::with_prefix("annotable");
+        let counter = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let received = counter(&mut registry, "messages_received", "SQS messages received");
+        let acked = counter(
+            &mut registry,
+            "messages_acked",
+            "Messages deleted after their rows were committed",
+        );
+        let failed = counter(
+            &mut registry,
+            "messages_failed",
+            "Messages released for a retry (transient S3 or commit failures)",
+        );
+        let poisoned = counter(
+            &mut registry,
+            "messages_poisoned",
+            "Messages sent to the dead-letter path",
+        );
+        let delete_failed = counter(
+            &mut registry,
+            "messages_delete_failed",
+            "Deletes that failed after commit (the message will be redelivered)",
+        );
+        let receive_errors = counter(
+            &mut registry,
+            "receive_errors",
+            "Failed ReceiveMessage calls",
+        );
+        let events_ignored = counter(
+            &mut registry,
+            "events_ignored",
+            "Events that need no row (test events, delete markers, unrelated types)",
+        );
+        let visibility_extended = counter(
+            &mut registry,
+            "visibility_extended",
+            "Visibility extensions by the heartbeat",
+        );
+        let rows_written = counter(&mut registry, "rows_written", "Journal rows committed");
+        let rows_suppressed = counter(
+            &mut registry,
+            "observations_suppressed",
+            "Observations that restated the last written state and wrote nothing",
+        );
+        let commits = counter(&mut registry, "commits", "Iceberg commits");
+        let hist = |registry: &mut Registry, name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::new(buckets);
+            registry.register(name, help, h.clone());
+            h
+        };
+        let batch_rows = hist(
+            &mut registry,
+            "batch_rows",
+            "Rows per commit",
+            vec![1.0, 10.0, 100.0, 1e3, 1e4, 1e5],
+        );
+        let batch_bytes = hist(
+            &mut registry,
+            "batch_bytes",
+            "Approximate bytes per commit",
+            vec![1e3, 1e4, 1e5, 1e6, 1e7, 1e8],
+        );
+        let commit_seconds = hist(
+            &mut registry,
+            "commit_seconds",
+            "Time to write and commit a batch (retries included)",
+            vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+        );
+        let lag_seconds = hist(
+            &mut registry,
+            "lag_seconds",
+            "Commit time minus event time, per event",
+            vec![0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0],
+        );
+        Metrics {
+            registry,
+            s3,
+            received,
+            acked,
+            failed,
+            poisoned,
+            delete_failed,
+            receive_errors,
+            events_ignored,
+            visibility_extended,
+            rows_written,
+            rows_suppressed,
+            commits,
+            batch_rows,
+            batch_bytes,
+            commit_seconds,
+            lag_seconds,
+        }
+    }
+
+    pub(crate) fn observe_commit(
+        &self,
+        rows: usize,
+        bytes: usize,
+        observations: &[Observation],
+        committed_at: DateTime<Utc>,
+    ) {
+        self.commits.inc();
+        self.rows_written.inc_by(rows as u64);
+        self.batch_rows.observe(rows as f64);
+        self.batch_bytes.observe(bytes as f64);
+        for o in observations {
+            if let Some(t) = o.context.as_ref().and_then(|c| c.event_time) {
+                let lag = (committed_at - t).num_milliseconds().max(0) as f64 / 1000.0;
+                self.lag_seconds.observe(lag);
+            }
+        }
+    }
+
+    /// The counters as a report.
+    pub fn report(&self) -> ServeReport {
+        ServeReport {
+            received: self.received.get(),
+            acked: self.acked.get(),
+            rows: self.rows_written.get(),
+            commits: self.commits.get(),
+            poisoned: self.poisoned.get(),
+            deadline_hit: false,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        // encode() ends with "# EOF"; the S3 families go before it.
+        if let Some(stripped) = out.strip_suffix("# EOF\n") {
+            out.truncate(stripped.len());
+        }
+        self.render_s3(&mut out);
+        out.push_str("# EOF\n");
+        out
+    }
+
+    fn render_s3(&self, out: &mut String) {
+        use std::fmt::Write;
+        let snaps: Vec<_> = Op::ALL
+            .iter()
+            .map(|op| (op.name(), self.s3.snapshot(*op)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "# HELP annotable_s3_calls S3 calls made (every attempt).\n# TYPE annotable_s3_calls counter"
+        );
+        for (op, s) in &snaps {
+            let _ = writeln!(out, "annotable_s3_calls_total{{op=\"{op}\"}} {}", s.calls);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP annotable_s3_errors S3 attempts that failed (throttling, 5xx, refusals).\n# TYPE annotable_s3_errors counter"
+        );
+        for (op, s) in &snaps {
+            let _ = writeln!(out, "annotable_s3_errors_total{{op=\"{op}\"}} {}", s.errors);
+        }
+        let _ = writeln!(
+            out,
+            "# HELP annotable_s3_call_seconds S3 call latency.\n# TYPE annotable_s3_call_seconds histogram"
+        );
+        for (op, s) in &snaps {
+            for (i, le) in LATENCY_BUCKETS_SECONDS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "annotable_s3_call_seconds_bucket{{op=\"{op}\",le=\"{le}\"}} {}",
+                    s.cumulative_buckets[i]
+                );
+            }
+            let total = s.cumulative_buckets.last().copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "annotable_s3_call_seconds_bucket{{op=\"{op}\",le=\"+Inf\"}} {total}"
+            );
+            let _ = writeln!(
+                out,
+                "annotable_s3_call_seconds_sum{{op=\"{op}\"}} {}",
+                s.latency_sum_seconds
+            );
+            let _ = writeln!(
+                out,
+                "annotable_s3_call_seconds_count{{op=\"{op}\"}} {total}"
+            );
+        }
+    }
+}

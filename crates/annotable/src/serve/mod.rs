@@ -1,0 +1,394 @@
+//! `annotable serve`: bucket notifications from SQS → journal rows, for months, losing and
+//! duplicating nothing (design.md §1, §3).
+//!
+//! Stages, joined by bounded channels so memory stays flat whatever the backlog:
+//!
+//! ```text
+//! receivers (N long polls) ─► resolve (S3 reads, M messages at once) ─► batcher ─► committer ─► acker
+//!        └──────────── in-flight registry ◄── heartbeat (ChangeMessageVisibility) ─┘
+//! ```
+//!
+//! - A message's receipt handle travels with its observations; it is deleted only after the
+//!   batch holding its rows is in a committed snapshot (§3.2). The receive loop never waits for a
+//!   commit: the batcher keeps filling the next batch while the committer commits the last.
+//! - Unparseable messages and permanent S3 refusals are poison (§3.4): left to the queue's
+//!   redrive policy (made visible again at once so it counts receives quickly), or moved to the
+//!   configured dead-letter queue; never deleted silently. Transient failures are released with
+//!   a backoff and count towards the same redrive.
+//! - The heartbeat extends the visibility of every message still held near its timeout (§3.5).
+//! - On shutdown (§3.6): stop receiving, resolve and commit what is held, delete those messages,
+//!   return, all within the deadline; whatever is not deleted by then comes back by itself.
+
+mod http;
+mod intake;
+mod metrics;
+mod stages;
+mod visibility;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use annotation_source::AnnotationSource;
+use annotation_table::{JournalTable, TableError};
+use aws_sdk_sqs::types::QueueAttributeName;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError};
+use crate::pipeline::{self, StateCache};
+
+pub use metrics::Metrics;
+
+/// How `serve` runs (defaults in [`ServeOptions::from_config`]).
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The queue.
+    pub queue_url: String,
+    /// Concurrent long-poll receivers.
+    pub receivers: usize,
+    /// Messages resolved at once.
+    pub messages_in_flight: usize,
+    /// Flush at this many observations.
+    pub flush_rows: usize,
+    /// Flush at this many payload bytes.
+    pub flush_bytes: usize,
+    /// Flush when the oldest held message is this old.
+    pub flush_age: Duration,
+    /// Visibility timeout to extend held messages to (`None`: the queue's).
+    pub visibility_timeout: Option<Duration>,
+    /// Deadline of a graceful stop.
+    pub shutdown_timeout: Duration,
+    /// Stop after this long with no message received and none held.
+    pub exit_when_idle: Option<Duration>,
+    /// Address of the health and metrics endpoint.
+    pub http_addr: Option<SocketAddr>,
+    /// Explicit dead-letter queue, for queues without a redrive policy.
+    pub dead_letter_queue_url: Option<String>,
+    /// Object versions remembered for suppression.
+    pub dedup_versions: usize,
+    /// Warm-up lookback.
+    pub dedup_lookback: Duration,
+}
+
+/// Default address of `/metrics`, `/healthz`, `/readyz`.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9464";
+
+impl ServeOptions {
+    /// Options from the configuration; `queue_url` is required.
+    pub fn from_config(config: &Config) -> Result<ServeOptions, ConfigError> {
+        let s = &config.serve;
+        let queue_url = s.queue_url.clone().ok_or_else(|| ConfigError::Invalid {
+            key: "serve.queue_url".into(),
+            env: crate::config::env_name("serve.queue_url"),
+            message: "required: the URL of the SQS queue that receives the bucket notifications (--queue-url)".into(),
+        })?;
+        let http = s
+            .http_addr
+            .clone()
+            .unwrap_or_else(|| DEFAULT_HTTP_ADDR.into());
+        let http_addr = if http == "off" {
+            None
+        } else {
+            Some(http.parse().map_err(|_| ConfigError::Invalid {
+                key: "serve.http_addr".into(),
+                env: crate::config::env_name("serve.http_addr"),
+                message: format!("{http:?} is not HOST:PORT (or `off`)"),
+            })?)
+        };
+        Ok(ServeOptions {
+            queue_url,
+            receivers: s.receivers.unwrap_or(2).max(1),
+            messages_in_flight: s.messages_in_flight.unwrap_or(64).max(1),
+            flush_rows: s.flush_rows.unwrap_or(20_000).max(1),
+            flush_bytes: s.flush_bytes.unwrap_or(64 << 20).max(1),
+            flush_age: Duration::from_millis(s.flush_age_ms.unwrap_or(2_000)),
+            visibility_timeout: s.visibility_timeout_secs.map(Duration::from_secs),
+            shutdown_timeout: Duration::from_secs(s.shutdown_timeout_secs.unwrap_or(25)),
+            exit_when_idle: None,
+            http_addr,
+            dead_letter_queue_url: s.dead_letter_queue_url.clone(),
+            dedup_versions: s.dedup_versions.unwrap_or(200_000),
+            dedup_lookback: Duration::from_secs(s.dedup_lookback_secs.unwrap_or(3_600)),
+        })
+    }
+}
+
+/// Why `serve` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The table could not be opened.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// The queue cannot be used.
+    #[error("queue {queue_url}: {message}")]
+    Queue {
+        /// The queue.
+        queue_url: String,
+        /// What failed and what to do.
+        message: String,
+    },
+    /// The health/metrics endpoint cannot listen.
+    #[error(
+        "cannot listen on {addr} for /metrics and /healthz: {source}; set serve.http_addr (ANNOTABLE_SERVE_HTTP_ADDR) to a free address or `off`"
+    )]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl ServeError {
+    /// Whether starting again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ServeError::Table(e) => e.is_retryable(),
+            ServeError::Queue { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// What a run did, for the final log line and tests.
+#[derive(Debug, Clone, Default)]
+pub struct ServeReport {
+    /// Messages received.
+    pub received: u64,
+    /// Messages deleted after their rows were committed.
+    pub acked: u64,
+    /// Rows written.
+    pub rows: u64,
+    /// Commits made.
+    pub commits: u64,
+    /// Messages sent to the dead-letter path.
+    pub poisoned: u64,
+    /// Whether the shutdown deadline cut the drain short.
+    pub deadline_hit: bool,
+}
+
+/// What the queue says about itself.
+#[derive(Debug, Clone)]
+pub(crate) struct QueueInfo {
+    pub url: String,
+    pub visibility_timeout: Duration,
+    pub has_redrive: bool,
+}
+
+/// Everything the stages share.
+pub(crate) struct Shared {
+    pub sqs: aws_sdk_sqs::Client,
+    pub source: AnnotationSource,
+    pub queue: QueueInfo,
+    pub options: ServeOptions,
+    pub metrics: Arc<Metrics>,
+    pub registry: visibility::Registry,
+    pub writer_id: String,
+}
+
+/// Runs the service until `shutdown` is cancelled (or it has been idle for
+/// `options.exit_when_idle`), then drains within `options.shutdown_timeout`.
+pub async fn run(
+    config: &Config,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) -> Result<ServeReport, ServeError> {
+    let sdk = crate::aws::sdk_config(config).await;
+    let sqs = crate::aws::sqs_client(&sdk);
+    let source = crate::aws::annotation_source(config, &sdk);
+    let queue = queue_info(&sqs, &options).await?;
+    if !queue.has_redrive && options.dead_letter_queue_url.is_none() {
+        warn!(queue_url = %queue.url, "the queue has no redrive policy and no serve.dead_letter_queue_url is set: poison messages stay on the queue until its retention expires; configure a dead-letter queue");
+    }
+
+    let catalog_config = config.catalog_config()?;
+    let catalog = annotation_table::connect(
+        config.catalog_name(),
+        &catalog_config,
+        &config.storage_config(),
+    )
+    .await?;
+    let table =
+        JournalTable::open(catalog.clone(), config.namespace(), Some(config.table())).await?;
+    let mut cache = StateCache::new(options.dedup_versions);
+    match stages::warm_up(
+        &table,
+        &catalog_config,
+        config,
+        options.dedup_lookback,
+        &mut cache,
+    )
+    .await
+    {
+        Ok(rows) => info!(
+            rows,
+            versions = cache.len(),
+            "suppression memory warmed from the journal"
+        ),
+        Err(e) => {
+            warn!(error = %e, "could not warm the suppression memory from the journal; restating rows may be written after a restart")
+        }
+    }
+
+    let metrics = Arc::new(Metrics::new(source.stats().clone()));
+    let shared = Arc::new(Shared {
+        sqs,
+        source,
+        queue,
+        options: options.clone(),
+        metrics: metrics.clone(),
+        registry: visibility::Registry::default(),
+        writer_id: pipeline::new_writer_id(),
+    });
+
+    let http_stop = CancellationToken::new();
+    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let http_task = match options.http_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Listen { addr, source })?;
+            let local = listener.local_addr().unwrap_or(addr);
+            info!(addr = %local, "serving /metrics, /healthz and /readyz");
+            Some(tokio::spawn(http::serve(
+                listener,
+                metrics.clone(),
+                ready.clone(),
+                http_stop.clone(),
+            )))
+        }
+        None => None,
+    };
+    info!(queue_url = %shared.queue.url, table = %table.ident(), visibility_timeout = ?shared.queue.visibility_timeout, "serve started");
+
+    // The stop signal for the receivers: the caller's shutdown, or idleness.
+    let stop_receiving = shutdown.child_token();
+    let (inbound_tx, inbound_rx) = mpsc::channel(options.messages_in_flight);
+    let (resolved_tx, resolved_rx) = mpsc::channel(options.messages_in_flight);
+    let (batch_tx, batch_rx) = mpsc::channel(1);
+    let (ack_tx, ack_rx) = mpsc::channel(16);
+
+    let heartbeat_stop = CancellationToken::new();
+    let heartbeat = tokio::spawn(visibility::heartbeat(
+        shared.clone(),
+        heartbeat_stop.clone(),
+    ));
+    let mut receivers = Vec::new();
+    for i in 0..options.receivers {
+        receivers.push(tokio::spawn(intake::receive_loop(
+            shared.clone(),
+            i,
+            inbound_tx.clone(),
+            stop_receiving.clone(),
+        )));
+    }
+    drop(inbound_tx);
+    let idle = options.exit_when_idle.map(|idle| {
+        tokio::spawn(intake::idle_watch(
+            shared.clone(),
+            idle,
+            stop_receiving.clone(),
+        ))
+    });
+    let resolver = tokio::spawn(stages::resolve_loop(
+        shared.clone(),
+        inbound_rx,
+        resolved_tx,
+    ));
+    let batcher = tokio::spawn(stages::batch_loop(shared.clone(), resolved_rx, batch_tx));
+    let committer = tokio::spawn(stages::commit_loop(
+        shared.clone(),
+        table,
+        cache,
+        batch_rx,
+        ack_tx,
+    ));
+    let acker = tokio::spawn(stages::ack_loop(shared.clone(), ack_rx));
+
+    stop_receiving.cancelled().await;
+    ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    info!(deadline = ?options.shutdown_timeout, "stopping: draining held messages");
+    let drain = async {
+        for r in receivers {
+            let _ = r.await;
+        }
+        let _ = resolver.await;
+        let _ = batcher.await;
+        let _ = committer.await;
+        let _ = acker.await;
+    };
+    let deadline_hit = tokio::time::timeout(options.shutdown_timeout, drain)
+        .await
+        .is_err();
+    if deadline_hit {
+        warn!(
+            held = shared.registry.len(),
+            "shutdown deadline reached; messages not yet deleted will be redelivered after their visibility timeout"
+        );
+    }
+    heartbeat_stop.cancel();
+    let _ = heartbeat.await;
+    if let Some(idle) = idle {
+        idle.abort();
+    }
+    http_stop.cancel();
+    if let Some(task) = http_task {
+        let _ = task.await;
+    }
+    let report = ServeReport {
+        deadline_hit,
+        ..metrics.report()
+    };
+    info!(
+        received = report.received,
+        acked = report.acked,
+        rows = report.rows,
+        commits = report.commits,
+        poisoned = report.poisoned,
+        "serve stopped"
+    );
+    Ok(report)
+}
+
+async fn queue_info(
+    sqs: &aws_sdk_sqs::Client,
+    options: &ServeOptions,
+) -> Result<QueueInfo, ServeError> {
+    let url = options.queue_url.clone();
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::VisibilityTimeout)
+        .attribute_names(QueueAttributeName::RedrivePolicy)
+        .send()
+        .await
+        .map_err(|e| ServeError::Queue {
+            queue_url: url.clone(),
+            message: format!(
+                "GetQueueAttributes failed: {}; check the URL, the region/endpoint and sqs:GetQueueAttributes permission",
+                aws_sdk_sqs::error::DisplayErrorContext(&e)
+            ),
+        })?;
+    let attributes = attrs.attributes();
+    let queue_timeout = attributes
+        .and_then(|a| a.get(&QueueAttributeName::VisibilityTimeout))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(30);
+    let has_redrive = attributes
+        .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
+        .is_some_and(|v| !v.is_empty());
+    Ok(QueueInfo {
+        url,
+        visibility_timeout: options
+            .visibility_timeout
+            .unwrap_or(Duration::from_secs(queue_timeout))
+            .max(Duration::from_secs(1)),
+        has_redrive,
+    })
+}

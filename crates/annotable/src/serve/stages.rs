@@ -1,0 +1,559 @@
+//! Resolve → batch → commit → ack, and the dead-letter path.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use annotation_source::{AnnotationState, SourceError, VersionState};
+use annotation_table::{
+    Batch, BatchId, CatalogConfig, JournalRow, JournalTable, Source, TableError,
+};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageAttributeValue};
+use chrono::Utc;
+use s3_events::{Action, Event, Notification};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+
+use super::Shared;
+use super::intake::Inbound;
+use super::visibility::{Held, release, retry_backoff};
+use crate::config::Config;
+use crate::pipeline::{
+    Observation, Observed, Overlay, StateCache, approx_row_bytes, sequence_number,
+};
+
+/// A message after its S3 reads.
+pub(crate) struct Resolved {
+    msg: Held,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    /// Everything the message's events established (empty for test events and ignored ones).
+    Observed(Vec<Observation>),
+    /// Cannot ever succeed: dead-letter path.
+    Poison(String),
+    /// May succeed later: release with a backoff.
+    Retry(String),
+}
+
+/// Resolves up to `messages_in_flight` messages at once.
+pub(crate) async fn resolve_loop(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Inbound>,
+    tx: mpsc::Sender<Resolved>,
+) {
+    let limit = Arc::new(Semaphore::new(shared.options.messages_in_flight));
+    let mut tasks = JoinSet::new();
+    while let Some(inbound) = rx.recv().await {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break;
+        };
+        let shared = shared.clone();
+        let tx = tx.clone();
+        tasks.spawn(async move {
+            let resolved = resolve_message(&shared, inbound).await;
+            let _ = tx.send(resolved).await;
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn resolve_message(shared: &Shared, inbound: Inbound) -> Resolved {
+    let Inbound { msg, parsed } = inbound;
+    let events = match parsed {
+        Err(e) => {
+            return Resolved {
+                msg,
+                outcome: Outcome::Poison(format!("unparseable notification: {e}")),
+            };
+        }
+        Ok(Notification::Test(_)) => {
+            shared.metrics.events_ignored.inc();
+            return Resolved {
+                msg,
+                outcome: Outcome::Observed(Vec::new()),
+            };
+        }
+        Ok(Notification::Events(events)) => events,
+    };
+    let mut observations = Vec::with_capacity(events.len());
+    for event in events {
+        match resolve_event(shared, &event).await {
+            Ok(Some(obs)) => observations.push(obs),
+            Ok(None) => {
+                shared.metrics.events_ignored.inc();
+            }
+            Err(e) if e.is_retryable() => {
+                return Resolved {
+                    msg,
+                    outcome: Outcome::Retry(e.to_string()),
+                };
+            }
+            Err(e) => {
+                return Resolved {
+                    msg,
+                    outcome: Outcome::Poison(e.to_string()),
+                };
+            }
+        }
+    }
+    Resolved {
+        msg,
+        outcome: Outcome::Observed(observations),
+    }
+}
+
+/// The S3 reads of design.md §4. Every annotation change is verified by reading the annotation
+/// (a delete event too: under reordering, the annotation may have been put again since), and
+/// every object-level change by reading the version's whole set, so each row states what S3
+/// held at its sequence number.
+async fn resolve_event(shared: &Shared, event: &Event) -> Result<Option<Observation>, SourceError> {
+    let source = &shared.source;
+    let (at_nanos, observed) = match &event.action {
+        Action::FetchAnnotation(a) | Action::DeleteAnnotation(a) => {
+            let got = source.get(&event.object, &a.name).await?;
+            let observed = match got.value {
+                AnnotationState::Present(ann) => Observed::Annotation {
+                    name: a.name.clone(),
+                    state: Some(ann),
+                },
+                AnnotationState::Absent => Observed::Annotation {
+                    name: a.name.clone(),
+                    state: None,
+                },
+                AnnotationState::VersionGone => Observed::Version(None),
+            };
+            (got.at_nanos, observed)
+        }
+        Action::Reset { .. } => {
+            let read = source.read_version(&event.object).await?;
+            let observed = match read.value {
+                VersionState::Present(list) => Observed::Version(Some(list)),
+                VersionState::Gone => Observed::Version(None),
+            };
+            (read.at_nanos, observed)
+        }
+        Action::Ignore(_) => return Ok(None),
+    };
+    Ok(Some(Observation {
+        object: event.object.clone(),
+        object_e_tag: event.context.object_e_tag.clone().filter(|e| !e.is_empty()),
+        sequence_number: sequence_number(at_nanos, &shared.writer_id),
+        observed,
+        context: Some(event.context.clone()),
+    }))
+}
+
+/// Messages and observations committed together.
+#[derive(Default)]
+pub(crate) struct PendingBatch {
+    messages: Vec<Held>,
+    observations: Vec<Observation>,
+    rows: usize,
+    bytes: usize,
+}
+
+/// Collects resolved messages into batches, flushed on rows, bytes or age.
+pub(crate) async fn batch_loop(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Resolved>,
+    tx: mpsc::Sender<PendingBatch>,
+) {
+    let opts = &shared.options;
+    let mut batch = PendingBatch::default();
+    let mut oldest: Option<Instant> = None;
+    loop {
+        let deadline = oldest.map(|t| tokio::time::Instant::from_std(t + opts.flush_age));
+        let next = tokio::select! {
+            r = rx.recv() => r,
+            _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } else { std::future::pending::<()>().await } } => {
+                flush(&tx, &mut batch, &mut oldest).await;
+                continue;
+            }
+        };
+        let Some(resolved) = next else {
+            flush(&tx, &mut batch, &mut oldest).await;
+            return;
+        };
+        let Resolved { mut msg, outcome } = resolved;
+        match outcome {
+            Outcome::Poison(reason) => {
+                let shared = shared.clone();
+                tokio::spawn(async move { poison(&shared, msg, &reason).await });
+            }
+            Outcome::Retry(reason) => {
+                shared.metrics.failed.inc();
+                let wait = retry_backoff(msg.receive_count);
+                warn!(message_id = %msg.message_id, receive_count = msg.receive_count, ?wait, %reason, "message failed; it will be retried");
+                let shared = shared.clone();
+                tokio::spawn(async move { release(&shared, &msg, wait).await });
+            }
+            Outcome::Observed(observations) => {
+                msg.body = String::new();
+                for o in &observations {
+                    let (rows, bytes) = match &o.observed {
+                        Observed::Annotation { state, .. } => {
+                            (1, state.as_ref().map_or(0, |a| a.text_value.len()))
+                        }
+                        Observed::Version(set) => {
+                            let set = set.as_deref().unwrap_or_default();
+                            (1 + set.len(), set.iter().map(|a| a.text_value.len()).sum())
+                        }
+                    };
+                    batch.rows += rows;
+                    batch.bytes += bytes + 300 * rows;
+                }
+                batch.observations.extend(observations);
+                oldest.get_or_insert(msg.received_at);
+                batch.messages.push(msg);
+                if batch.rows >= opts.flush_rows || batch.bytes >= opts.flush_bytes {
+                    flush(&tx, &mut batch, &mut oldest).await;
+                }
+            }
+        }
+    }
+}
+
+async fn flush(
+    tx: &mpsc::Sender<PendingBatch>,
+    batch: &mut PendingBatch,
+    oldest: &mut Option<Instant>,
+) {
+    *oldest = None;
+    if batch.messages.is_empty() {
+        return;
+    }
+    let full = std::mem::take(batch);
+    let _ = tx.send(full).await;
+}
+
+/// The dead-letter path (design.md §3.4).
+async fn poison(shared: &Shared, msg: Held, reason: &str) {
+    shared.metrics.poisoned.inc();
+    if shared.queue.has_redrive {
+        error!(message_id = %msg.message_id, receive_count = msg.receive_count, reason, "poison message: left to the queue's redrive policy (made visible again so it reaches the dead-letter queue)");
+        release(shared, &msg, Duration::ZERO).await;
+        return;
+    }
+    if let Some(dlq) = &shared.options.dead_letter_queue_url {
+        let reason_attr = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(truncate(reason, 1024))
+            .build();
+        let mut send = shared
+            .sqs
+            .send_message()
+            .queue_url(dlq)
+            .message_body(&msg.body);
+        if let Ok(attr) = reason_attr {
+            send = send.message_attributes("annotable-reason", attr);
+        }
+        match send.send().await {
+            Ok(_) => {
+                error!(message_id = %msg.message_id, dead_letter_queue = %dlq, reason, "poison message moved to the dead-letter queue");
+                delete_all(shared, std::slice::from_ref(&msg)).await;
+                return;
+            }
+            Err(e) => {
+                warn!(message_id = %msg.message_id, dead_letter_queue = %dlq, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "could not move a poison message to the dead-letter queue; it stays on the queue");
+            }
+        }
+    } else {
+        error!(message_id = %msg.message_id, receive_count = msg.receive_count, reason, "poison message: no dead-letter queue configured, it stays on the queue (hidden for a while) until its retention expires");
+    }
+    let wait = retry_backoff(msg.receive_count.max(4));
+    release(shared, &msg, wait).await;
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Commits batches one at a time; hands their messages to the acker once committed.
+pub(crate) async fn commit_loop(
+    shared: Arc<Shared>,
+    table: JournalTable,
+    mut cache: StateCache,
+    mut rx: mpsc::Receiver<PendingBatch>,
+    ack: mpsc::Sender<Vec<Held>>,
+) {
+    let mut seen_sequence: Option<i64> = None;
+    while let Some(mut batch) = rx.recv().await {
+        // Resolves finish out of order; rows are decided in observation order.
+        batch
+            .observations
+            .sort_by(|a, b| a.sequence_number.cmp(&b.sequence_number));
+        if let Err(e) = forget_if_others_wrote(&table, &mut seen_sequence, &mut cache).await {
+            debug!(error = %e, "could not check for other writers; clearing the suppression memory");
+            cache.clear();
+        }
+        let mut overlay = Overlay::default();
+        let now = Utc::now();
+        let rows: Vec<JournalRow> = batch
+            .observations
+            .iter()
+            .flat_map(|o| cache.rows_for(&mut overlay, o, Source::Notification, now))
+            .collect();
+        shared
+            .metrics
+            .rows_suppressed
+            .inc_by(overlay.suppressed() as u64);
+        if rows.is_empty() {
+            cache.commit(overlay);
+            let _ = ack.send(batch.messages).await;
+            continue;
+        }
+        let row_count = rows.len();
+        let bytes: usize = rows.iter().map(approx_row_bytes).sum();
+        match commit_with_retries(&shared, &table, rows).await {
+            Ok(()) => {
+                cache.commit(overlay);
+                let committed_at = Utc::now();
+                shared
+                    .metrics
+                    .observe_commit(row_count, bytes, &batch.observations, committed_at);
+                let _ = ack.send(batch.messages).await;
+            }
+            Err(e) => {
+                error!(table = %table.ident(), messages = batch.messages.len(), rows = row_count, error = %e, "commit failed; the batch's messages are released and will be retried");
+                shared.metrics.failed.inc_by(batch.messages.len() as u64);
+                for msg in batch.messages {
+                    let wait = retry_backoff(msg.receive_count);
+                    release(&shared, &msg, wait).await;
+                }
+            }
+        }
+    }
+}
+
+async fn commit_with_retries(
+    shared: &Shared,
+    table: &JournalTable,
+    rows: Vec<JournalRow>,
+) -> Result<(), TableError> {
+    let id = BatchId::new();
+    let started = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        if attempt > 1 && table.committed_batch(&id).await?.is_some() {
+            return Ok(());
+        }
+        let batch = Batch {
+            id: id.clone(),
+            source: Source::Notification,
+            rows: rows.clone(),
+        };
+        match table.append(batch).await {
+            Ok(report) => {
+                shared
+                    .metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                debug!(batch_id = %report.batch_id, rows = report.rows, attempts = report.attempts, "committed");
+                return Ok(());
+            }
+            Err(e) if e.is_retryable() && attempt < 6 => {
+                let wait = Duration::from_millis(500u64 << attempt);
+                warn!(table = %table.ident(), attempt, ?wait, error = %e, "commit failed; retrying");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Clears the suppression memory when a snapshot by another writer appeared since the last
+/// check: that writer's rows are not in it, so it could be stale.
+async fn forget_if_others_wrote(
+    table: &JournalTable,
+    seen: &mut Option<i64>,
+    cache: &mut StateCache,
+) -> Result<(), TableError> {
+    let loaded = table.load().await?;
+    let metadata = loaded.metadata();
+    let newest = metadata.last_sequence_number();
+    let since = seen.unwrap_or(i64::MIN);
+    let foreign = metadata.snapshots().any(|s| {
+        s.sequence_number() > since
+            && s.summary()
+                .additional_properties
+                .get(annotation_table::SUMMARY_WRITER)
+                .is_none_or(|w| w != table.writer_id())
+    });
+    if foreign && seen.is_some() {
+        info!(table = %table.ident(), "another writer committed; clearing the suppression memory");
+        cache.clear();
+    }
+    *seen = Some(newest);
+    Ok(())
+}
+
+/// Deletes committed messages (DeleteMessageBatch, 10 at a time, every per-entry failure
+/// checked).
+pub(crate) async fn ack_loop(shared: Arc<Shared>, mut rx: mpsc::Receiver<Vec<Held>>) {
+    while let Some(messages) = rx.recv().await {
+        delete_all(&shared, &messages).await;
+    }
+}
+
+async fn delete_all(shared: &Shared, messages: &[Held]) {
+    let chunks = messages.chunks(10).map(|chunk| delete_chunk(shared, chunk));
+    futures::future::join_all(chunks).await;
+}
+
+async fn delete_chunk(shared: &Shared, chunk: &[Held]) {
+    let entries: Vec<_> = chunk
+        .iter()
+        .enumerate()
+        .filter_map(|(i, m)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(&m.receipt)
+                .build()
+                .ok()
+        })
+        .collect();
+    let result = shared
+        .sqs
+        .delete_message_batch()
+        .queue_url(&shared.queue.url)
+        .set_entries(Some(entries))
+        .send()
+        .await;
+    match result {
+        Ok(out) => {
+            let failed: std::collections::HashMap<&str, String> = out
+                .failed()
+                .iter()
+                .map(|f| {
+                    (
+                        f.id(),
+                        format!("{}: {}", f.code(), f.message().unwrap_or("")),
+                    )
+                })
+                .collect();
+            for (i, m) in chunk.iter().enumerate() {
+                match failed.get(i.to_string().as_str()) {
+                    Some(why) => {
+                        shared.metrics.delete_failed.inc();
+                        warn!(message_id = %m.message_id, reason = %why, "DeleteMessage failed after its rows were committed; a redelivery will restate nothing");
+                    }
+                    None => {
+                        shared.metrics.acked.inc();
+                    }
+                }
+                shared.registry.remove(&m.receipt);
+            }
+        }
+        Err(e) => {
+            shared.metrics.delete_failed.inc_by(chunk.len() as u64);
+            warn!(queue_url = %shared.queue.url, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), "DeleteMessageBatch failed after the rows were committed; the messages will be redelivered and restate nothing");
+            for m in chunk {
+                shared.registry.remove(&m.receipt);
+            }
+        }
+    }
+}
+
+/// Replays the journal rows ingested within `lookback` into the suppression memory.
+pub(crate) async fn warm_up(
+    table: &JournalTable,
+    catalog_config: &CatalogConfig,
+    config: &Config,
+    lookback: Duration,
+    cache: &mut StateCache,
+) -> Result<usize, Box<dyn std::error::Error + Send + Sync>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Int64Type, TimeUnit, TimestampMicrosecondType};
+    if lookback.is_zero() {
+        return Ok(0);
+    }
+    let session = annotation_sql::QuerySession::new(
+        table.catalog().clone(),
+        catalog_config.describe(),
+        config.namespace(),
+        config.table(),
+    )
+    .await?;
+    let since = Utc::now() - chrono::Duration::from_std(lookback)?;
+    let sql = format!(
+        "SELECT bucket, object_key, object_version_id, name, record_type, sequence_number, \
+         last_modified_date, size, e_tag, checksum_algorithm, replication_status, text_value \
+         FROM {} WHERE ingested_at >= TIMESTAMP '{}' \
+         ORDER BY sequence_number, CASE WHEN record_type = 'OBJECT_RESET' THEN 0 ELSE 1 END",
+        config.table(),
+        since.format("%Y-%m-%dT%H:%M:%S%.6fZ")
+    );
+    let result = session.query(&sql).await?;
+    let mut n = 0;
+    for batch in &result.batches {
+        let s = |i: usize| arrow::compute::cast(batch.column(i), &DataType::Utf8);
+        let (bucket, key, version, name, kind, seq, etag, checksum, repl, text) = (
+            s(0)?,
+            s(1)?,
+            s(2)?,
+            s(3)?,
+            s(4)?,
+            s(5)?,
+            s(8)?,
+            s(9)?,
+            s(10)?,
+            s(11)?,
+        );
+        let lm = arrow::compute::cast(
+            batch.column(6),
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )?;
+        let size = arrow::compute::cast(batch.column(7), &DataType::Int64)?;
+        let str_at = |a: &arrow::array::ArrayRef, i: usize| {
+            let a = a.as_string::<i32>();
+            (!a.is_null(i)).then(|| a.value(i).to_string())
+        };
+        let lm = lm.as_primitive::<TimestampMicrosecondType>();
+        let size = size.as_primitive::<Int64Type>();
+        for i in 0..batch.num_rows() {
+            let record_type = match str_at(&kind, i).as_deref() {
+                Some("PUT") => annotation_table::RecordType::Put,
+                Some("DELETE") => annotation_table::RecordType::Delete,
+                _ => annotation_table::RecordType::ObjectReset,
+            };
+            let row = JournalRow {
+                bucket: str_at(&bucket, i).unwrap_or_default(),
+                object_key: str_at(&key, i).unwrap_or_default(),
+                object_version_id: str_at(&version, i),
+                object_join_key: String::new(),
+                name: str_at(&name, i),
+                record_type,
+                sequence_number: str_at(&seq, i).unwrap_or_default(),
+                last_modified_date: (!lm.is_null(i))
+                    .then(|| {
+                        chrono::DateTime::from_timestamp_micros(lm.value(i)).map(|d| d.naive_utc())
+                    })
+                    .flatten(),
+                size: (!size.is_null(i)).then(|| size.value(i)),
+                e_tag: str_at(&etag, i),
+                checksum_algorithm: str_at(&checksum, i),
+                replication_status: str_at(&repl, i),
+                text_value: str_at(&text, i),
+                event_name: None,
+                event_time: None,
+                source: Source::Notification,
+                requester: None,
+                source_ip_address: None,
+                request_id: None,
+                ingested_at: Utc::now(),
+            };
+            cache.apply_row(&row);
+            n += 1;
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,606 @@
+//! Shared harness of the `serve` tests: a private emulator, a bucket pair and a queue, the real
+//! `annotable` binary as a child process, a seeded random workload, and the two sides of the
+//! convergence check (S3's truth, the `annotations` view).
+
+#![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
+
+use annotable::config::Config;
+use annotable_tests::{Queue, Stack};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::DataType;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+use aws_sdk_sqs::types::QueueAttributeName;
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// One annotation as both sides report it: (bucket, key, version, name, text).
+pub type Row = (String, String, Option<String>, String, String);
+
+pub const VERSIONED: &str = "serve-versioned";
+pub const PLAIN: &str = "serve-plain";
+
+pub struct Env {
+    pub stack: Stack,
+    pub dir: tempfile::TempDir,
+    pub queue: Queue,
+    pub dlq: Queue,
+    /// Extra environment for every serve process (catalog overrides).
+    pub env: Vec<(String, String)>,
+    runs: usize,
+}
+
+impl Env {
+    /// Emulator, two buckets notifying one queue (set up by `annotable setup notifications`),
+    /// a dead-letter queue with `max_receives`, and the queue's visibility timeout.
+    pub async fn start(visibility_timeout: u32, max_receives: u32) -> Env {
+        let stack = Stack::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let dlq = stack.queue("serve-dlq", &[]).await;
+        let redrive = format!(
+            r#"{{"deadLetterTargetArn":"{}","maxReceiveCount":"{max_receives}"}}"#,
+            dlq.arn
+        );
+        let queue = stack
+            .queue(
+                "serve-events",
+                &[
+                    (
+                        QueueAttributeName::VisibilityTimeout,
+                        visibility_timeout.to_string(),
+                    ),
+                    (QueueAttributeName::RedrivePolicy, redrive),
+                ],
+            )
+            .await;
+        stack.bucket(VERSIONED, true).await;
+        stack.bucket(PLAIN, false).await;
+        let mut env = Env {
+            stack,
+            dir,
+            queue,
+            dlq,
+            env: Vec::new(),
+            runs: 0,
+        };
+        for bucket in [VERSIONED, PLAIN] {
+            let out = env.annotable(&[
+                "setup",
+                "notifications",
+                "--bucket",
+                bucket,
+                "--queue-url",
+                &env.queue.url.clone(),
+            ]);
+            assert!(
+                out.status.success(),
+                "setup notifications: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // Drain the s3:TestEvent messages? No: serve must ack them itself.
+        env.runs = 0;
+        env
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn base_env(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = vec![
+            ("AWS_ENDPOINT_URL".into(), self.stack.stack.endpoint()),
+            ("AWS_ACCESS_KEY_ID".into(), "test".into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), "test".into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("ANNOTABLE_AWS_FORCE_PATH_STYLE".into(), "true".into()),
+            (
+                "ANNOTABLE_DATA_DIR".into(),
+                self.data_dir().display().to_string(),
+            ),
+            ("ANNOTABLE_SERVE_QUEUE_URL".into(), self.queue.url.clone()),
+            ("ANNOTABLE_SERVE_HTTP_ADDR".into(), "off".into()),
+            ("ANNOTABLE_SERVE_FLUSH_AGE_MS".into(), "500".into()),
+        ];
+        v.extend(self.env.iter().cloned());
+        v
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_annotable"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ANNOTABLE_") || k.starts_with("AWS_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.current_dir(self.dir.path())
+            .args(args)
+            .envs(self.base_env());
+        cmd
+    }
+
+    /// Runs a short annotable command to completion.
+    pub fn annotable(&self, args: &[&str]) -> std::process::Output {
+        self.command(args).output().expect("run annotable")
+    }
+
+    /// Starts `annotable serve` with extra env; its JSON log goes to a file.
+    pub fn spawn_serve(&mut self, args: &[&str], extra: &[(&str, &str)]) -> Serve {
+        self.runs += 1;
+        let log = self.dir.path().join(format!("serve-{}.log", self.runs));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = self.command(&[&["serve"], args].concat());
+        cmd.envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .env("ANNOTABLE_LOG", "info,annotable=debug")
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file);
+        let child = cmd.spawn().expect("spawn serve");
+        Serve {
+            child: Some(child),
+            log,
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs serve until it has been idle for `idle` seconds (the queue drained).
+    pub fn serve_until_idle(&mut self, idle: &str, extra: &[(&str, &str)]) -> (ExitStatus, String) {
+        let mut serve = self.spawn_serve(&["--exit-when-idle", idle], extra);
+        let status = serve.wait(Duration::from_secs(240));
+        (status, serve.log())
+    }
+
+    /// S3's truth: every annotation of every object version of both buckets.
+    pub async fn truth(&self) -> BTreeSet<Row> {
+        let s3 = &self.stack.s3;
+        let mut out = BTreeSet::new();
+        let mut versions: Vec<(String, String, Option<String>)> = Vec::new();
+        let listed = s3
+            .list_object_versions()
+            .bucket(VERSIONED)
+            .send()
+            .await
+            .expect("ListObjectVersions");
+        for v in listed.versions() {
+            versions.push((
+                VERSIONED.into(),
+                v.key().unwrap_or_default().into(),
+                v.version_id().map(str::to_string),
+            ));
+        }
+        assert!(
+            !listed.is_truncated().unwrap_or(false),
+            "test buckets stay under 1000 versions"
+        );
+        let plain = s3
+            .list_objects_v2()
+            .bucket(PLAIN)
+            .send()
+            .await
+            .expect("ListObjectsV2");
+        for o in plain.contents() {
+            versions.push((PLAIN.into(), o.key().unwrap_or_default().into(), None));
+        }
+        for (bucket, key, version) in versions {
+            let list = s3
+                .list_object_annotations()
+                .bucket(&bucket)
+                .key(&key)
+                .set_version_id(version.clone())
+                .send()
+                .await
+                .expect("ListObjectAnnotations");
+            for entry in list.annotations() {
+                let name = entry.annotation_name().to_string();
+                let got = s3
+                    .get_object_annotation()
+                    .bucket(&bucket)
+                    .key(&key)
+                    .set_version_id(version.clone())
+                    .annotation_name(&name)
+                    .send()
+                    .await
+                    .expect("GetObjectAnnotation");
+                let body = got
+                    .annotation_payload
+                    .collect()
+                    .await
+                    .expect("payload")
+                    .into_bytes();
+                let table_version = version.clone().filter(|v| v != "null");
+                out.insert((
+                    bucket.clone(),
+                    key.clone(),
+                    table_version,
+                    name,
+                    String::from_utf8(body.to_vec()).expect("utf8"),
+                ));
+            }
+        }
+        out
+    }
+
+    pub fn config(&self) -> Config {
+        Config::load(
+            None,
+            self.base_env()
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("ANNOTABLE_")),
+        )
+        .expect("config")
+    }
+
+    /// Runs SQL over the table and returns every value as an optional string.
+    pub async fn sql(&self, sql: &str) -> Vec<Vec<Option<String>>> {
+        let session = annotable::query::open_session(&self.config())
+            .await
+            .expect("session");
+        let result = session
+            .query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let mut rows = Vec::new();
+        for batch in &result.batches {
+            let cols: Vec<_> = batch
+                .columns()
+                .iter()
+                .map(|c| arrow::compute::cast(c, &DataType::Utf8).expect("cast"))
+                .collect();
+            for i in 0..batch.num_rows() {
+                rows.push(
+                    cols.iter()
+                        .map(|c| {
+                            let c = c.as_string::<i32>();
+                            (!c.is_null(i)).then(|| c.value(i).to_string())
+                        })
+                        .collect(),
+                );
+            }
+        }
+        rows
+    }
+
+    /// The `annotations` view.
+    pub async fn view(&self) -> BTreeSet<Row> {
+        self.sql("SELECT bucket, object_key, object_version_id, name, text_value FROM annotations")
+            .await
+            .into_iter()
+            .map(|r| {
+                (
+                    r[0].clone().unwrap_or_default(),
+                    r[1].clone().unwrap_or_default(),
+                    r[2].clone(),
+                    r[3].clone().unwrap_or_default(),
+                    r[4].clone().unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// Annotations that got two consecutive journal rows describing the same state (no
+    /// OBJECT_RESET of the version between them).
+    pub async fn restated(&self) -> Vec<String> {
+        let rows = self
+            .sql(
+                "SELECT bucket, object_key, coalesce(object_version_id, ''), coalesce(name, ''), record_type, sequence_number, \
+                 coalesce(text_value, ''), coalesce(e_tag, ''), coalesce(CAST(last_modified_date AS VARCHAR), '') \
+                 FROM annotation_journal ORDER BY 1, 2, 3, 6, CASE WHEN record_type = 'OBJECT_RESET' THEN 0 ELSE 1 END",
+            )
+            .await;
+        let mut last: BTreeMap<(String, String, String, String), (String, String)> =
+            BTreeMap::new();
+        let mut problems = Vec::new();
+        for r in rows {
+            let s = |i: usize| r[i].clone().unwrap_or_default();
+            let version = (s(0), s(1), s(2));
+            if s(4) == "OBJECT_RESET" {
+                last.retain(|k, _| (k.0.clone(), k.1.clone(), k.2.clone()) != version);
+                continue;
+            }
+            let state = format!("{}|{}|{}|{}", s(4), s(6), s(7), s(8));
+            let key = (s(0), s(1), s(2), s(3));
+            if let Some((prev_state, prev_seq)) = last.get(&key)
+                && *prev_state == state
+            {
+                problems.push(format!("{key:?}: {state} at {prev_seq} and {}", s(5)));
+            }
+            last.insert(key, (state, s(5)));
+        }
+        problems
+    }
+
+    /// Messages still on the queue (visible + in flight).
+    pub async fn queue_depth(&self, queue: &Queue) -> (u64, u64) {
+        let attrs = self
+            .stack
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&queue.url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .expect("GetQueueAttributes");
+        let a = attrs.attributes().cloned().unwrap_or_default();
+        let n = |k: QueueAttributeName| a.get(&k).and_then(|v| v.parse().ok()).unwrap_or(0);
+        (
+            n(QueueAttributeName::ApproximateNumberOfMessages),
+            n(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        )
+    }
+}
+
+/// A running `annotable serve`; killed on drop.
+pub struct Serve {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub started: Instant,
+}
+
+impl Serve {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY-free: libc::kill on our own child's pid.
+        let _ = nix_kill(self.pid(), sig);
+    }
+
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let started = Instant::now();
+        let child = self.child.as_mut().expect("child");
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            if started.elapsed() > limit {
+                let _ = child.kill();
+                let status = child.wait().expect("wait");
+                self.child = None;
+                panic!(
+                    "serve did not exit within {limit:?} ({status}); log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The JSON log lines whose message contains `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<serde_json::Value> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn nix_kill(pid: i32, sig: i32) -> std::io::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("kill failed"))
+    }
+}
+
+/// Keys that exercise the decoding rules.
+pub const KEYS: [&str; 6] = [
+    "plain.txt",
+    "dir/with space.txt",
+    "a+b=c.txt",
+    "ünïcødé/文件.txt",
+    "x%2Fy.txt",
+    "deep/a/b/c.json",
+];
+
+/// A seeded random workload over both buckets: annotation put/overwrite/delete, object
+/// overwrite/delete/copy, and deletes of specific versions.
+pub struct Workload {
+    rng: fastrand::Rng,
+    objects: usize,
+    /// Existing keys per bucket.
+    live: BTreeMap<(&'static str, String), ()>,
+}
+
+impl Workload {
+    pub fn new(seed: u64, objects: usize) -> Self {
+        Workload {
+            rng: fastrand::Rng::with_seed(seed),
+            objects,
+            live: BTreeMap::new(),
+        }
+    }
+
+    fn key(&mut self) -> String {
+        let i = self.rng.usize(0..self.objects);
+        format!("{i:03}/{}", KEYS[i % KEYS.len()])
+    }
+
+    /// Runs `ops` operations; returns how many S3 writes were made.
+    pub async fn run(&mut self, s3: &aws_sdk_s3::Client, ops: usize) -> usize {
+        let mut done = 0;
+        while done < ops {
+            let bucket: &'static str = if self.rng.bool() { VERSIONED } else { PLAIN };
+            let key = self.key();
+            let exists = self.live.contains_key(&(bucket, key.clone()));
+            if !exists {
+                put_object(s3, bucket, &key, &format!("body-{}", self.rng.u32(..))).await;
+                self.live.insert((bucket, key), ());
+                done += 1;
+                continue;
+            }
+            let names = ["color", "owner", "größe", "review.status", "label_2"];
+            match self.rng.u32(0..100) {
+                0..=54 => {
+                    let name = names[self.rng.usize(0..names.len())];
+                    let value = format!("{{\"v\":{},\"by\":\"t\"}}", self.rng.u32(0..5));
+                    let r = s3
+                        .put_object_annotation()
+                        .bucket(bucket)
+                        .key(&key)
+                        .annotation_name(name)
+                        .annotation_payload(ByteStream::from(value.into_bytes()))
+                        .send()
+                        .await;
+                    r.unwrap_or_else(|e| panic!("PutObjectAnnotation {bucket}/{key}: {e:?}"));
+                }
+                55..=69 => {
+                    let name = names[self.rng.usize(0..names.len())];
+                    let _ = s3
+                        .delete_object_annotation()
+                        .bucket(bucket)
+                        .key(&key)
+                        .annotation_name(name)
+                        .send()
+                        .await;
+                }
+                70..=79 => {
+                    put_object(s3, bucket, &key, &format!("body-{}", self.rng.u32(..))).await;
+                }
+                80..=87 => {
+                    s3.delete_object()
+                        .bucket(bucket)
+                        .key(&key)
+                        .send()
+                        .await
+                        .expect("DeleteObject");
+                    self.live.remove(&(bucket, key));
+                }
+                88..=93 => {
+                    let dest = self.key();
+                    s3.copy_object()
+                        .bucket(bucket)
+                        .key(&dest)
+                        .copy_source(format!("{bucket}/{}", urlencode(&key)))
+                        .send()
+                        .await
+                        .unwrap_or_else(|e| panic!("CopyObject {bucket}/{key} -> {dest}: {e:?}"));
+                    self.live.insert((bucket, dest), ());
+                }
+                _ => {
+                    // Delete a specific (non-current) version of a versioned object, or an
+                    // annotation on one.
+                    if bucket == VERSIONED {
+                        let versions = s3
+                            .list_object_versions()
+                            .bucket(bucket)
+                            .prefix(&key)
+                            .send()
+                            .await
+                            .expect("versions");
+                        let old: Vec<String> = versions
+                            .versions()
+                            .iter()
+                            .filter(|v| {
+                                v.key() == Some(key.as_str()) && v.is_latest() != Some(true)
+                            })
+                            .filter_map(|v| v.version_id().map(str::to_string))
+                            .collect();
+                        if let Some(v) = old.first() {
+                            if self.rng.bool() {
+                                let _ = s3
+                                    .delete_objects()
+                                    .bucket(bucket)
+                                    .delete(
+                                        Delete::builder()
+                                            .objects(
+                                                ObjectIdentifier::builder()
+                                                    .key(&key)
+                                                    .version_id(v)
+                                                    .build()
+                                                    .expect("id"),
+                                            )
+                                            .build()
+                                            .expect("delete"),
+                                    )
+                                    .send()
+                                    .await;
+                            } else {
+                                let _ = s3
+                                    .put_object_annotation()
+                                    .bucket(bucket)
+                                    .key(&key)
+                                    .version_id(v)
+                                    .annotation_name("old-version-note")
+                                    .annotation_payload(ByteStream::from_static(b"kept"))
+                                    .send()
+                                    .await;
+                            }
+                        }
+                    }
+                }
+            }
+            done += 1;
+        }
+        done
+    }
+}
+
+async fn put_object(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: &str) {
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(body.as_bytes().to_vec()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PutObject {bucket}/{key}: {e:?}"));
+}
+
+fn urlencode(key: &str) -> String {
+    let mut out = String::new();
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Asserts the view equals S3, printing the difference.
+pub async fn assert_converged(env: &Env) {
+    let truth = env.truth().await;
+    let view = env.view().await;
+    let missing: Vec<_> = truth.difference(&view).take(10).collect();
+    let extra: Vec<_> = view.difference(&truth).take(10).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "annotations view != S3 ({} in S3, {} in view)\nmissing from view: {missing:#?}\nextra in view: {extra:#?}",
+        truth.len(),
+        view.len()
+    );
+    assert!(
+        !truth.is_empty(),
+        "the workload left no annotation: the check would prove nothing"
+    );
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}

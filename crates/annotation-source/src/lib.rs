@@ -1,0 +1,551 @@
+//! S3 access for annotable: what annotations an object version has, read with bounded
+//! concurrency, exponential backoff with full jitter, and typed outcomes.
+//!
+//! This crate owns every S3 call the indexing pipeline makes (design.md §4) and turns S3's
+//! answers into facts the journal can record:
+//! - [`AnnotationSource::get`]: one annotation → [`AnnotationState::Present`], `Absent`
+//!   (`NoSuchAnnotation`) or `VersionGone` (`NoSuchKey`/`NoSuchVersion`/`NoSuchBucket`: the object
+//!   version, and so every annotation on it, no longer exists);
+//! - [`AnnotationSource::read_version`]: every annotation of a version (ListObjectAnnotations,
+//!   all pages, then GetObjectAnnotation per name) → [`VersionState`].
+//!
+//! Every answer is stamped with its **observation time**: the wall-clock time at which the
+//! successful attempt was *sent*. S3 reads are strongly consistent and every fetch starts after
+//! the event that caused it, so for the last write to an annotation, every fetch started later
+//! sees that write or a newer one: the observation with the largest stamp describes the final
+//! state (design.md §2, sequence_number). Stamping at send time (not at response time) is what
+//! makes that hold; it is also why the SDK's own retries must be off (see [`s3_client`]): a
+//! retried call is a new observation with a new stamp.
+//!
+//! Throttling, 5xx, timeouts and connection failures are retried here; everything else is a
+//! [`SourceError`] classified by [`SourceError::is_retryable`].
+
+mod error;
+mod stats;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use chrono::NaiveDateTime;
+use s3_events::ObjectRef;
+use tokio::sync::Semaphore;
+use tracing::debug;
+
+pub use error::SourceError;
+pub use stats::{CallStats, LATENCY_BUCKETS_SECONDS, Op, OpSnapshot};
+
+/// One annotation as S3 reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotation {
+    /// Annotation name.
+    pub name: String,
+    /// The payload (UTF-8).
+    pub text_value: String,
+    /// Payload bytes.
+    pub size: i64,
+    /// Annotation ETag, quotes stripped.
+    pub e_tag: Option<String>,
+    /// Last-Modified (UTC, no zone, as the AWS table stores it).
+    pub last_modified: Option<NaiveDateTime>,
+    /// Checksum algorithm whose value S3 returned, when it returned one.
+    pub checksum_algorithm: Option<String>,
+    /// `x-amz-replication-status`.
+    pub replication_status: Option<String>,
+}
+
+/// What S3 says about one named annotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnnotationState {
+    /// It exists with this content.
+    Present(Annotation),
+    /// The object version exists, the annotation does not.
+    Absent,
+    /// The object version (or its bucket) does not exist: none of its annotations do.
+    VersionGone,
+}
+
+/// What S3 says about every annotation of an object version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionState {
+    /// The version exists with exactly these annotations (possibly none), sorted by name.
+    Present(Vec<Annotation>),
+    /// The version (or its bucket) does not exist.
+    Gone,
+}
+
+/// An answer and when it was observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed<T> {
+    /// Nanoseconds since the Unix epoch at which the successful request was sent.
+    pub at_nanos: u64,
+    /// The answer.
+    pub value: T,
+}
+
+/// How the source calls S3.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// Sent as `x-amz-expected-bucket-owner` on every call, when set.
+    pub expected_bucket_owner: Option<String>,
+    /// When set, only these buckets are read; others are a permanent error.
+    pub allowed_buckets: Option<BTreeSet<String>>,
+    /// S3 calls in flight at most.
+    pub concurrency: usize,
+    /// Attempts per call, including the first.
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubles per attempt, full jitter.
+    pub initial_backoff: Duration,
+    /// Longest backoff.
+    pub max_backoff: Duration,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        SourceOptions {
+            expected_bucket_owner: None,
+            allowed_buckets: None,
+            concurrency: 64,
+            max_attempts: 8,
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// An S3 client with the SDK's retries off, so that [`AnnotationSource`] retries (and stamps)
+/// every attempt itself.
+pub fn s3_client(sdk: &aws_sdk_s3::config::Builder) -> aws_sdk_s3::Client {
+    let config = sdk.clone().retry_config(RetryConfig::disabled()).build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// Reads annotations from S3. Cheap to clone; clones share the concurrency limit and stats.
+#[derive(Debug, Clone)]
+pub struct AnnotationSource {
+    s3: aws_sdk_s3::Client,
+    options: Arc<SourceOptions>,
+    permits: Arc<Semaphore>,
+    stats: Arc<CallStats>,
+    last_stamp: Arc<AtomicU64>,
+}
+
+/// The result of one attempt, before classification.
+enum Attempt<T> {
+    Done(T),
+    Retry(String),
+}
+
+impl AnnotationSource {
+    /// A source over `s3` (build it with [`s3_client`]).
+    pub fn new(s3: aws_sdk_s3::Client, options: SourceOptions) -> Self {
+        let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
+        AnnotationSource {
+            s3,
+            options: Arc::new(options),
+            permits,
+            stats: Arc::new(CallStats::default()),
+            last_stamp: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Counters and latencies of the calls made so far.
+    pub fn stats(&self) -> &Arc<CallStats> {
+        &self.stats
+    }
+
+    /// The S3 client.
+    pub fn client(&self) -> &aws_sdk_s3::Client {
+        &self.s3
+    }
+
+    /// A strictly increasing wall-clock stamp in nanoseconds (never equal to an earlier one
+    /// from this source, even when the clock does not move between two calls).
+    fn stamp(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let mut prev = self.last_stamp.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match self.last_stamp.compare_exchange_weak(
+                prev,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(actual) => prev = actual,
+            }
+        }
+    }
+
+    fn check_bucket(&self, object: &ObjectRef) -> Result<(), SourceError> {
+        match &self.options.allowed_buckets {
+            Some(allowed) if !allowed.contains(&object.bucket) => {
+                Err(SourceError::BucketNotAllowed {
+                    bucket: object.bucket.clone(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs `call` with a permit, retrying transient failures with backoff; returns the answer
+    /// of the successful attempt and the time it was sent.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        op: Op,
+        object: &ObjectRef,
+        mut call: F,
+    ) -> Result<Observed<T>, SourceError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Attempt<T>, SourceError>>,
+    {
+        let mut attempt = 1u32;
+        loop {
+            let outcome = {
+                let _permit = self
+                    .permits
+                    .acquire()
+                    .await
+                    .map_err(|_| SourceError::Closed)?;
+                let at_nanos = self.stamp();
+                let started = Instant::now();
+                let outcome = call().await;
+                self.stats.record(op, started.elapsed(), outcome.is_err());
+                outcome.map(|a| (at_nanos, a))
+            };
+            let reason = match outcome {
+                Ok((at_nanos, Attempt::Done(value))) => return Ok(Observed { at_nanos, value }),
+                Ok((_, Attempt::Retry(reason))) => reason,
+                Err(e) => return Err(e),
+            };
+            self.stats.record_retry(op);
+            if attempt >= self.options.max_attempts {
+                return Err(SourceError::Exhausted {
+                    op: op.name(),
+                    bucket: object.bucket.clone(),
+                    key: object.key.clone(),
+                    attempts: attempt,
+                    last: reason,
+                });
+            }
+            let ceiling = self
+                .options
+                .initial_backoff
+                .saturating_mul(1u32 << (attempt - 1).min(16))
+                .min(self.options.max_backoff);
+            let wait = ceiling.mul_f64(fastrand::f64());
+            debug!(op = op.name(), bucket = %object.bucket, key = %object.key, attempt, ?wait, %reason, "retrying S3 call");
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    /// GetObjectAnnotation for one name of one object version.
+    pub async fn get(
+        &self,
+        object: &ObjectRef,
+        name: &str,
+    ) -> Result<Observed<AnnotationState>, SourceError> {
+        self.check_bucket(object)?;
+        self.with_retries(Op::GetAnnotation, object, || async {
+            let response = self
+                .s3
+                .get_object_annotation()
+                .bucket(&object.bucket)
+                .key(&object.key)
+                .annotation_name(name)
+                .set_version_id(object.api_version_id().map(str::to_string))
+                .set_expected_bucket_owner(self.options.expected_bucket_owner.clone())
+                .send()
+                .await;
+            let output = match response {
+                Ok(output) => output,
+                Err(e) => {
+                    return match classify(&e) {
+                        Class::Gone => Ok(Attempt::Done(AnnotationState::VersionGone)),
+                        Class::NoSuchAnnotation => Ok(Attempt::Done(AnnotationState::Absent)),
+                        Class::Transient(reason) => Ok(Attempt::Retry(reason)),
+                        Class::Permanent { code, message } => Err(SourceError::from_service(
+                            Op::GetAnnotation,
+                            object,
+                            Some(name),
+                            code,
+                            message,
+                        )),
+                    };
+                }
+            };
+            let e_tag = output.e_tag().map(strip_quotes);
+            let last_modified = output.last_modified().and_then(to_naive);
+            let replication_status = output.replication_status().map(|s| s.as_str().to_string());
+            let checksum_algorithm = checksum_algorithm(&output);
+            let body = match output.annotation_payload.collect().await {
+                Ok(body) => body.into_bytes(),
+                Err(e) => return Ok(Attempt::Retry(format!("reading the payload: {e}"))),
+            };
+            let size = i64::try_from(body.len()).unwrap_or(i64::MAX);
+            let text_value =
+                String::from_utf8(body.to_vec()).map_err(|e| SourceError::NotUtf8 {
+                    bucket: object.bucket.clone(),
+                    key: object.key.clone(),
+                    name: name.to_string(),
+                    offset: e.utf8_error().valid_up_to(),
+                })?;
+            Ok(Attempt::Done(AnnotationState::Present(Annotation {
+                name: name.to_string(),
+                text_value,
+                size,
+                e_tag,
+                last_modified,
+                checksum_algorithm,
+                replication_status,
+            })))
+        })
+        .await
+    }
+
+    /// The names of every annotation of an object version (ListObjectAnnotations, all pages),
+    /// or `None` if the version does not exist. Observed when the first page was requested.
+    pub async fn list_names(
+        &self,
+        object: &ObjectRef,
+    ) -> Result<Observed<Option<Vec<String>>>, SourceError> {
+        self.check_bucket(object)?;
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        let mut first_at = None;
+        loop {
+            let page = self
+                .with_retries(Op::ListAnnotations, object, || async {
+                    let response = self
+                        .s3
+                        .list_object_annotations()
+                        .bucket(&object.bucket)
+                        .key(&object.key)
+                        .set_version_id(object.api_version_id().map(str::to_string))
+                        .set_continuation_token(token.clone())
+                        .set_expected_bucket_owner(self.options.expected_bucket_owner.clone())
+                        .send()
+                        .await;
+                    match response {
+                        Ok(output) => Ok(Attempt::Done(Some(output))),
+                        Err(e) => match classify(&e) {
+                            Class::Gone => Ok(Attempt::Done(None)),
+                            Class::Transient(reason) => Ok(Attempt::Retry(reason)),
+                            Class::NoSuchAnnotation => Ok(Attempt::Done(None)),
+                            Class::Permanent { code, message } => Err(SourceError::from_service(
+                                Op::ListAnnotations,
+                                object,
+                                None,
+                                code,
+                                message,
+                            )),
+                        },
+                    }
+                })
+                .await?;
+            let at = *first_at.get_or_insert(page.at_nanos);
+            let Some(output) = page.value else {
+                return Ok(Observed {
+                    at_nanos: at,
+                    value: None,
+                });
+            };
+            names.extend(
+                output
+                    .annotations()
+                    .iter()
+                    .map(|entry| entry.annotation_name().to_string()),
+            );
+            match output.next_continuation_token() {
+                Some(next) if !next.is_empty() && token.as_deref() != Some(next) => {
+                    token = Some(next.to_string());
+                }
+                _ => {
+                    return Ok(Observed {
+                        at_nanos: at,
+                        value: Some(names),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Every annotation of an object version: the listing, then each listed name read
+    /// concurrently. A name deleted between the listing and its read is left out (its delete
+    /// event is observed later, with a larger stamp). Observed when the listing started.
+    pub async fn read_version(
+        &self,
+        object: &ObjectRef,
+    ) -> Result<Observed<VersionState>, SourceError> {
+        let listed = self.list_names(object).await?;
+        let Some(names) = listed.value else {
+            return Ok(Observed {
+                at_nanos: listed.at_nanos,
+                value: VersionState::Gone,
+            });
+        };
+        let reads = names.iter().map(|name| self.get(object, name));
+        let mut annotations = Vec::with_capacity(names.len());
+        for read in futures::future::join_all(reads).await {
+            match read?.value {
+                AnnotationState::Present(a) => annotations.push(a),
+                AnnotationState::Absent => {}
+                AnnotationState::VersionGone => {
+                    return Ok(Observed {
+                        at_nanos: listed.at_nanos,
+                        value: VersionState::Gone,
+                    });
+                }
+            }
+        }
+        annotations.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Observed {
+            at_nanos: listed.at_nanos,
+            value: VersionState::Present(annotations),
+        })
+    }
+}
+
+enum Class {
+    Gone,
+    NoSuchAnnotation,
+    Transient(String),
+    Permanent { code: String, message: String },
+}
+
+/// Sorts an SDK error into what the caller does with it.
+fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
+    error: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Class {
+    match error {
+        SdkError::TimeoutError(_) => Class::Transient("timed out".into()),
+        SdkError::DispatchFailure(e) => Class::Transient(format!("connection failed: {e:?}")),
+        SdkError::ResponseError(e) => Class::Transient(format!("unreadable response: {e:?}")),
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let err = service.err();
+            let code = err.code().unwrap_or("").to_string();
+            let message = err.message().unwrap_or("").to_string();
+            classify_code(&code, status, message)
+        }
+        other => Class::Permanent {
+            code: "ClientError".into(),
+            message: format!("{other:?}"),
+        },
+    }
+}
+
+fn classify_code(code: &str, status: u16, message: String) -> Class {
+    match code {
+        "NoSuchKey" | "NoSuchVersion" | "NoSuchBucket" => Class::Gone,
+        "NoSuchAnnotation" => Class::NoSuchAnnotation,
+        "SlowDown"
+        | "Throttling"
+        | "ThrottlingException"
+        | "RequestTimeout"
+        | "RequestTimeTooSkewed"
+        | "InternalError"
+        | "ServiceUnavailable"
+        | "TooManyRequestsException"
+        | "RequestLimitExceeded" => Class::Transient(format!("{code} (HTTP {status}): {message}")),
+        _ if status == 429 || (500..600).contains(&status) && status != 501 => {
+            Class::Transient(format!("{code} (HTTP {status}): {message}"))
+        }
+        "" if status == 404 => Class::Gone,
+        "" if status == 501 => Class::Permanent {
+            code: "NotImplemented".into(),
+            message,
+        },
+        _ => Class::Permanent {
+            code: if code.is_empty() {
+                format!("HTTP {status}")
+            } else {
+                code.to_string()
+            },
+            message,
+        },
+    }
+}
+
+fn strip_quotes(s: &str) -> String {
+    s.trim_matches('"').to_string()
+}
+
+fn to_naive(t: &aws_sdk_s3::primitives::DateTime) -> Option<NaiveDateTime> {
+    let nanos = t.subsec_nanos();
+    chrono::DateTime::from_timestamp(t.secs(), nanos).map(|d| d.naive_utc())
+}
+
+fn checksum_algorithm(
+    o: &aws_sdk_s3::operation::get_object_annotation::GetObjectAnnotationOutput,
+) -> Option<String> {
+    let present = [
+        ("CRC64NVME", o.checksum_crc64_nvme()),
+        ("CRC32", o.checksum_crc32()),
+        ("CRC32C", o.checksum_crc32_c()),
+        ("SHA1", o.checksum_sha1()),
+        ("SHA256", o.checksum_sha256()),
+        ("SHA512", o.checksum_sha512()),
+        ("MD5", o.checksum_md5()),
+        ("XXHASH64", o.checksum_xxhash64()),
+        ("XXHASH3", o.checksum_xxhash3()),
+        ("XXHASH128", o.checksum_xxhash128()),
+    ];
+    present
+        .into_iter()
+        .find(|(_, v)| v.is_some_and(|v| !v.is_empty()))
+        .map(|(name, _)| name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_error_codes_are_classified() {
+        assert!(matches!(
+            classify_code("NoSuchKey", 404, String::new()),
+            Class::Gone
+        ));
+        assert!(matches!(
+            classify_code("NoSuchBucket", 404, String::new()),
+            Class::Gone
+        ));
+        assert!(matches!(
+            classify_code("NoSuchAnnotation", 404, String::new()),
+            Class::NoSuchAnnotation
+        ));
+        assert!(matches!(
+            classify_code("SlowDown", 503, String::new()),
+            Class::Transient(_)
+        ));
+        assert!(matches!(
+            classify_code("Whatever", 500, String::new()),
+            Class::Transient(_)
+        ));
+        assert!(matches!(
+            classify_code("", 429, String::new()),
+            Class::Transient(_)
+        ));
+        assert!(matches!(
+            classify_code("AccessDenied", 403, String::new()),
+            Class::Permanent { .. }
+        ));
+        assert!(matches!(
+            classify_code("NotImplemented", 501, String::new()),
+            Class::Permanent { .. }
+        ));
+        assert!(
+            matches!(classify_code("", 501, String::new()), Class::Permanent { code, .. } if code == "NotImplemented")
+        );
+    }
+}
