@@ -164,6 +164,7 @@ impl Metrics {
             rows: self.rows_written.get(),
             commits: self.commits.get(),
             poisoned: self.poisoned.get(),
+            extended: self.visibility_extended.get(),
             deadline_hit: false,
         }
     }

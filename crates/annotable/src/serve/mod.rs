@@ -169,6 +169,8 @@ pub struct ServeReport {
     pub commits: u64,
     /// Messages sent to the dead-letter path.
     pub poisoned: u64,
+    /// Visibility extensions made by the heartbeat.
+    pub extended: u64,
     /// Whether the shutdown deadline cut the drain short.
     pub deadline_hit: bool,
 }
@@ -351,6 +353,8 @@ pub async fn run(
         rows = report.rows,
         commits = report.commits,
         poisoned = report.poisoned,
+        extended = report.extended,
+        deadline_hit,
         "serve stopped"
     );
     Ok(report)

@@ -604,3 +604,122 @@ pub async fn assert_converged(env: &Env) {
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// An HTTP/1.1 proxy in front of the emulator that answers a share of the requests itself with
+/// S3 throttling and 5xx errors (one request per connection, `Connection: close`).
+pub struct FaultProxy {
+    pub port: u16,
+    pub injected: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub forwarded: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream_port: u16, fault_percent: u32) -> FaultProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let injected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let forwarded = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (inj, fwd) = (injected.clone(), forwarded.clone());
+        let task = tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(99);
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let fault = rng.u32(0..100) < fault_percent;
+                let slow_down = rng.bool();
+                let (inj, fwd) = (inj.clone(), fwd.clone());
+                tokio::spawn(async move {
+                    if fault {
+                        inj.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        fwd.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = proxy_one(conn, upstream_port, fault, slow_down).await;
+                });
+            }
+        });
+        FaultProxy {
+            port,
+            injected,
+            forwarded,
+            task,
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn proxy_one(
+    mut conn: tokio::net::TcpStream,
+    upstream_port: u16,
+    fault: bool,
+    slow_down: bool,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    if fault {
+        let (status, code) = if slow_down {
+            ("503 Slow Down", "SlowDown")
+        } else {
+            ("500 Internal Server Error", "InternalError")
+        };
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>"
+        );
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(response.as_bytes()).await?;
+        return conn.shutdown().await;
+    }
+    let mut rewritten: String = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    rewritten.push_str("Connection: close\r\n\r\n");
+    let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await?;
+    upstream.write_all(rewritten.as_bytes()).await?;
+    upstream.write_all(&buf[head_end..]).await?;
+    let mut response = Vec::new();
+    upstream.read_to_end(&mut response).await?;
+    conn.write_all(&response).await?;
+    conn.shutdown().await
+}

@@ -1,0 +1,262 @@
+//! `annotable serve` end to end against the emulator, as a real child process: convergence of a
+//! random workload, kill -9 and restart, redelivery under a short visibility timeout, poison
+//! messages, SIGTERM during a held batch, and two processes sharing a PostgreSQL catalog.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Env, TestResult, Workload, assert_converged};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_converges_to_s3_after_a_random_workload() -> TestResult {
+    let mut env = Env::start(30, 5).await;
+    let mut workload = Workload::new(0x5eed, 60);
+    let ops = workload.run(&env.stack.s3, 520).await;
+    assert!(ops >= 500);
+    let (status, log) = env.serve_until_idle("3", &[]);
+    assert!(status.success(), "serve failed: {status}\n{log}");
+    assert_converged(&env).await;
+    let restated = env.restated().await;
+    assert!(restated.is_empty(), "restating rows: {restated:#?}");
+    // Nothing left behind, nothing poisoned.
+    assert_eq!(env.queue_depth(&env.queue.clone()).await, (0, 0));
+    assert_eq!(
+        env.queue_depth(&env.dlq.clone()).await,
+        (0, 0),
+        "log:\n{log}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_points_loses_and_restates_nothing() -> TestResult {
+    // A visibility timeout short enough that what a killed process held comes back quickly.
+    let mut env = Env::start(3, 50).await;
+    let mut workload = Workload::new(0xc0ffee, 50);
+    let mut rng = fastrand::Rng::with_seed(7);
+    for round in 0..6 {
+        workload.run(&env.stack.s3, 90).await;
+        let serve = env.spawn_serve(&[], &[("ANNOTABLE_SERVE_FLUSH_AGE_MS", "300")]);
+        std::thread::sleep(Duration::from_millis(rng.u64(300..2_500)));
+        serve.signal(9);
+        drop(serve);
+        eprintln!("round {round}: killed");
+    }
+    let (status, log) = env.serve_until_idle("5", &[]);
+    assert!(status.success(), "final serve failed: {status}\n{log}");
+    assert_converged(&env).await;
+    let restated = env.restated().await;
+    assert!(
+        restated.is_empty(),
+        "restating rows after kill -9 and restart: {restated:#?}"
+    );
+    assert_eq!(env.queue_depth(&env.queue.clone()).await, (0, 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_held_past_the_visibility_timeout_is_extended_not_redelivered() -> TestResult {
+    let mut env = Env::start(2, 50).await;
+    Workload::new(42, 30).run(&env.stack.s3, 80).await;
+    // Batches are held 7 s: three and a half visibility timeouts.
+    let mut serve = env.spawn_serve(
+        &["--exit-when-idle", "3"],
+        &[("ANNOTABLE_SERVE_FLUSH_AGE_MS", "7000")],
+    );
+    let status = serve.wait(Duration::from_secs(120));
+    assert!(status.success(), "{}", serve.log());
+    let stopped = serve.lines_with("serve stopped");
+    let report = stopped
+        .first()
+        .unwrap_or_else(|| panic!("no final line:\n{}", serve.log()));
+    let n = |k: &str| report[k].as_u64().unwrap_or(0);
+    assert!(n("received") > 0);
+    assert_eq!(
+        n("received"),
+        n("acked"),
+        "a message was received twice: {report}"
+    );
+    assert!(
+        n("extended") > 0,
+        "the heartbeat never extended a message: {report}"
+    );
+    assert_converged(&env).await;
+    assert!(env.restated().await.is_empty());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_reach_the_dead_letter_queue_and_the_loop_lives_on() -> TestResult {
+    let mut env = Env::start(30, 2).await;
+    let sqs = env.stack.sqs.clone();
+    let garbage = "}{garbage ".repeat(1 << 17); // 1 MiB of it (SQS refuses control characters)
+    let bodies = [
+        "this is not JSON".to_string(),
+        r#"{"Message":"hello","Foo":1}"#.to_string(),
+        r#"{"Records":[{"eventVersion":"3.0","eventSource":"aws:s3","eventName":"ObjectAnnotation:Put","s3":{"bucket":{"name":"b"},"object":{"key":"k"}}}]}"#.to_string(),
+        garbage[..(1 << 20)].to_string(),
+    ];
+    for body in &bodies {
+        sqs.send_message()
+            .queue_url(&env.queue.url)
+            .message_body(body)
+            .send()
+            .await?;
+    }
+    // A real annotation among them.
+    env.stack.put_object(support::PLAIN, "ok.txt", "x").await;
+    env.stack
+        .put_annotation(support::PLAIN, "ok.txt", None, "status", "fine")
+        .await;
+    let (status, log) = env.serve_until_idle("4", &[]);
+    assert!(status.success(), "{log}");
+    assert_converged(&env).await;
+    let rows = env.sql("SELECT count(*) FROM annotation_journal WHERE bucket <> 'serve-plain' OR object_key <> 'ok.txt'").await;
+    assert_eq!(rows[0][0].as_deref(), Some("0"), "poison wrote rows");
+    // Everything poisonous is in the DLQ (SQS moves it on the receive after the limit).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (visible, _) = env.queue_depth(&env.dlq.clone()).await;
+        if visible as usize == bodies.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "DLQ holds {visible} of {} poison messages\n{log}",
+            bodies.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for id_line in log.lines().filter(|l| l.contains("poison message")) {
+        assert!(
+            id_line.contains("message_id"),
+            "poison log line without message id: {id_line}"
+        );
+    }
+    assert!(log.contains("poison message"), "no poison log line:\n{log}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_commits_and_deletes_what_is_held_within_the_deadline() -> TestResult {
+    let mut env = Env::start(60, 5).await;
+    Workload::new(9, 30).run(&env.stack.s3, 120).await;
+    // Nothing is flushed by age or size before the signal: everything is held.
+    let mut serve = env.spawn_serve(
+        &["--shutdown-timeout", "20"],
+        &[("ANNOTABLE_SERVE_FLUSH_AGE_MS", "600000")],
+    );
+    let started = Instant::now();
+    loop {
+        let (visible, in_flight) = env.queue_depth(&env.queue.clone()).await;
+        if visible == 0 && in_flight > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "serve never received the backlog:\n{}",
+            serve.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let signalled = Instant::now();
+    serve.signal(15);
+    let status = serve.wait(Duration::from_secs(30));
+    let took = signalled.elapsed();
+    assert!(
+        status.success(),
+        "exit {status} after SIGTERM:\n{}",
+        serve.log()
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "took {took:?}, over the 20 s deadline"
+    );
+    // Every message was deleted, so every row must be committed: no second run.
+    assert_eq!(
+        env.queue_depth(&env.queue.clone()).await,
+        (0, 0),
+        "{}",
+        serve.log()
+    );
+    assert_converged(&env).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_queue_with_a_postgresql_catalog_converge() -> TestResult {
+    let mut env = Env::start(30, 5).await;
+    let warehouse = env.dir.path().join("shared-warehouse");
+    std::fs::create_dir_all(&warehouse)?;
+    env.env = vec![
+        (
+            "ANNOTABLE_CATALOG_URI".into(),
+            "postgres://postgres@127.0.0.1:5432/test".into(),
+        ),
+        (
+            "ANNOTABLE_CATALOG_WAREHOUSE".into(),
+            warehouse.display().to_string(),
+        ),
+        (
+            "ANNOTABLE_CATALOG_NAME".into(),
+            format!("serve_two_{}", fastrand::u32(..)),
+        ),
+    ];
+    Workload::new(77, 50).run(&env.stack.s3, 300).await;
+    let mut a = env.spawn_serve(&["--exit-when-idle", "4"], &[]);
+    let mut b = env.spawn_serve(&["--exit-when-idle", "4"], &[]);
+    let (sa, sb) = (
+        a.wait(Duration::from_secs(240)),
+        b.wait(Duration::from_secs(240)),
+    );
+    assert!(
+        sa.success() && sb.success(),
+        "a: {sa}\n{}\nb: {sb}\n{}",
+        a.log(),
+        b.log()
+    );
+    let acked = |s: &support::Serve| {
+        s.lines_with("serve stopped")
+            .first()
+            .and_then(|l| l["acked"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        acked(&a) > 0 && acked(&b) > 0,
+        "one process did all the work"
+    );
+    assert_converged(&env).await;
+    assert_eq!(env.queue_depth(&env.queue.clone()).await, (0, 0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_throttling_and_5xx_are_retried_and_the_view_converges() -> TestResult {
+    let mut env = Env::start(30, 50).await;
+    Workload::new(1234, 40).run(&env.stack.s3, 200).await;
+    // S3 (only) goes through a proxy that fails 30% of the requests with SlowDown or 500.
+    let proxy = support::FaultProxy::start(env.stack.stack.port(), 30).await;
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let mut serve = env.spawn_serve(
+        &["--exit-when-idle", "4"],
+        &[("AWS_ENDPOINT_URL_S3", &endpoint)],
+    );
+    let status = tokio::task::block_in_place(|| serve.wait(Duration::from_secs(240)));
+    assert!(status.success(), "{}", serve.log());
+    let injected = proxy.injected.load(std::sync::atomic::Ordering::Relaxed);
+    let forwarded = proxy.forwarded.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        injected >= 20 && forwarded > injected,
+        "the proxy injected {injected} faults and forwarded {forwarded} calls"
+    );
+    assert_converged(&env).await;
+    assert!(env.restated().await.is_empty());
+    assert_eq!(
+        env.queue_depth(&env.dlq.clone()).await,
+        (0, 0),
+        "a throttled message was dead-lettered"
+    );
+    Ok(())
+}
