@@ -1,0 +1,376 @@
+//! `serve` against the local emulator (in-process, release build), three figures:
+//!
+//! 1. **freshness**: annotation put → visible in `annotations`, p50/p99, at a steady
+//!    `ANNOTABLE_BENCH_RATE` (50) events/s for `ANNOTABLE_BENCH_SECS` (30) s, default settings;
+//! 2. **throughput**: a backlog of `ANNOTABLE_BENCH_EVENTS` (5,000) annotation events drained by
+//!    one process, events/s, next to the emulator's capacity for the same GetObjectAnnotation
+//!    calls from a plain concurrent SDK client measured in the same run (the ratio);
+//! 3. **memory**: peak RSS while draining `ANNOTABLE_BENCH_BACKLOG` (100,000) messages.
+//!
+//! `ANNOTABLE_BENCH_ONLY=freshness|throughput|rss` runs one of them.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use annotable::config::Config;
+use annotable::serve::{self, ServeOptions};
+use aws_sdk_s3::primitives::ByteStream;
+use local_stack::LocalStack;
+use tokio_util::sync::CancellationToken;
+
+fn env_usize(k: &str, d: usize) -> usize {
+    std::env::var(k)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(d)
+}
+
+struct Rig {
+    stack: LocalStack,
+    dir: tempfile::TempDir,
+    queue_url: String,
+    bucket: String,
+}
+
+impl Rig {
+    async fn new(name: &str) -> Rig {
+        let stack = LocalStack::start().expect("emulator");
+        let dir = tempfile::tempdir().expect("dir");
+        let s3 = stack.s3();
+        let bucket = format!("bench-{name}");
+        s3.create_bucket()
+            .bucket(&bucket)
+            .send()
+            .await
+            .expect("bucket");
+        let queue_url = stack
+            .sqs()
+            .create_queue()
+            .queue_name(format!("bench-{name}"))
+            .send()
+            .await
+            .expect("queue")
+            .queue_url
+            .unwrap();
+        let config = Rig::config_for(&stack, dir.path(), &queue_url);
+        let sdk = annotable::aws::sdk_config(&config).await;
+        annotable::setup::notifications(
+            &annotable::aws::s3_client(&config, &sdk),
+            &annotable::aws::sqs_client(&sdk),
+            &annotable::setup::SetupRequest {
+                bucket: bucket.clone(),
+                queue_url: queue_url.clone(),
+                prefix: None,
+            },
+        )
+        .await
+        .expect("setup");
+        Rig {
+            stack,
+            dir,
+            queue_url,
+            bucket,
+        }
+    }
+
+    fn config_for(stack: &LocalStack, dir: &std::path::Path, queue_url: &str) -> Config {
+        // SAFETY-free: the bench is single-purpose; the SDK reads credentials from the env.
+        let vars = [
+            ("ANNOTABLE_DATA_DIR", dir.join("data").display().to_string()),
+            ("ANNOTABLE_AWS_ENDPOINT_URL", stack.endpoint()),
+            ("ANNOTABLE_AWS_REGION", "us-east-1".into()),
+            ("ANNOTABLE_AWS_FORCE_PATH_STYLE", "true".into()),
+            ("ANNOTABLE_SERVE_QUEUE_URL", queue_url.into()),
+            ("ANNOTABLE_SERVE_HTTP_ADDR", "off".into()),
+        ];
+        Config::load(None, vars.into_iter().map(|(k, v)| (k.to_string(), v))).expect("config")
+    }
+
+    fn config(&self) -> Config {
+        Rig::config_for(&self.stack, self.dir.path(), &self.queue_url)
+    }
+
+    fn start_serve(
+        &self,
+        idle: Option<Duration>,
+    ) -> (
+        CancellationToken,
+        tokio::task::JoinHandle<serve::ServeReport>,
+    ) {
+        let config = self.config();
+        let mut options = ServeOptions::from_config(&config).expect("options");
+        options.exit_when_idle = idle;
+        let token = CancellationToken::new();
+        let t = token.clone();
+        let handle =
+            tokio::spawn(async move { serve::run(&config, options, t).await.expect("serve") });
+        (token, handle)
+    }
+
+    async fn put(&self, key: String, name: &str, value: String) {
+        self.stack
+            .s3()
+            .put_object_annotation()
+            .bucket(&self.bucket)
+            .key(key)
+            .annotation_name(name)
+            .annotation_payload(ByteStream::from(value.into_bytes()))
+            .send()
+            .await
+            .expect("put annotation");
+    }
+
+    async fn objects(&self, n: usize) {
+        let s3 = self.stack.s3();
+        for i in 0..n {
+            s3.put_object()
+                .bucket(&self.bucket)
+                .key(format!("obj/{i:05}"))
+                .body(ByteStream::from_static(b"x"))
+                .send()
+                .await
+                .expect("put object");
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn freshness() {
+    let rate = env_usize("ANNOTABLE_BENCH_RATE", 50);
+    let secs = env_usize("ANNOTABLE_BENCH_SECS", 30);
+    let rig = Rig::new("fresh").await;
+    rig.objects(50).await;
+    let (stop, handle) = rig.start_serve(None);
+    tokio::time::sleep(Duration::from_secs(3)).await; // past start-up
+    let session = annotable::query::open_session(&rig.config())
+        .await
+        .expect("session");
+    let total = rate * secs;
+    let mut put_at: HashMap<String, Instant> = HashMap::new();
+    let started = Instant::now();
+    let mut seen: HashMap<String, f64> = HashMap::new();
+    let mut next_poll = Instant::now();
+    let mut i = 0;
+    while seen.len() < total && started.elapsed() < Duration::from_secs(secs as u64 + 60) {
+        let due = started + Duration::from_secs_f64(i as f64 / rate as f64);
+        if i < total && Instant::now() >= due {
+            let name = format!("n{i:05}");
+            put_at.insert(name.clone(), Instant::now());
+            rig.put(
+                format!("obj/{:05}", i % 50),
+                &name,
+                format!("{{\"i\":{i}}}"),
+            )
+            .await;
+            i += 1;
+            continue;
+        }
+        if Instant::now() >= next_poll {
+            next_poll = Instant::now() + Duration::from_millis(100);
+            let result = session
+                .query("SELECT name FROM annotations")
+                .await
+                .expect("poll");
+            let now = Instant::now();
+            for b in &result.batches {
+                let col =
+                    arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8).unwrap();
+                let col = arrow::array::AsArray::as_string::<i32>(&col);
+                for j in 0..arrow::array::Array::len(col) {
+                    let name = col.value(j).to_string();
+                    if let Some(t) = put_at.get(&name) {
+                        seen.entry(name).or_insert_with(|| (now - *t).as_secs_f64());
+                    }
+                }
+            }
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    stop.cancel();
+    let _ = handle.await;
+    let mut lat: Vec<f64> = seen.values().copied().collect();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "freshness at {rate} events/s for {secs} s (default flush_age 2 s, polls every 100 ms): {} of {total} seen, p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+        lat.len(),
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.99),
+        lat.last().copied().unwrap_or(f64::NAN)
+    );
+}
+
+async fn throughput() {
+    let events = env_usize("ANNOTABLE_BENCH_EVENTS", 5_000);
+    let rig = Rig::new("tput").await;
+    rig.objects(100).await;
+    // The backlog: `events` annotation puts (each one notification).
+    let load = Instant::now();
+    let puts = (0..events).map(|i| {
+        rig.put(
+            format!("obj/{:05}", i % 100),
+            "label",
+            format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(150)),
+        )
+    });
+    futures::stream::iter(puts)
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    println!(
+        "backlog: {events} annotation puts in {:.1} s",
+        load.elapsed().as_secs_f64()
+    );
+
+    // Baseline: the same GetObjectAnnotation calls from a plain SDK client, 64 at a time.
+    let s3 = rig.stack.s3();
+    let base = Instant::now();
+    let gets = (0..events).map(|i| {
+        let s3 = s3.clone();
+        let bucket = rig.bucket.clone();
+        async move {
+            let out = s3
+                .get_object_annotation()
+                .bucket(bucket)
+                .key(format!("obj/{:05}", i % 100))
+                .annotation_name("label")
+                .send()
+                .await
+                .expect("get");
+            out.annotation_payload.collect().await.expect("body");
+        }
+    });
+    futures::stream::iter(gets)
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    let baseline = events as f64 / base.elapsed().as_secs_f64();
+
+    let idle = Duration::from_secs(2);
+    let (_, handle) = rig.start_serve(Some(idle));
+    let t = Instant::now();
+    let report = handle.await.expect("serve");
+    let secs = (t.elapsed() - idle).as_secs_f64();
+    let rate = report.acked as f64 / secs;
+    println!(
+        "throughput: serve drained {} messages ({} rows, {} commits) in {secs:.1} s = {rate:.0} events/s; plain SDK GetObjectAnnotation x64 = {baseline:.0} calls/s; ratio {:.2}",
+        report.acked,
+        report.rows,
+        report.commits,
+        rate / baseline
+    );
+}
+
+async fn rss() {
+    use futures::StreamExt as _;
+    let backlog = env_usize("ANNOTABLE_BENCH_BACKLOG", 100_000);
+    let rig = Rig::new("rss").await;
+    rig.objects(200).await;
+    for i in 0..200 {
+        rig.put(format!("obj/{i:05}"), "label", format!("{{\"i\":{i}}}"))
+            .await;
+    }
+    // Capture one real notification body, then replay it (with other keys) as the backlog.
+    let sqs = rig.stack.sqs();
+    let mut template = None;
+    while template.is_none() {
+        let out = sqs
+            .receive_message()
+            .queue_url(&rig.queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        for m in out.messages() {
+            let body = m.body().unwrap_or_default();
+            if body.contains("ObjectAnnotation:Put") && body.contains("obj/00000") {
+                template = Some(body.to_string());
+            }
+        }
+    }
+    let _ = sqs.purge_queue().queue_url(&rig.queue_url).send().await;
+    let template = template.unwrap();
+    let load = Instant::now();
+    let batches = (0..backlog.div_ceil(10)).map(|b| {
+        let sqs = sqs.clone();
+        let url = rig.queue_url.clone();
+        let template = template.clone();
+        async move {
+            let entries = (0..10).map(|j| {
+                let i = (b * 10 + j) % 200;
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(j.to_string())
+                    .message_body(template.replace("obj/00000", &format!("obj/{i:05}")))
+                    .build()
+                    .unwrap()
+            });
+            sqs.send_message_batch()
+                .queue_url(url)
+                .set_entries(Some(entries.collect()))
+                .send()
+                .await
+                .expect("send batch");
+        }
+    });
+    futures::stream::iter(batches)
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    println!(
+        "rss: {backlog} messages enqueued in {:.1} s",
+        load.elapsed().as_secs_f64()
+    );
+    let before = annotable_bench::peak_rss_mib();
+    let (_, handle) = rig.start_serve(Some(Duration::from_secs(3)));
+    let t = Instant::now();
+    let report = handle.await.expect("serve");
+    println!(
+        "rss: drained {} messages ({} rows, {} commits) in {:.1} s; peak RSS {:.0} MiB (bench process before serve: {before:.0} MiB)",
+        report.acked,
+        report.rows,
+        report.commits,
+        t.elapsed().as_secs_f64(),
+        annotable_bench::peak_rss_mib()
+    );
+}
+
+use futures::StreamExt;
+
+fn main() {
+    require_credentials();
+    let only = std::env::var("ANNOTABLE_BENCH_ONLY").unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        if only.is_empty() || only == "freshness" {
+            freshness().await;
+        }
+        if only.is_empty() || only == "throughput" {
+            throughput().await;
+        }
+        if only.is_empty() || only == "rss" {
+            rss().await;
+        }
+    });
+}
+
+/// The SDK's default credential chain needs credentials; the emulator accepts any.
+fn require_credentials() {
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+        eprintln!(
+            "serve bench: run with AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test (the emulator accepts any)"
+        );
+        std::process::exit(2);
+    }
+}
