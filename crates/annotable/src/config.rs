@@ -10,7 +10,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use annotation_table::{CatalogConfig, StorageConfig};
+use std::sync::Arc;
+
+use annotation_table::{Catalog, CatalogConfig, StorageConfig, TableError};
 use serde::Deserialize;
 
 /// A configuration problem, naming the key or file at fault.
@@ -379,6 +381,17 @@ impl Config {
             None => default_warehouse.unwrap_or_default(),
         };
         Ok(CatalogConfig::Sql { uri, warehouse })
+    }
+
+    /// Connects to the configured catalog; returns its configuration too (for descriptions).
+    pub async fn connect_catalog<E: From<ConfigError> + From<TableError>>(
+        &self,
+    ) -> Result<(CatalogConfig, Arc<dyn Catalog>), E> {
+        let catalog_config = self.catalog_config()?;
+        let catalog =
+            annotation_table::connect(self.catalog_name(), &catalog_config, &self.storage_config())
+                .await?;
+        Ok((catalog_config, catalog))
     }
 
     /// How the warehouse's files are reached.

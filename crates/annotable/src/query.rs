@@ -47,13 +47,7 @@ pub enum QueryError {
 
 /// Opens a query session on the configured catalog and namespace.
 pub async fn open_session(config: &Config) -> Result<QuerySession, QueryError> {
-    let catalog_config = config.catalog_config()?;
-    let catalog = annotation_table::connect(
-        config.catalog_name(),
-        &catalog_config,
-        &config.storage_config(),
-    )
-    .await?;
+    let (catalog_config, catalog) = config.connect_catalog::<QueryError>().await?;
     Ok(QuerySession::new(
         catalog,
         catalog_config.describe(),

@@ -21,6 +21,9 @@ mod spec;
 pub use catalog::{CatalogConfig, StorageConfig, connect};
 pub use encode::encode_rows;
 pub use error::TableError;
+/// The catalog handle [`connect`] returns (iceberg's trait, re-exported so callers need not
+/// depend on `iceberg` to hold one).
+pub use iceberg::Catalog;
 pub use journal::{
     Batch, BatchId, CommitReport, JournalTable, RetryPolicy, SUMMARY_BATCH_ID, SUMMARY_WRITER,
 };

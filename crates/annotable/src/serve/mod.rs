@@ -209,13 +209,7 @@ pub async fn run(
         warn!(queue_url = %queue.url, "the queue has no redrive policy and no serve.dead_letter_queue_url is set: poison messages stay on the queue until its retention expires; configure a dead-letter queue");
     }
 
-    let catalog_config = config.catalog_config()?;
-    let catalog = annotation_table::connect(
-        config.catalog_name(),
-        &catalog_config,
-        &config.storage_config(),
-    )
-    .await?;
+    let (catalog_config, catalog) = config.connect_catalog::<ServeError>().await?;
     let table =
         JournalTable::open(catalog.clone(), config.namespace(), Some(config.table())).await?;
     let mut cache = StateCache::new(options.dedup_versions);

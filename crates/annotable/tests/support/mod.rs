@@ -5,7 +5,7 @@
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
@@ -60,7 +60,7 @@ impl Env {
             .await;
         stack.bucket(VERSIONED, true).await;
         stack.bucket(PLAIN, false).await;
-        let mut env = Env {
+        let env = Env {
             stack,
             dir,
             queue,
@@ -83,8 +83,7 @@ impl Env {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        // Drain the s3:TestEvent messages? No: serve must ack them itself.
-        env.runs = 0;
+        // The s3:TestEvent messages that setup caused stay on the queue: serve must ack them.
         env
     }
 
@@ -599,10 +598,6 @@ pub async fn assert_converged(env: &Env) {
         !truth.is_empty(),
         "the workload left no annotation: the check would prove nothing"
     );
-}
-
-pub fn path_exists(p: &Path) -> bool {
-    p.exists()
 }
 
 /// An HTTP/1.1 proxy in front of the emulator that answers a share of the requests itself with
