@@ -81,6 +81,29 @@ pub struct Config {
     /// `annotable serve`.
     #[serde(default)]
     pub serve: ServeSection,
+    /// `annotable backfill`.
+    #[serde(default)]
+    pub backfill: BackfillSection,
+}
+
+/// `[backfill]`: the bucket walker.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackfillSection {
+    /// Object versions read at once (default 64; S3 calls stay under `aws.s3_concurrency`).
+    pub concurrency: Option<usize>,
+    /// Commit when this many rows are pending (default 50,000).
+    pub flush_rows: Option<usize>,
+    /// Commit when this many payload bytes are pending (default 64 MiB).
+    pub flush_bytes: Option<usize>,
+    /// Commit at least this often, in milliseconds (default 10,000), so a stop loses little.
+    pub flush_age_ms: Option<u64>,
+    /// Where the lease and checkpoint objects live: `s3://bucket/prefix` (conditional writes)
+    /// or a local folder. Default: `<warehouse>/_annotable/backfill` for an `s3://` warehouse,
+    /// else `<data_dir>/backfill`.
+    pub state_url: Option<String>,
+    /// How long a lease lasts without renewal, in seconds (default 60; renewed every third).
+    pub lease_ttl_secs: Option<u64>,
 }
 
 /// `[aws]`.
@@ -277,6 +300,20 @@ impl Config {
             "serve.dead_letter_queue_url",
         );
         parse_num(&get, "serve.dedup_versions", &mut self.serve.dedup_versions)?;
+        parse_num(&get, "backfill.concurrency", &mut self.backfill.concurrency)?;
+        parse_num(&get, "backfill.flush_rows", &mut self.backfill.flush_rows)?;
+        parse_num(&get, "backfill.flush_bytes", &mut self.backfill.flush_bytes)?;
+        parse_num(
+            &get,
+            "backfill.flush_age_ms",
+            &mut self.backfill.flush_age_ms,
+        )?;
+        set(&mut self.backfill.state_url, "backfill.state_url");
+        parse_num(
+            &get,
+            "backfill.lease_ttl_secs",
+            &mut self.backfill.lease_ttl_secs,
+        )?;
         parse_num(
             &get,
             "serve.dedup_lookback_secs",
@@ -298,6 +335,19 @@ impl Config {
     /// The catalog name, defaulted.
     pub fn catalog_name(&self) -> &str {
         self.catalog.name.as_deref().unwrap_or("annotable")
+    }
+
+    /// Where backfill keeps its lease and checkpoint objects (see [`BackfillSection::state_url`]).
+    pub fn backfill_state_url(&self) -> Result<String, ConfigError> {
+        if let Some(url) = &self.backfill.state_url {
+            return Ok(url.clone());
+        }
+        if let Some(w) = &self.catalog.warehouse
+            && w.starts_with("s3://")
+        {
+            return Ok(format!("{}/_annotable/backfill", w.trim_end_matches('/')));
+        }
+        Ok(self.data_dir()?.join("backfill").display().to_string())
     }
 
     /// The data directory as an absolute path, created if missing.

@@ -5,6 +5,7 @@
 //! logging and reports errors. This crate is the only place `anyhow` is used: in `main`.
 
 pub mod aws;
+pub mod backfill;
 pub mod config;
 pub mod doctor;
 pub mod pipeline;

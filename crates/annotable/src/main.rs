@@ -4,11 +4,13 @@ use std::io::{IsTerminal, Read};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use annotable::backfill::{self, BackfillOptions, ProgressMode};
 use annotable::config::Config;
 use annotable::doctor;
 use annotable::query::{self, QueryRequest};
 use annotable::serve::{self, ServeOptions};
 use annotable::setup::{self, SetupRequest};
+use annotation_source::ListScope;
 use annotation_sql::OutputFormat;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
@@ -61,6 +63,12 @@ enum Command {
     /// Runs until SIGTERM/SIGINT, then commits what it holds, deletes those messages and exits 0
     /// within --shutdown-timeout. Serves /metrics, /healthz and /readyz on --http-addr.
     Serve(ServeArgs),
+    /// Index a bucket's existing annotations (all current objects, or all versions, by prefix).
+    ///
+    /// Resumable: a killed or stopped backfill continues after the last committed object when
+    /// run again. Only one backfill of a bucket/prefix runs at a time (a lease); it is safe to
+    /// run beside `serve` on the same table. Prints a summary at the end.
+    Backfill(BackfillArgs),
     /// Configure AWS resources for annotable.
     #[command(subcommand)]
     Setup(SetupCommand),
@@ -85,6 +93,31 @@ struct ServeArgs {
     /// Log format: json (default, one object per line on stdout) or text.
     #[arg(long, default_value = "json")]
     log_format: String,
+}
+
+#[derive(Debug, Args)]
+struct BackfillArgs {
+    /// The bucket.
+    #[arg(long)]
+    bucket: String,
+    /// Only keys under this prefix.
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// current (each key's current version) or all (every version).
+    #[arg(long, default_value = "current", value_parser = ["current", "all"])]
+    versions: String,
+    /// Object versions read at once [config: backfill.concurrency, default 64].
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// List and read everything, print what would be written, write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Progress: auto (a bar on a terminal, log lines otherwise), log, or off.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "log", "off"])]
+    progress: String,
+    /// Seconds between progress log lines.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    progress_interval: f64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -133,6 +166,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Command::Serve(args) => init_logging(args.log_format == "json", "info"),
+        Command::Backfill(_) => init_logging(false, "info"),
         _ => init_logging(false, "warn"),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -174,6 +208,7 @@ fn init_logging(json: bool, default_level: &str) {
     } else {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .try_init()
     };
@@ -223,6 +258,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
             serve::run(&config, options, shutdown).await?;
+            Ok(())
+        }
+        Command::Backfill(args) => {
+            let versions = backfill::parse_versions(&args.versions)
+                .context("--versions must be current or all")?;
+            let scope = ListScope {
+                bucket: args.bucket,
+                prefix: args.prefix,
+                versions,
+            };
+            let mut options = BackfillOptions::from_config(&config, scope);
+            if let Some(n) = args.concurrency {
+                options.concurrency = n.max(1);
+            }
+            options.dry_run = args.dry_run;
+            options.progress = match args.progress.as_str() {
+                "log" => ProgressMode::Log,
+                "off" => ProgressMode::Off,
+                _ => ProgressMode::Auto,
+            };
+            options.progress_interval = Duration::from_secs_f64(args.progress_interval.max(0.1));
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            let report = backfill::run(&config, options, shutdown).await?;
+            println!("{report}");
+            if !report.completed {
+                bail!("the backfill stopped before the end; run the same command again to resume");
+            }
             Ok(())
         }
         Command::Setup(SetupCommand::Notifications(args)) => {

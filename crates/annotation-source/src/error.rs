@@ -69,6 +69,22 @@ pub enum SourceError {
         /// Bucket.
         bucket: String,
     },
+    /// An S3 Express One Zone directory bucket: annotations do not exist there.
+    #[error(
+        "bucket {bucket} is an S3 Express One Zone directory bucket (its name ends in --x-s3); directory buckets do not support object annotations, so there is nothing to index. Nothing was written"
+    )]
+    DirectoryBucket {
+        /// Bucket.
+        bucket: String,
+    },
+    /// The bucket does not exist.
+    #[error(
+        "bucket {bucket} does not exist (NoSuchBucket); check the name and the region/endpoint"
+    )]
+    NoSuchBucket {
+        /// Bucket.
+        bucket: String,
+    },
     /// The source was shut down.
     #[error("the S3 source is shutting down")]
     Closed,
@@ -89,8 +105,11 @@ impl SourceError {
             };
         }
         let hint = match code.as_str() {
+            "AccessDenied" | "AllAccessDisabled" if op == Op::ListObjects => {
+                "grant s3:ListBucket and s3:ListBucketVersions (and s3:GetBucketVersioning) on this bucket to annotable's role (see docs/deploy/iam)"
+            }
             "AccessDenied" | "AllAccessDisabled" => {
-                "grant s3:GetObjectAnnotation and s3:ListObjectAnnotations on this bucket to annotable's role (see docs/iam)"
+                "grant s3:GetObjectAnnotation and s3:ListObjectAnnotations on this bucket to annotable's role (see docs/deploy/iam)"
             }
             "InvalidBucketOwner" | "ExpectedBucketOwnerMismatch" => {
                 "the bucket belongs to another account than expected_bucket_owner"

@@ -21,6 +21,7 @@
 //! [`SourceError`] classified by [`SourceError::is_retryable`].
 
 mod error;
+mod listing;
 mod stats;
 
 use std::collections::BTreeSet;
@@ -36,6 +37,7 @@ use tokio::sync::Semaphore;
 use tracing::debug;
 
 pub use error::SourceError;
+pub use listing::{ListPage, ListPosition, ListScope, Listed, Versions, is_directory_bucket};
 pub use stats::{CallStats, LATENCY_BUCKETS_SECONDS, Op, OpSnapshot};
 
 /// One annotation as S3 reports it.

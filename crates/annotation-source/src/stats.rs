@@ -10,17 +10,20 @@ pub enum Op {
     GetAnnotation,
     /// ListObjectAnnotations.
     ListAnnotations,
+    /// ListObjectsV2, ListObjectVersions and GetBucketVersioning (backfill's walk).
+    ListObjects,
 }
 
 impl Op {
     /// Every operation, in label order.
-    pub const ALL: [Op; 2] = [Op::GetAnnotation, Op::ListAnnotations];
+    pub const ALL: [Op; 3] = [Op::GetAnnotation, Op::ListAnnotations, Op::ListObjects];
 
     /// The S3 API name.
     pub fn name(self) -> &'static str {
         match self {
             Op::GetAnnotation => "GetObjectAnnotation",
             Op::ListAnnotations => "ListObjectAnnotations",
+            Op::ListObjects => "ListObjects",
         }
     }
 
@@ -36,7 +39,7 @@ pub const LATENCY_BUCKETS_SECONDS: [f64; 10] =
 /// Per-operation counters; lock-free, shared by every clone of the source.
 #[derive(Debug, Default)]
 pub struct CallStats {
-    ops: [OpStats; 2],
+    ops: [OpStats; Op::ALL.len()],
 }
 
 #[derive(Debug, Default)]

@@ -9,7 +9,7 @@
 //! commit whose answer was lost. The duplicate-file check is off: file names embed the batch id,
 //! so they cannot collide, and the check reads every manifest, which grows with the table.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -84,6 +84,9 @@ pub struct Batch {
     pub source: Source,
     /// The rows.
     pub rows: Vec<JournalRow>,
+    /// More snapshot-summary properties, committed atomically with the rows (backfill records
+    /// its listing position this way). Keys should start with `annotable.`.
+    pub properties: BTreeMap<String, String>,
 }
 
 impl Batch {
@@ -93,6 +96,29 @@ impl Batch {
             id: BatchId::new(),
             source,
             rows,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl CommitReport {
+    /// The report of a batch found already committed (an earlier attempt landed).
+    pub fn already_committed(
+        batch_id: BatchId,
+        rows: usize,
+        snapshot_id: i64,
+        attempts: u32,
+    ) -> Self {
+        CommitReport {
+            batch_id,
+            rows,
+            data_files: 0,
+            snapshot_id: Some(snapshot_id),
+            attempts,
+            already_committed: true,
+            encode_time: Duration::ZERO,
+            write_time: Duration::ZERO,
+            commit_time: Duration::ZERO,
         }
     }
 }
@@ -142,6 +168,7 @@ pub struct CommitReport {
 }
 
 /// The journal table in one catalog.
+#[derive(Clone)]
 pub struct JournalTable {
     catalog: Arc<dyn Catalog>,
     ident: TableIdent,
@@ -268,7 +295,12 @@ impl JournalTable {
     /// Writes the batch as Parquet data files and commits them in one snapshot, exactly once
     /// (see the module doc). An empty batch commits nothing.
     pub async fn append(&self, batch: Batch) -> Result<CommitReport, TableError> {
-        let Batch { id, source, rows } = batch;
+        let Batch {
+            id,
+            source,
+            rows,
+            properties,
+        } = batch;
         let row_count = rows.len();
         let table_name = self.ident.to_string();
         if rows.is_empty() {
@@ -303,7 +335,8 @@ impl JournalTable {
         let write_time = started.elapsed();
         let started = Instant::now();
 
-        let summary = HashMap::from([
+        let mut summary: HashMap<String, String> = properties.into_iter().collect();
+        summary.extend([
             (SUMMARY_BATCH_ID.to_string(), id.to_string()),
             (SUMMARY_ROWS.to_string(), row_count.to_string()),
             (SUMMARY_SOURCE.to_string(), source.as_str().to_string()),
@@ -367,6 +400,28 @@ impl JournalTable {
                 }
             }
         }
+    }
+
+    /// The summary of the newest snapshot (by sequence number) whose summary has
+    /// `key = value`, if any is still in the table's history.
+    pub async fn latest_summary_with(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Option<HashMap<String, String>>, TableError> {
+        let table = self.load().await?;
+        Ok(table
+            .metadata()
+            .snapshots()
+            .filter(|s| {
+                s.summary()
+                    .additional_properties
+                    .get(key)
+                    .map(String::as_str)
+                    == Some(value)
+            })
+            .max_by_key(|s| s.sequence_number())
+            .map(|s| s.summary().additional_properties.clone()))
     }
 
     /// The snapshot holding batch `id`, if it has been committed (and not expired).

@@ -4,9 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use annotation_source::{AnnotationState, SourceError, VersionState};
-use annotation_table::{
-    Batch, BatchId, CatalogConfig, JournalRow, JournalTable, Source, TableError,
-};
+use annotation_table::{Batch, CatalogConfig, JournalRow, JournalTable, Source, TableError};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageAttributeValue};
 use chrono::Utc;
 use s3_events::{Action, Event, Notification};
@@ -19,7 +17,7 @@ use super::intake::Inbound;
 use super::visibility::{Held, release, retry_backoff};
 use crate::config::Config;
 use crate::pipeline::{
-    Observation, Observed, Overlay, StateCache, approx_row_bytes, sequence_number,
+    Observation, Observed, Overlay, StateCache, approx_row_bytes, commit_batch, sequence_number,
 };
 
 /// A message after its S3 reads.
@@ -338,36 +336,14 @@ async fn commit_with_retries(
     table: &JournalTable,
     rows: Vec<JournalRow>,
 ) -> Result<(), TableError> {
-    let id = BatchId::new();
     let started = Instant::now();
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        if attempt > 1 && table.committed_batch(&id).await?.is_some() {
-            return Ok(());
-        }
-        let batch = Batch {
-            id: id.clone(),
-            source: Source::Notification,
-            rows: rows.clone(),
-        };
-        match table.append(batch).await {
-            Ok(report) => {
-                shared
-                    .metrics
-                    .commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                debug!(batch_id = %report.batch_id, rows = report.rows, attempts = report.attempts, "committed");
-                return Ok(());
-            }
-            Err(e) if e.is_retryable() && attempt < 6 => {
-                let wait = Duration::from_millis(500u64 << attempt);
-                warn!(table = %table.ident(), attempt, ?wait, error = %e, "commit failed; retrying");
-                tokio::time::sleep(wait).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let report = commit_batch(table, Batch::new(Source::Notification, rows)).await?;
+    shared
+        .metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    debug!(batch_id = %report.batch_id, rows = report.rows, attempts = report.attempts, "committed");
+    Ok(())
 }
 
 /// Clears the suppression memory when a snapshot by another writer appeared since the last

@@ -39,6 +39,12 @@ impl Env {
     /// Emulator, two buckets notifying one queue (set up by `annotable setup notifications`),
     /// a dead-letter queue with `max_receives`, and the queue's visibility timeout.
     pub async fn start(visibility_timeout: u32, max_receives: u32) -> Env {
+        Env::start_with(visibility_timeout, max_receives, true).await
+    }
+
+    /// Like [`Env::start`]; `notify: false` leaves the buckets without notifications (backfill
+    /// tests that need no queue traffic).
+    pub async fn start_with(visibility_timeout: u32, max_receives: u32, notify: bool) -> Env {
         let stack = Stack::start();
         let dir = tempfile::tempdir().expect("temp dir");
         let dlq = stack.queue("serve-dlq", &[]).await;
@@ -68,7 +74,7 @@ impl Env {
             env: Vec::new(),
             runs: 0,
         };
-        for bucket in [VERSIONED, PLAIN] {
+        for bucket in [VERSIONED, PLAIN].into_iter().filter(|_| notify) {
             let out = env.annotable(&[
                 "setup",
                 "notifications",
@@ -128,12 +134,29 @@ impl Env {
         self.command(args).output().expect("run annotable")
     }
 
+    /// Runs a short annotable command with extra environment to completion.
+    pub fn annotable_env(&self, args: &[&str], extra: &[(&str, &str)]) -> std::process::Output {
+        self.command(args)
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+            .output()
+            .expect("run annotable")
+    }
+
     /// Starts `annotable serve` with extra env; its JSON log goes to a file.
     pub fn spawn_serve(&mut self, args: &[&str], extra: &[(&str, &str)]) -> Serve {
+        self.spawn(&[&["serve"], args].concat(), extra)
+    }
+
+    /// Starts any `annotable` command with extra env; its output goes to a file.
+    pub fn spawn(&mut self, args: &[&str], extra: &[(&str, &str)]) -> Serve {
         self.runs += 1;
-        let log = self.dir.path().join(format!("serve-{}.log", self.runs));
+        let log = self.dir.path().join(format!(
+            "{}-{}.log",
+            args.first().unwrap_or(&"run"),
+            self.runs
+        ));
         let file = std::fs::File::create(&log).expect("log file");
-        let mut cmd = self.command(&[&["serve"], args].concat());
+        let mut cmd = self.command(args);
         cmd.envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .env("ANNOTABLE_LOG", "info,annotable=debug")
             .stdout(file.try_clone().expect("log"))
@@ -153,74 +176,98 @@ impl Env {
         (status, serve.log())
     }
 
-    /// S3's truth: every annotation of every object version of both buckets.
+    /// S3's truth: every annotation of every object version of both buckets (every listing
+    /// page; the reads run 16 at a time).
     pub async fn truth(&self) -> BTreeSet<Row> {
+        use futures::StreamExt;
         let s3 = &self.stack.s3;
-        let mut out = BTreeSet::new();
         let mut versions: Vec<(String, String, Option<String>)> = Vec::new();
-        let listed = s3
-            .list_object_versions()
-            .bucket(VERSIONED)
-            .send()
-            .await
-            .expect("ListObjectVersions");
-        for v in listed.versions() {
-            versions.push((
-                VERSIONED.into(),
-                v.key().unwrap_or_default().into(),
-                v.version_id().map(str::to_string),
-            ));
-        }
-        assert!(
-            !listed.is_truncated().unwrap_or(false),
-            "test buckets stay under 1000 versions"
-        );
-        let plain = s3
-            .list_objects_v2()
-            .bucket(PLAIN)
-            .send()
-            .await
-            .expect("ListObjectsV2");
-        for o in plain.contents() {
-            versions.push((PLAIN.into(), o.key().unwrap_or_default().into(), None));
-        }
-        for (bucket, key, version) in versions {
-            let list = s3
-                .list_object_annotations()
-                .bucket(&bucket)
-                .key(&key)
-                .set_version_id(version.clone())
+        let (mut key_marker, mut version_marker) = (None, None);
+        loop {
+            let listed = s3
+                .list_object_versions()
+                .bucket(VERSIONED)
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
                 .send()
                 .await
-                .expect("ListObjectAnnotations");
-            for entry in list.annotations() {
-                let name = entry.annotation_name().to_string();
-                let got = s3
-                    .get_object_annotation()
+                .expect("ListObjectVersions");
+            for v in listed.versions() {
+                versions.push((
+                    VERSIONED.into(),
+                    v.key().unwrap_or_default().into(),
+                    v.version_id().map(str::to_string),
+                ));
+            }
+            if !listed.is_truncated().unwrap_or(false) {
+                break;
+            }
+            key_marker = listed.next_key_marker().map(str::to_string);
+            version_marker = listed.next_version_id_marker().map(str::to_string);
+        }
+        let mut after = None;
+        loop {
+            let plain = s3
+                .list_objects_v2()
+                .bucket(PLAIN)
+                .set_start_after(after.take())
+                .send()
+                .await
+                .expect("ListObjectsV2");
+            for o in plain.contents() {
+                versions.push((PLAIN.into(), o.key().unwrap_or_default().into(), None));
+            }
+            if !plain.is_truncated().unwrap_or(false) {
+                break;
+            }
+            after = plain
+                .contents()
+                .last()
+                .and_then(|o| o.key())
+                .map(str::to_string);
+        }
+        let reads = futures::stream::iter(versions)
+            .map(|(bucket, key, version)| async move {
+                let mut rows = Vec::new();
+                let list = s3
+                    .list_object_annotations()
                     .bucket(&bucket)
                     .key(&key)
                     .set_version_id(version.clone())
-                    .annotation_name(&name)
                     .send()
                     .await
-                    .expect("GetObjectAnnotation");
-                let body = got
-                    .annotation_payload
-                    .collect()
-                    .await
-                    .expect("payload")
-                    .into_bytes();
-                let table_version = version.clone().filter(|v| v != "null");
-                out.insert((
-                    bucket.clone(),
-                    key.clone(),
-                    table_version,
-                    name,
-                    String::from_utf8(body.to_vec()).expect("utf8"),
-                ));
-            }
-        }
-        out
+                    .expect("ListObjectAnnotations");
+                for entry in list.annotations() {
+                    let name = entry.annotation_name().to_string();
+                    let got = s3
+                        .get_object_annotation()
+                        .bucket(&bucket)
+                        .key(&key)
+                        .set_version_id(version.clone())
+                        .annotation_name(&name)
+                        .send()
+                        .await
+                        .expect("GetObjectAnnotation");
+                    let body = got
+                        .annotation_payload
+                        .collect()
+                        .await
+                        .expect("payload")
+                        .into_bytes();
+                    rows.push((
+                        bucket.clone(),
+                        key.clone(),
+                        version.clone().filter(|v| v != "null"),
+                        name,
+                        String::from_utf8(body.to_vec()).expect("utf8"),
+                    ));
+                }
+                rows
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await;
+        reads.into_iter().flatten().collect()
     }
 
     pub fn config(&self) -> Config {
@@ -604,6 +651,7 @@ pub async fn assert_converged(env: &Env) {
 /// S3 throttling and 5xx errors (one request per connection, `Connection: close`).
 pub struct FaultProxy {
     pub port: u16,
+    /// Answer every annotation API call with 501 NotImplemented (a store without the API).
     pub injected: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     pub forwarded: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
@@ -611,6 +659,20 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub async fn start(upstream_port: u16, fault_percent: u32) -> FaultProxy {
+        FaultProxy::start_mode(upstream_port, fault_percent, false).await
+    }
+
+    /// A proxy whose S3 has no annotation API: every `?annotation` request gets 501
+    /// NotImplemented, as from IBM COS or another S3-compatible store.
+    pub async fn without_annotation_api(upstream_port: u16) -> FaultProxy {
+        FaultProxy::start_mode(upstream_port, 0, true).await
+    }
+
+    async fn start_mode(
+        upstream_port: u16,
+        fault_percent: u32,
+        no_annotations: bool,
+    ) -> FaultProxy {
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -634,7 +696,7 @@ impl FaultProxy {
                     } else {
                         fwd.fetch_add(1, Ordering::Relaxed);
                     }
-                    let _ = proxy_one(conn, upstream_port, fault, slow_down).await;
+                    let _ = proxy_one(conn, upstream_port, fault, slow_down, no_annotations).await;
                 });
             }
         });
@@ -658,6 +720,7 @@ async fn proxy_one(
     upstream_port: u16,
     fault: bool,
     slow_down: bool,
+    no_annotations: bool,
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = Vec::new();
@@ -687,6 +750,18 @@ async fn proxy_one(
             break;
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+    let request_line = head.lines().next().unwrap_or("");
+    if no_annotations
+        && (request_line.contains("?annotation") || request_line.contains("&annotation"))
+    {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented.</Message></Error>";
+        let response = format!(
+            "HTTP/1.1 501 Not Implemented\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(response.as_bytes()).await?;
+        return conn.shutdown().await;
     }
     if fault {
         let (status, code) = if slow_down {

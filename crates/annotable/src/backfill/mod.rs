@@ -1,0 +1,728 @@
+//! `annotable backfill`: walk a bucket (current or all object versions under a prefix), read
+//! every version's annotations, and append the same rows `serve` would (`source = backfill`).
+//!
+//! **Pipeline.** A lister task pages through the bucket into a bounded channel; the reads run
+//! `concurrency` object versions at a time but come out *in listing order* (an ordered buffered
+//! stream), so the rows handed to the committer always cover a contiguous stretch of the
+//! listing; the committer runs beside the reads (a channel of one batch), so listing, fetching
+//! and writing overlap and memory is bounded by the channel sizes, never by the bucket.
+//!
+//! **Checkpoint.** Each commit carries, in its snapshot summary, the run id and the listing
+//! position of its last object version. The summary is committed atomically with the rows, so
+//! a run killed at any point resumes exactly after the last committed object version: nothing
+//! committed is fetched or written again. The position is also copied into the lease document
+//! ([`lease`]) after each commit, which survives snapshot expiry.
+//!
+//! **Beside `serve`.** Every version read is an `OBJECT_RESET` plus a `PUT` per annotation,
+//! stamped with the time the listing of that version was sent (the same sequence-number rule
+//! as `serve`): a notification row observed later wins, one observed earlier loses, so the
+//! table converges whatever the interleaving.
+//!
+//! **Where annotations cannot exist** (a directory bucket, or a store answering NotImplemented)
+//! the run stops before creating the table, taking a lease or writing anything.
+
+mod lease;
+mod progress;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use annotation_source::{
+    AnnotationSource, ListPosition, ListScope, Listed, Op, SourceError, VersionState, Versions,
+    is_directory_bucket,
+};
+use annotation_table::{Batch, JournalRow, JournalTable, Source, TableError};
+use chrono::Utc;
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use lease::Holder;
+pub use progress::{Counters, ProgressMode};
+
+use crate::config::{Config, ConfigError};
+use crate::pipeline::{
+    Observation, Observed, Overlay, StateCache, approx_row_bytes, commit_batch, sequence_number,
+};
+use lease::{Lease, StateStore, StoredPosition};
+
+/// Snapshot-summary key: the backfill run a commit belongs to.
+pub const SUMMARY_RUN: &str = "annotable.backfill.run";
+/// Snapshot-summary key: the listing position after the commit's last object version (JSON).
+pub const SUMMARY_POSITION: &str = "annotable.backfill.position";
+/// Snapshot-summary key: object versions committed by the run so far.
+pub const SUMMARY_OBJECTS: &str = "annotable.backfill.objects";
+
+/// A backfill that could not run or finish.
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The table.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// S3 (listing or reading annotations).
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Another backfill of the same scope is running.
+    #[error(
+        "a backfill of {scope} into {table} is already running: {holder} holds the lease until {until} (it renews it while it runs). Wait for it to finish; if that process is gone, run again after {until} and this run will resume its work. Lease: {location}"
+    )]
+    Held {
+        /// Bucket, prefix and versions.
+        scope: String,
+        /// The table.
+        table: String,
+        /// Who holds it.
+        holder: Holder,
+        /// Until when.
+        until: chrono::DateTime<Utc>,
+        /// The lease document.
+        location: String,
+    },
+    /// The lease was taken over (this process stalled longer than the lease lasts).
+    #[error(
+        "lost the backfill lease at {location}: another backfill took it over (this process stalled longer than backfill.lease_ttl_secs). Stopped before committing more; the other run continues the work"
+    )]
+    LeaseLost {
+        /// The lease document.
+        location: String,
+    },
+    /// The lease/checkpoint document cannot be read or written.
+    #[error(
+        "backfill state {location}: {reason}. Check backfill.state_url (ANNOTABLE_BACKFILL_STATE_URL) and s3:GetObject/s3:PutObject there"
+    )]
+    State {
+        /// The document.
+        location: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+impl BackfillError {
+    /// Whether running again later may succeed (and resume).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            BackfillError::Table(e) => e.is_retryable(),
+            BackfillError::Source(e) => e.is_retryable(),
+            BackfillError::Held { .. } | BackfillError::State { .. } => true,
+            BackfillError::LeaseLost { .. } | BackfillError::Config(_) => false,
+        }
+    }
+}
+
+/// What to backfill and how.
+#[derive(Debug, Clone)]
+pub struct BackfillOptions {
+    /// The walk.
+    pub scope: ListScope,
+    /// Object versions read at once.
+    pub concurrency: usize,
+    /// List and read, count what would be written, write nothing (no lease, no table).
+    pub dry_run: bool,
+    /// Commit when this many rows are pending.
+    pub flush_rows: usize,
+    /// Commit when this many bytes are pending.
+    pub flush_bytes: usize,
+    /// Commit at least this often.
+    pub flush_age: Duration,
+    /// Lease duration without renewal.
+    pub lease_ttl: Duration,
+    /// Progress display.
+    pub progress: ProgressMode,
+    /// Interval of progress log lines.
+    pub progress_interval: Duration,
+}
+
+impl BackfillOptions {
+    /// Options from the configuration for `scope`.
+    pub fn from_config(config: &Config, scope: ListScope) -> Self {
+        let b = &config.backfill;
+        BackfillOptions {
+            scope,
+            concurrency: b.concurrency.unwrap_or(64).max(1),
+            dry_run: false,
+            flush_rows: b.flush_rows.unwrap_or(50_000).max(1),
+            flush_bytes: b.flush_bytes.unwrap_or(64 << 20).max(1),
+            flush_age: Duration::from_millis(b.flush_age_ms.unwrap_or(10_000).max(1)),
+            lease_ttl: Duration::from_secs(b.lease_ttl_secs.unwrap_or(60).max(3)),
+            progress: ProgressMode::Auto,
+            progress_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Default)]
+pub struct BackfillReport {
+    /// The table written (empty for a dry run).
+    pub table: String,
+    /// `s3://bucket/prefix`.
+    pub target: String,
+    /// The run id (across restarts).
+    pub run_id: String,
+    /// Object versions committed by earlier attempts of this run (skipped, not re-read).
+    pub resumed_after: u64,
+    /// Object versions listed by this process.
+    pub objects_listed: u64,
+    /// Object versions read by this process.
+    pub objects_read: u64,
+    /// Versions that vanished between the listing and the read.
+    pub objects_gone: u64,
+    /// Annotations fetched.
+    pub annotations: u64,
+    /// Rows committed (or, in a dry run, that would have been).
+    pub rows: u64,
+    /// Commits.
+    pub commits: u64,
+    /// S3 calls by operation (every attempt).
+    pub s3_calls: BTreeMap<&'static str, u64>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// The listing reached its end and everything is committed.
+    pub completed: bool,
+    /// Nothing was written.
+    pub dry_run: bool,
+}
+
+impl BackfillReport {
+    /// Every S3 call made.
+    pub fn total_s3_calls(&self) -> u64 {
+        self.s3_calls.values().sum()
+    }
+}
+
+impl std::fmt::Display for BackfillReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.elapsed.as_secs_f64().max(0.001);
+        let state = match (self.dry_run, self.completed) {
+            (true, _) => "dry run complete (nothing written)",
+            (false, true) => "backfill complete",
+            (false, false) => "backfill stopped before the end (run again to resume)",
+        };
+        writeln!(f, "{state}: {} → {}", self.target, self.table)?;
+        if self.resumed_after > 0 {
+            writeln!(
+                f,
+                "  resumed run {} after {} object versions committed earlier",
+                self.run_id, self.resumed_after
+            )?;
+        }
+        writeln!(
+            f,
+            "  object versions: {} listed, {} read, {} gone before they could be read",
+            self.objects_listed, self.objects_read, self.objects_gone
+        )?;
+        writeln!(f, "  annotations:     {}", self.annotations)?;
+        let verb = if self.dry_run {
+            "would write"
+        } else {
+            "committed"
+        };
+        writeln!(
+            f,
+            "  rows:            {} {verb} in {} commits",
+            self.rows, self.commits
+        )?;
+        let calls: Vec<String> = self
+            .s3_calls
+            .iter()
+            .map(|(op, n)| format!("{op} {n}"))
+            .collect();
+        writeln!(
+            f,
+            "  S3 calls:        {} ({})",
+            self.total_s3_calls(),
+            calls.join(", ")
+        )?;
+        write!(
+            f,
+            "  time:            {:.1} s ({:.0} objects/s, {:.0} annotations/s)",
+            secs,
+            self.objects_read as f64 / secs,
+            self.annotations as f64 / secs
+        )
+    }
+}
+
+/// One object version, read.
+struct ReadResult {
+    listed: Listed,
+    observation: Observation,
+    annotations: u64,
+    gone: bool,
+}
+
+/// Rows ready to commit, and where the listing stands after them.
+struct Pending {
+    rows: Vec<JournalRow>,
+    overlay: Overlay,
+    objects: u64,
+    position: ListPosition,
+}
+
+/// Runs a backfill until the listing ends, `shutdown` fires (commits what is read, then
+/// returns an incomplete report), or an error stops it.
+pub async fn run(
+    config: &Config,
+    options: BackfillOptions,
+    shutdown: CancellationToken,
+) -> Result<BackfillReport, BackfillError> {
+    let started = Instant::now();
+    let scope = options.scope.clone();
+    let target = format!("s3://{}/{}", scope.bucket, scope.prefix);
+    if is_directory_bucket(&scope.bucket) {
+        return Err(SourceError::DirectoryBucket {
+            bucket: scope.bucket.clone(),
+        }
+        .into());
+    }
+    let sdk = crate::aws::sdk_config(config).await;
+    let source = crate::aws::annotation_source(config, &sdk);
+    let versioned = source.bucket_is_versioned(&scope.bucket).await?;
+
+    // Prove the annotation API exists before creating or writing anything.
+    let first = source
+        .list_page(&scope, versioned, &ListPosition::default())
+        .await?;
+    let probe = first
+        .objects
+        .first()
+        .map(|l| l.object.clone())
+        .unwrap_or_else(|| s3_events::ObjectRef {
+            bucket: scope.bucket.clone(),
+            key: format!("{}annotable-probe", scope.prefix),
+            version_id: None,
+        });
+    source.list_names(&probe).await?;
+
+    let counters = Arc::new(Counters::default());
+    let mut report = BackfillReport {
+        target: target.clone(),
+        dry_run: options.dry_run,
+        ..BackfillReport::default()
+    };
+
+    let (table, lease, start) = if options.dry_run {
+        (None, None, None)
+    } else {
+        let (_, catalog) = config.connect_catalog::<BackfillError>().await?;
+        let table = JournalTable::open(catalog, config.namespace(), Some(config.table())).await?;
+        report.table = table.ident().to_string();
+        let store = StateStore::from_url(
+            &config.backfill_state_url()?,
+            crate::aws::s3_client(config, &sdk),
+        );
+        let holder = Holder {
+            host: hostname(),
+            pid: std::process::id(),
+            writer: table.writer_id().to_string(),
+        };
+        let (lease, mut start) = Lease::acquire(
+            store,
+            &table.ident().to_string(),
+            &scope,
+            holder,
+            options.lease_ttl,
+        )
+        .await?;
+        // The position committed with the rows is authoritative; the lease document may lag it
+        // by one batch (a crash between the commit and the document update).
+        if let Some(summary) = table
+            .latest_summary_with(SUMMARY_RUN, &start.run_id)
+            .await?
+        {
+            let objects = summary
+                .get(SUMMARY_OBJECTS)
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+            let position = summary
+                .get(SUMMARY_POSITION)
+                .and_then(|p| serde_json::from_str::<StoredPosition>(p).ok());
+            if objects > start.objects_done
+                && let Some(position) = position
+            {
+                start.objects_done = objects;
+                start.position = Some(position);
+            }
+        }
+        (Some(table), Some(Arc::new(lease)), Some(start))
+    };
+    let resume_from = start
+        .as_ref()
+        .and_then(|s| s.position.as_ref())
+        .map(ListPosition::from);
+    let objects_before = start.as_ref().map_or(0, |s| s.objects_done);
+    report.resumed_after = objects_before;
+    report.run_id = start.as_ref().map(|s| s.run_id.clone()).unwrap_or_default();
+    if let Some(lease) = &lease {
+        let took_over = start
+            .as_ref()
+            .and_then(|s| s.took_over.as_ref())
+            .map(Holder::to_string);
+        info!(target_scope = %target, table = %report.table, run_id = %report.run_id, lease = %lease.location(),
+            resumed_after = objects_before, took_over_from = took_over, versioned, versions = scope.versions.as_str(), "backfill starting");
+    }
+
+    let stop_progress = CancellationToken::new();
+    let progress_task = tokio::spawn(progress::report(
+        counters.clone(),
+        options.progress,
+        options.progress_interval,
+        target.clone(),
+        stop_progress.clone(),
+    ));
+    let stop_all = shutdown.child_token();
+    let renewer = lease.clone().map(|lease| {
+        let stop = stop_all.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(lease.renew_every()) => {}
+                }
+                if let Err(e) = lease.renew().await {
+                    match e {
+                        BackfillError::LeaseLost { .. } => {
+                            stop.cancel();
+                            return Err(e);
+                        }
+                        other => {
+                            warn!(error = %other, "could not renew the backfill lease; retrying")
+                        }
+                    }
+                }
+            }
+        })
+    });
+
+    // Lister → ordered reads → batches → committer.
+    let (list_tx, list_rx) = mpsc::channel::<Result<Listed, SourceError>>(2_000);
+    let first_page = if resume_from.is_none() {
+        Some(first)
+    } else {
+        None
+    };
+    let lister = tokio::spawn(list_all(
+        source.clone(),
+        scope.clone(),
+        versioned,
+        first_page,
+        resume_from.unwrap_or_default(),
+        list_tx,
+        counters.clone(),
+        stop_all.clone(),
+    ));
+    let (commit_tx, commit_rx) = mpsc::channel::<Pending>(1);
+    let committer = tokio::spawn(commit_loop(
+        table.clone(),
+        lease.clone(),
+        report.run_id.clone(),
+        objects_before,
+        commit_rx,
+        counters.clone(),
+    ));
+
+    let writer = table
+        .as_ref()
+        .map_or_else(|| "dryrun00".to_string(), |t| t.writer_id().to_string());
+    let reads = futures::stream::unfold(list_rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .map(|item| {
+        let source = source.clone();
+        let writer = writer.clone();
+        async move {
+            let listed = item?;
+            read_one(&source, listed, &writer).await
+        }
+    })
+    .buffered(options.concurrency);
+    futures::pin_mut!(reads);
+
+    let mut cache = StateCache::new(options.concurrency * 4 + 16);
+    let mut batch: Option<Pending> = None;
+    let mut bytes = 0usize;
+    let mut oldest: Option<tokio::time::Instant> = None;
+    let mut failure: Option<BackfillError> = None;
+    let mut dry_rows = 0u64;
+    loop {
+        let deadline = oldest.map(|t| t + options.flush_age);
+        let next = tokio::select! {
+            biased;
+            _ = stop_all.cancelled() => break,
+            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
+                if let Some(p) = batch.take() && send(&commit_tx, p).await.is_err() { break; }
+                bytes = 0;
+                oldest = None;
+                continue;
+            }
+            next = reads.next() => next,
+        };
+        let Some(result) = next else { break };
+        let read = match result {
+            Ok(read) => read,
+            Err(e) => {
+                failure = Some(e.into());
+                break;
+            }
+        };
+        counters.read.fetch_add(1, Ordering::Relaxed);
+        counters
+            .annotations
+            .fetch_add(read.annotations, Ordering::Relaxed);
+        report.annotations += read.annotations;
+        report.objects_read += 1;
+        if read.gone {
+            report.objects_gone += 1;
+        }
+        let pending = batch.get_or_insert_with(|| Pending {
+            rows: Vec::new(),
+            overlay: Overlay::default(),
+            objects: 0,
+            position: ListPosition::default(),
+        });
+        let rows = cache.rows_for(
+            &mut pending.overlay,
+            &read.observation,
+            Source::Backfill,
+            Utc::now(),
+        );
+        bytes += rows.iter().map(approx_row_bytes).sum::<usize>();
+        if options.dry_run {
+            dry_rows += rows.len() as u64;
+        } else {
+            pending.rows.extend(rows);
+        }
+        pending.objects += 1;
+        pending.position = read.listed.position;
+        oldest.get_or_insert_with(tokio::time::Instant::now);
+        if pending.rows.len() >= options.flush_rows || bytes >= options.flush_bytes {
+            if let Some(p) = batch.take()
+                && send(&commit_tx, p).await.is_err()
+            {
+                break;
+            }
+            bytes = 0;
+            oldest = None;
+        }
+    }
+    // Commit what was read in order (on a stop too: it is a contiguous stretch of the listing).
+    if failure.is_none()
+        && let Some(p) = batch.take()
+    {
+        let _ = send(&commit_tx, p).await;
+    }
+    drop(commit_tx);
+    drop(reads);
+    stop_all.cancel();
+    let listing = lister.await.unwrap_or(Ok(()));
+    let committed = committer.await.unwrap_or_else(|e| {
+        Err(BackfillError::State {
+            location: "committer".into(),
+            reason: e.to_string(),
+        })
+    });
+    let renewed = match renewer {
+        Some(task) => task.await.unwrap_or(Ok(())),
+        None => Ok(()),
+    };
+    stop_progress.cancel();
+    let _ = progress_task.await;
+
+    let listing_done = counters.listing_done.load(Ordering::Relaxed);
+    let everything_read =
+        counters.read.load(Ordering::Relaxed) == counters.listed.load(Ordering::Relaxed);
+    report.objects_listed = counters.listed.load(Ordering::Relaxed);
+    report.rows = if options.dry_run {
+        dry_rows
+    } else {
+        counters.rows.load(Ordering::Relaxed)
+    };
+    report.commits = counters.commits.load(Ordering::Relaxed);
+    report.s3_calls = Op::ALL
+        .iter()
+        .map(|op| (op.name(), source.stats().snapshot(*op).calls))
+        .collect();
+    report.elapsed = started.elapsed();
+    let error = failure
+        .or_else(|| committed.err())
+        .or_else(|| renewed.err())
+        .or_else(|| listing.err().map(BackfillError::from));
+    report.completed =
+        error.is_none() && listing_done && everything_read && !shutdown.is_cancelled();
+    if let Some(lease) = &lease {
+        let lost = matches!(error, Some(BackfillError::LeaseLost { .. }));
+        if !lost && let Err(e) = lease.release(report.completed).await {
+            warn!(error = %e, "could not release the backfill lease; it expires by itself");
+        }
+    }
+    match error {
+        Some(e) => {
+            warn!(target_scope = %target, objects_read = report.objects_read, rows = report.rows, "backfill stopped: {e}");
+            Err(e)
+        }
+        None => Ok(report),
+    }
+}
+
+async fn send(tx: &mpsc::Sender<Pending>, p: Pending) -> Result<(), ()> {
+    tx.send(p).await.map_err(|_| ())
+}
+
+/// Pages through the listing into `tx`, from `from` (after the first page if it was read).
+#[allow(clippy::too_many_arguments)]
+async fn list_all(
+    source: AnnotationSource,
+    scope: ListScope,
+    versioned: bool,
+    first_page: Option<annotation_source::ListPage>,
+    from: ListPosition,
+    tx: mpsc::Sender<Result<Listed, SourceError>>,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+) -> Result<(), SourceError> {
+    let mut page = match first_page {
+        Some(p) => p,
+        None => match source.list_page(&scope, versioned, &from).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return Ok(());
+            }
+        },
+    };
+    loop {
+        for listed in std::mem::take(&mut page.objects) {
+            counters.listed.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                sent = tx.send(Ok(listed)) => if sent.is_err() { return Ok(()) },
+            }
+        }
+        let Some(next) = page.next.take() else {
+            counters.listing_done.store(true, Ordering::Relaxed);
+            return Ok(());
+        };
+        page = tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            p = source.list_page(&scope, versioned, &next) => match p {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return Ok(());
+                }
+            },
+        };
+    }
+}
+
+/// Reads one object version's annotation set.
+async fn read_one(
+    source: &AnnotationSource,
+    listed: Listed,
+    writer: &str,
+) -> Result<ReadResult, SourceError> {
+    let read = source.read_version(&listed.object).await?;
+    let (observed, annotations, gone) = match read.value {
+        VersionState::Present(list) => {
+            let n = list.len() as u64;
+            (Observed::Version(Some(list)), n, false)
+        }
+        VersionState::Gone => (Observed::Version(None), 0, true),
+    };
+    let observation = Observation {
+        object: listed.object.clone(),
+        object_e_tag: listed.e_tag.clone(),
+        sequence_number: sequence_number(read.at_nanos, writer),
+        observed,
+        context: None,
+    };
+    Ok(ReadResult {
+        listed,
+        observation,
+        annotations,
+        gone,
+    })
+}
+
+/// Commits batches in order; each carries the run id and the position after its last object.
+async fn commit_loop(
+    table: Option<JournalTable>,
+    lease: Option<Arc<Lease>>,
+    run_id: String,
+    mut objects_done: u64,
+    mut rx: mpsc::Receiver<Pending>,
+    counters: Arc<Counters>,
+) -> Result<(), BackfillError> {
+    while let Some(pending) = rx.recv().await {
+        let (Some(table), Some(lease)) = (&table, &lease) else {
+            // Dry run: count and drop.
+            counters
+                .committed_objects
+                .fetch_add(pending.objects, Ordering::Relaxed);
+            continue;
+        };
+        if !lease.is_valid().await {
+            // One renewal may be late on a stalled machine: try it before giving up.
+            lease.renew().await?;
+        }
+        objects_done += pending.objects;
+        let rows = pending.rows.len() as u64;
+        let mut batch = Batch::new(Source::Backfill, pending.rows);
+        let position = StoredPosition::from(&pending.position);
+        batch
+            .properties
+            .insert(SUMMARY_RUN.to_string(), run_id.clone());
+        batch.properties.insert(
+            SUMMARY_POSITION.to_string(),
+            serde_json::to_string(&position).unwrap_or_default(),
+        );
+        batch
+            .properties
+            .insert(SUMMARY_OBJECTS.to_string(), objects_done.to_string());
+        // Rows may be empty (every version restated nothing): the position still advances,
+        // recorded in the lease document only.
+        if rows > 0 {
+            commit_batch(table, batch).await?;
+            counters.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        counters.rows.fetch_add(rows, Ordering::Relaxed);
+        counters
+            .committed_objects
+            .fetch_add(pending.objects, Ordering::Relaxed);
+        if let Err(e) = lease.checkpoint(&pending.position, objects_done).await {
+            match e {
+                BackfillError::LeaseLost { .. } => return Err(e),
+                other => {
+                    warn!(error = %other, "could not record the checkpoint in the lease document; the committed snapshot has it")
+                }
+            }
+        }
+        drop(pending.overlay);
+    }
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
+/// Parses `current` / `all`.
+pub fn parse_versions(s: &str) -> Option<Versions> {
+    match s {
+        "current" => Some(Versions::Current),
+        "all" => Some(Versions::All),
+        _ => None,
+    }
+}

@@ -1,0 +1,400 @@
+//! `annotable backfill` end to end against the emulator, as a real child process: a bucket pair
+//! of 2,000+ object versions and 5,000+ annotations indexed exactly, kill -9 and resume with
+//! fewer S3 calls and no duplicate rows, a concurrent second backfill refused by the S3 lease,
+//! serve and backfill together while annotations change, and the clean early stops (no
+//! annotation API, directory bucket).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::primitives::ByteStream;
+use futures::StreamExt;
+use support::{Env, PLAIN, TestResult, VERSIONED, Workload, assert_converged};
+
+/// Objects per bucket; every third key of the versioned bucket gets a second version.
+const OBJECTS: usize = 1_000;
+
+/// Puts `OBJECTS` objects with 1–4 annotations each (and, when `versioned`, a second version of
+/// every third key with one annotation of its own); returns (object versions, annotations).
+async fn populate(env: &Env, bucket: &'static str, versioned: bool) -> (usize, usize) {
+    let s3 = env.stack.s3.clone();
+    let results: Vec<(usize, usize)> = futures::stream::iter(0..OBJECTS)
+        .map(|i| {
+            let s3 = s3.clone();
+            async move {
+                let key = format!("{:04}/{}", i, support::KEYS[i % support::KEYS.len()]);
+                put(&s3, bucket, &key, &format!("body {i}")).await;
+                let names = 1 + i % 4;
+                for n in 0..names {
+                    annotate(
+                        &s3,
+                        bucket,
+                        &key,
+                        &format!("n{n}"),
+                        &format!("{{\"i\":{i},\"n\":{n}}}"),
+                    )
+                    .await;
+                }
+                if versioned && i % 3 == 0 {
+                    put(&s3, bucket, &key, &format!("body {i} v2")).await;
+                    annotate(&s3, bucket, &key, "v2", "{\"second\":true}").await;
+                    return (2, names + 1);
+                }
+                (1, names)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    results
+        .into_iter()
+        .fold((0, 0), |(v, a), (dv, da)| (v + dv, a + da))
+}
+
+async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: &str) {
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from(body.as_bytes().to_vec()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PutObject {bucket}/{key}: {e:?}"));
+}
+
+async fn annotate(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, name: &str, payload: &str) {
+    s3.put_object_annotation()
+        .bucket(bucket)
+        .key(key)
+        .annotation_name(name)
+        .annotation_payload(ByteStream::from(payload.as_bytes().to_vec()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("PutObjectAnnotation {bucket}/{key} {name}: {e:?}"));
+}
+
+/// The number after `label` in a backfill summary line.
+fn figure(summary: &str, label: &str) -> u64 {
+    summary
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|rest| rest.trim().split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {label:?} in the summary:\n{summary}"))
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// Journal rows that have a twin (same version, name, record type and state).
+async fn duplicates(env: &Env) -> Vec<Vec<Option<String>>> {
+    env.sql(
+        "SELECT bucket, object_key, object_version_id, name, record_type, count(*) AS n \
+         FROM annotation_journal GROUP BY bucket, object_key, object_version_id, name, record_type \
+         HAVING count(*) > 1 LIMIT 10",
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_indexes_both_buckets_and_resumes_after_kill_9() -> TestResult {
+    let mut env = Env::start_with(30, 5, false).await;
+    let (v_versions, v_annotations) = populate(&env, VERSIONED, true).await;
+    let (p_versions, p_annotations) = populate(&env, PLAIN, false).await;
+    assert!(v_versions + p_versions >= 2_000 && v_annotations + p_annotations >= 5_000);
+
+    // The cost of a full run, measured on a second table.
+    let full = env.annotable_env(
+        &[
+            "backfill",
+            "--bucket",
+            VERSIONED,
+            "--versions",
+            "all",
+            "--progress",
+            "off",
+        ],
+        &[("ANNOTABLE_TABLE", "full_run_journal")],
+    );
+    assert!(full.status.success(), "{}", stderr(&full));
+    let full_calls = figure(&stdout(&full), "S3 calls:");
+    assert_eq!(figure(&stdout(&full), "annotations:"), v_annotations as u64);
+
+    // Small commits, few reads at a time, killed once some are committed.
+    let small = [
+        ("ANNOTABLE_BACKFILL_FLUSH_ROWS", "400"),
+        ("ANNOTABLE_BACKFILL_CONCURRENCY", "4"),
+    ];
+    let mut first = env.spawn(
+        &[
+            "backfill",
+            "--bucket",
+            VERSIONED,
+            "--versions",
+            "all",
+            "--progress",
+            "log",
+            "--progress-interval",
+            "0.2",
+        ],
+        &small,
+    );
+    let started = Instant::now();
+    let committed = |log: &str| {
+        log.lines()
+            .filter_map(|l| l.split("objects_committed=").nth(1))
+            .filter_map(|r| r.split_whitespace().next()?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0)
+    };
+    while committed(&first.log()) < 800 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the first backfill committed nothing in 120 s:\n{}",
+            first.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    first.signal(9);
+    let _ = first.wait(Duration::from_secs(10));
+    let before = env.sql("SELECT count(*) FROM annotation_journal").await[0][0].clone();
+
+    let resumed = env.annotable_env(
+        &[
+            "backfill",
+            "--bucket",
+            VERSIONED,
+            "--versions",
+            "all",
+            "--progress",
+            "off",
+        ],
+        &small,
+    );
+    assert!(
+        resumed.status.success(),
+        "{}\n{}",
+        stdout(&resumed),
+        stderr(&resumed)
+    );
+    let summary = stdout(&resumed);
+    assert!(summary.contains("resumed run"), "not resumed:\n{summary}");
+    let resumed_calls = figure(&summary, "S3 calls:");
+    assert!(
+        resumed_calls * 10 < full_calls * 9,
+        "the resumed run made {resumed_calls} S3 calls, a full run {full_calls}:\n{summary}"
+    );
+    eprintln!(
+        "full run {full_calls} S3 calls; resumed run {resumed_calls} (killed with {before:?} rows)"
+    );
+
+    let plain = env.annotable(&["backfill", "--bucket", PLAIN, "--progress", "off"]);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    assert_eq!(
+        figure(&stdout(&plain), "annotations:"),
+        p_annotations as u64
+    );
+
+    let dups = duplicates(&env).await;
+    assert!(dups.is_empty(), "duplicate journal rows: {dups:#?}");
+    let rows = env.sql("SELECT count(*) FROM annotation_journal").await;
+    let expected = v_versions + v_annotations + p_versions + p_annotations;
+    assert_eq!(rows[0][0].as_deref(), Some(expected.to_string().as_str()));
+    assert_converged(&env).await;
+    assert_eq!(env.truth().await.len(), v_annotations + p_annotations);
+
+    // A finished backfill is not resumed: the next one starts over (a rebuild).
+    let again = env.annotable(&[
+        "backfill",
+        "--bucket",
+        PLAIN,
+        "--dry-run",
+        "--progress",
+        "off",
+    ]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("dry run complete"),
+        "{}",
+        stdout(&again)
+    );
+    assert_eq!(
+        figure(&stdout(&again), "rows:"),
+        (p_versions + p_annotations) as u64
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_backfill_of_the_same_bucket_is_refused_then_resumes_the_first() -> TestResult {
+    let mut env = Env::start_with(30, 5, false).await;
+    env.stack.bucket("annotable-state", false).await;
+    env.env.push((
+        "ANNOTABLE_BACKFILL_STATE_URL".into(),
+        "s3://annotable-state/backfill".into(),
+    ));
+    populate(&env, PLAIN, false).await;
+    let slow = [
+        ("ANNOTABLE_BACKFILL_CONCURRENCY", "1"),
+        ("ANNOTABLE_BACKFILL_FLUSH_ROWS", "200"),
+    ];
+    let mut first = env.spawn(
+        &[
+            "backfill",
+            "--bucket",
+            PLAIN,
+            "--progress",
+            "log",
+            "--progress-interval",
+            "0.2",
+        ],
+        &slow,
+    );
+    let started = Instant::now();
+    while !first.log().contains("backfill starting") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            first.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = env.annotable(&["backfill", "--bucket", PLAIN, "--progress", "off"]);
+    assert!(
+        !second.status.success(),
+        "a second backfill ran beside the first"
+    );
+    let message = stderr(&second);
+    assert!(
+        message.contains("already running")
+            && message.contains(&format!("pid {}", first.pid()))
+            && message.contains("holds the lease until")
+            && message.contains("s3://annotable-state/backfill/"),
+        "unclear refusal:\n{message}"
+    );
+    // The lease is an object in the state bucket.
+    let listed = env
+        .stack
+        .s3
+        .list_objects_v2()
+        .bucket("annotable-state")
+        .send()
+        .await?;
+    assert_eq!(listed.contents().len(), 1);
+
+    // SIGTERM: the first commits what it read, releases the lease, and says how to resume.
+    first.signal(15);
+    let status = first.wait(Duration::from_secs(60));
+    assert!(!status.success(), "an interrupted backfill must not exit 0");
+    assert!(
+        first.log().contains("run the same command again to resume"),
+        "{}",
+        first.log()
+    );
+    let third = env.annotable(&["backfill", "--bucket", PLAIN, "--progress", "off"]);
+    assert!(third.status.success(), "{}", stderr(&third));
+    assert!(stdout(&third).contains("resumed run"), "{}", stdout(&third));
+    let dups = duplicates(&env).await;
+    assert!(dups.is_empty(), "duplicate journal rows: {dups:#?}");
+    assert_converged(&env).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_backfill_together_converge_while_annotations_change() -> TestResult {
+    let mut env = Env::start(30, 5).await;
+    let mut workload = Workload::new(0xbacf11, 80);
+    workload.run(&env.stack.s3, 300).await;
+    let mut serve = env.spawn_serve(&[], &[]);
+    let mut backfills = vec![
+        env.spawn(
+            &[
+                "backfill",
+                "--bucket",
+                VERSIONED,
+                "--versions",
+                "all",
+                "--progress",
+                "off",
+            ],
+            &[
+                ("ANNOTABLE_BACKFILL_CONCURRENCY", "2"),
+                ("ANNOTABLE_BACKFILL_FLUSH_ROWS", "50"),
+            ],
+        ),
+        env.spawn(
+            &["backfill", "--bucket", PLAIN, "--progress", "off"],
+            &[
+                ("ANNOTABLE_BACKFILL_CONCURRENCY", "2"),
+                ("ANNOTABLE_BACKFILL_FLUSH_ROWS", "50"),
+            ],
+        ),
+    ];
+    // Annotations change while both run.
+    workload.run(&env.stack.s3, 300).await;
+    for b in &mut backfills {
+        let status = tokio::task::block_in_place(|| b.wait(Duration::from_secs(240)));
+        assert!(status.success(), "{}", b.log());
+    }
+    serve.signal(15);
+    let status = tokio::task::block_in_place(|| serve.wait(Duration::from_secs(60)));
+    assert!(status.success(), "{}", serve.log());
+    let (status, log) = env.serve_until_idle("4", &[]);
+    assert!(status.success(), "{log}");
+    let sources = env
+        .sql("SELECT source, count(*) FROM annotation_journal GROUP BY source ORDER BY source")
+        .await;
+    assert_eq!(sources.len(), 2, "both writers wrote: {sources:?}");
+    assert_converged(&env).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_annotation_api_and_directory_buckets_stop_before_writing_anything() -> TestResult {
+    let env = Env::start_with(30, 5, false).await;
+    populate_few(&env).await;
+    let proxy = support::FaultProxy::without_annotation_api(env.stack.stack.port()).await;
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let out = env.annotable_env(
+        &["backfill", "--bucket", PLAIN, "--progress", "off"],
+        &[("AWS_ENDPOINT_URL_S3", &endpoint)],
+    );
+    assert!(!out.status.success());
+    let message = stderr(&out);
+    assert!(
+        message.contains("NotImplemented") && message.contains("no S3 annotation API"),
+        "{message}"
+    );
+    let out = env.annotable(&[
+        "backfill",
+        "--bucket",
+        "logs--use1-az4--x-s3",
+        "--progress",
+        "off",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("directory bucket"),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing written: no catalog, no table, no lease.
+    let data = env.data_dir();
+    for path in ["catalog.db", "warehouse", "backfill"] {
+        assert!(!data.join(path).exists(), "{path} was created");
+    }
+    Ok(())
+}
+
+async fn populate_few(env: &Env) {
+    for i in 0..5 {
+        let key = format!("k{i}");
+        put(&env.stack.s3, PLAIN, &key, "x").await;
+        annotate(&env.stack.s3, PLAIN, &key, "a", "{}").await;
+    }
+}

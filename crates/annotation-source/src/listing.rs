@@ -1,0 +1,277 @@
+//! Walking a bucket: the object versions a backfill reads, one page at a time, from an exact
+//! resumable position.
+//!
+//! - Current versions of an unversioned bucket: ListObjectsV2 (`start-after` = the last key
+//!   handled).
+//! - Current versions of a versioned (or suspended) bucket: ListObjectVersions, keeping the
+//!   latest version of each key that is not a delete marker. ListObjectsV2 would not give the
+//!   version ids, and rows must name the same version the notifications name.
+//! - Every version: ListObjectVersions, delete markers left out (they carry no annotations).
+//!
+//! A [`ListPosition`] names the last object version handled, so a page can end anywhere and a
+//! resumed walk starts exactly after it (`key-marker` + `version-id-marker`, or `start-after`).
+
+use aws_sdk_s3::error::ProvideErrorMetadata;
+use s3_events::ObjectRef;
+
+use crate::{AnnotationSource, Attempt, Class, Op, SourceError, classify, strip_quotes};
+
+/// Which versions of each object to walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Versions {
+    /// The current version of each key.
+    Current,
+    /// Every version of each key.
+    All,
+}
+
+impl Versions {
+    /// `current` or `all`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Versions::Current => "current",
+            Versions::All => "all",
+        }
+    }
+}
+
+/// What to walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListScope {
+    /// Bucket.
+    pub bucket: String,
+    /// Key prefix (empty: the whole bucket).
+    pub prefix: String,
+    /// Which versions.
+    pub versions: Versions,
+}
+
+/// The last object version handled; the walk continues after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListPosition {
+    /// Key of the last object handled (`None`: the start).
+    pub key: Option<String>,
+    /// Its version id as ListObjectVersions gave it (`None` for ListObjectsV2 walks).
+    pub version_id: Option<String>,
+}
+
+/// One object version found by the walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The object version (`version_id` is `None` in unversioned buckets).
+    pub object: ObjectRef,
+    /// The object's ETag, quotes stripped.
+    pub e_tag: Option<String>,
+    /// Object size in bytes.
+    pub size: Option<i64>,
+    /// Where the walk stands once this object is handled.
+    pub position: ListPosition,
+}
+
+/// One page of the walk.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    /// The object versions, in listing order.
+    pub objects: Vec<Listed>,
+    /// Where the next page starts; `None` when the walk is complete.
+    pub next: Option<ListPosition>,
+}
+
+/// Whether `bucket` is an S3 Express One Zone directory bucket (`name--azid--x-s3`), where
+/// annotations (and notifications) do not exist.
+pub fn is_directory_bucket(bucket: &str) -> bool {
+    bucket.ends_with("--x-s3")
+}
+
+impl AnnotationSource {
+    /// Whether the bucket keeps versions (versioning Enabled or Suspended): then listings must
+    /// come from ListObjectVersions to name version ids.
+    pub async fn bucket_is_versioned(&self, bucket: &str) -> Result<bool, SourceError> {
+        let target = bucket_ref(bucket, "");
+        self.check_bucket(&target)?;
+        let answer = self
+            .with_retries(Op::ListObjects, &target, || async {
+                let response = self.s3.get_bucket_versioning().bucket(bucket).send().await;
+                match response {
+                    Ok(out) => Ok(Attempt::Done(out.status().is_some())),
+                    Err(e) => listing_failure(&e, Op::ListObjects, &target),
+                }
+            })
+            .await?;
+        Ok(answer.value)
+    }
+
+    /// One page (up to 1,000 keys) of the walk, starting after `from`.
+    pub async fn list_page(
+        &self,
+        scope: &ListScope,
+        versioned: bool,
+        from: &ListPosition,
+    ) -> Result<ListPage, SourceError> {
+        let target = bucket_ref(&scope.bucket, &scope.prefix);
+        self.check_bucket(&target)?;
+        if is_directory_bucket(&scope.bucket) {
+            return Err(SourceError::DirectoryBucket {
+                bucket: scope.bucket.clone(),
+            });
+        }
+        let page = if versioned || scope.versions == Versions::All {
+            self.list_versions_page(scope, versioned, from, &target)
+                .await?
+        } else {
+            self.list_objects_page(scope, from, &target).await?
+        };
+        Ok(page.value)
+    }
+
+    async fn list_objects_page(
+        &self,
+        scope: &ListScope,
+        from: &ListPosition,
+        target: &ObjectRef,
+    ) -> Result<crate::Observed<ListPage>, SourceError> {
+        self.with_retries(Op::ListObjects, target, || async {
+            let response = self
+                .s3
+                .list_objects_v2()
+                .bucket(&scope.bucket)
+                .prefix(&scope.prefix)
+                .set_start_after(from.key.clone())
+                .set_expected_bucket_owner(self.options.expected_bucket_owner.clone())
+                .send()
+                .await;
+            let out = match response {
+                Ok(out) => out,
+                Err(e) => return listing_failure(&e, Op::ListObjects, target),
+            };
+            let objects: Vec<Listed> = out
+                .contents()
+                .iter()
+                .filter_map(|o| {
+                    let key = o.key()?.to_string();
+                    Some(Listed {
+                        object: ObjectRef {
+                            bucket: scope.bucket.clone(),
+                            key: key.clone(),
+                            version_id: None,
+                        },
+                        e_tag: o.e_tag().map(strip_quotes),
+                        size: o.size(),
+                        position: ListPosition {
+                            key: Some(key),
+                            version_id: None,
+                        },
+                    })
+                })
+                .collect();
+            let next = match (out.is_truncated(), objects.last()) {
+                (Some(true), Some(last)) => Some(last.position.clone()),
+                _ => None,
+            };
+            Ok(Attempt::Done(ListPage { objects, next }))
+        })
+        .await
+    }
+
+    async fn list_versions_page(
+        &self,
+        scope: &ListScope,
+        versioned: bool,
+        from: &ListPosition,
+        target: &ObjectRef,
+    ) -> Result<crate::Observed<ListPage>, SourceError> {
+        self.with_retries(Op::ListObjects, target, || async {
+            let response = self
+                .s3
+                .list_object_versions()
+                .bucket(&scope.bucket)
+                .prefix(&scope.prefix)
+                .set_key_marker(from.key.clone())
+                .set_version_id_marker(from.key.as_ref().and(from.version_id.clone()))
+                .set_expected_bucket_owner(self.options.expected_bucket_owner.clone())
+                .send()
+                .await;
+            let out = match response {
+                Ok(out) => out,
+                Err(e) => return listing_failure(&e, Op::ListObjects, target),
+            };
+            let objects: Vec<Listed> = out
+                .versions()
+                .iter()
+                .filter(|v| scope.versions == Versions::All || v.is_latest() == Some(true))
+                .filter_map(|v| {
+                    let key = v.key()?.to_string();
+                    let listed_version = v.version_id().map(str::to_string);
+                    Some(Listed {
+                        object: ObjectRef {
+                            bucket: scope.bucket.clone(),
+                            key: key.clone(),
+                            // An unversioned bucket lists every object as version "null";
+                            // its notifications name no version, and neither do its rows.
+                            version_id: if versioned {
+                                listed_version.clone()
+                            } else {
+                                None
+                            },
+                        },
+                        e_tag: v.e_tag().map(strip_quotes),
+                        size: v.size(),
+                        position: ListPosition {
+                            key: Some(key),
+                            version_id: listed_version,
+                        },
+                    })
+                })
+                .collect();
+            let next = if out.is_truncated() == Some(true) {
+                match out.next_key_marker() {
+                    Some(key) if !key.is_empty() => Some(ListPosition {
+                        key: Some(key.to_string()),
+                        version_id: out.next_version_id_marker().map(str::to_string),
+                    }),
+                    _ => objects.last().map(|l| l.position.clone()),
+                }
+            } else {
+                None
+            };
+            Ok(Attempt::Done(ListPage { objects, next }))
+        })
+        .await
+    }
+}
+
+fn bucket_ref(bucket: &str, prefix: &str) -> ObjectRef {
+    ObjectRef {
+        bucket: bucket.to_string(),
+        key: prefix.to_string(),
+        version_id: None,
+    }
+}
+
+fn listing_failure<T, E: ProvideErrorMetadata + std::fmt::Debug>(
+    error: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    op: Op,
+    target: &ObjectRef,
+) -> Result<Attempt<T>, SourceError> {
+    match classify(error) {
+        Class::Transient(reason) => Ok(Attempt::Retry(reason)),
+        Class::Gone | Class::NoSuchAnnotation => Err(SourceError::NoSuchBucket {
+            bucket: target.bucket.clone(),
+        }),
+        Class::Permanent { code, message } => {
+            Err(SourceError::from_service(op, target, None, code, message))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_buckets_are_recognised_by_name() {
+        assert!(is_directory_bucket("logs--use1-az4--x-s3"));
+        assert!(!is_directory_bucket("logs"));
+        assert!(!is_directory_bucket("x-s3-logs"));
+    }
+}
