@@ -1,6 +1,7 @@
 //! The README's main job, end to end on the embedded defaults: start the local AWS emulator,
 //! create a bucket and a queue (with a dead-letter queue), point the bucket's notifications at
-//! the queue with `annotable setup notifications`, write objects and annotations (puts,
+//! the queue with `annotable setup notifications` (after backfilling three objects annotated
+//! before, with `annotable backfill`), write objects and annotations (puts,
 //! overwrites, deletes, an object delete), run `annotable serve` until the queue drains, print a
 //! few `annotable query` results, and clean up. Run it with `scripts/demo.sh`.
 
@@ -139,6 +140,31 @@ async fn run(stack: &LocalStack, bin: &std::path::Path, work: &std::path::Path) 
         .queue_url
         .unwrap_or_default();
 
+    step("annotations that existed before annotable: 3 archived objects, backfilled");
+    for i in 1..=3 {
+        let key = format!("archive/2025/report-{i}.pdf");
+        s3.put_object()
+            .bucket(BUCKET)
+            .key(&key)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"%PDF"))
+            .send()
+            .await
+            .expect("PutObject");
+        s3.put_object_annotation()
+            .bucket(BUCKET)
+            .key(&key)
+            .annotation_name("retention")
+            .annotation_payload(aws_sdk_s3::primitives::ByteStream::from(
+                format!(r#"{{"class":"legal","years":{}}}"#, 5 * i).into_bytes(),
+            ))
+            .send()
+            .await
+            .expect("PutObjectAnnotation");
+    }
+    if !annotable(&["backfill", "--bucket", BUCKET, "--versions", "all"]) {
+        return false;
+    }
+
     step("pointing the bucket's notifications at the queue");
     if !annotable(&[
         "setup",
@@ -265,7 +291,7 @@ async fn run(stack: &LocalStack, bin: &std::path::Path, work: &std::path::Path) 
         ],
         &[
             "query",
-            "SELECT object_key, name, record_type, event_name FROM annotation_journal ORDER BY object_key, sequence_number",
+            "SELECT object_key, name, record_type, source, event_name FROM annotation_journal ORDER BY object_key, sequence_number",
         ],
     ];
     for q in queries {

@@ -286,6 +286,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !report.completed {
                 bail!("the backfill stopped before the end; run the same command again to resume");
             }
+            if report.objects_skipped > 0 {
+                bail!(
+                    "{} object versions could not be read (the errors above say which and why); fix the cause and run the backfill again (it starts over)",
+                    report.objects_skipped
+                );
+            }
             Ok(())
         }
         Command::Setup(SetupCommand::Notifications(args)) => {

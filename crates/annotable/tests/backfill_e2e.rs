@@ -78,7 +78,7 @@ fn figure(summary: &str, label: &str) -> u64 {
     summary
         .lines()
         .find_map(|l| l.trim().strip_prefix(label))
-        .and_then(|rest| rest.trim().split_whitespace().next())
+        .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no {label:?} in the summary:\n{summary}"))
 }

@@ -448,13 +448,13 @@ impl Lease {
                         && doc.lease_expires_at > now
                         && !doc.holder.is_gone(&holder) =>
                 {
-                    return Err(BackfillError::Held {
+                    return Err(BackfillError::Held(Box::new(super::LeaseHeld {
                         scope: describe_scope(scope),
                         table: table.to_string(),
                         holder: doc.holder.clone(),
                         until: doc.lease_expires_at,
                         location: store.describe(&name),
-                    });
+                    })));
                 }
                 Some(doc) if doc.completed_at.is_none() => {
                     took_over = Some(doc.holder.clone());
@@ -641,7 +641,7 @@ mod tests {
         assert!(start.position.is_none());
         let refused = Lease::acquire(store.clone(), "t", &scope(), holder(2), ttl).await;
         assert!(
-            matches!(&refused, Err(BackfillError::Held { holder, .. }) if holder.pid == 1),
+            matches!(&refused, Err(BackfillError::Held(held)) if held.holder.pid == 1),
             "{:?}",
             refused.err()
         );

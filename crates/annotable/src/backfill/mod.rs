@@ -69,21 +69,8 @@ pub enum BackfillError {
     #[error(transparent)]
     Source(#[from] SourceError),
     /// Another backfill of the same scope is running.
-    #[error(
-        "a backfill of {scope} into {table} is already running: {holder} holds the lease until {until} (it renews it while it runs). Wait for it to finish; if that process is gone, run again after {until} and this run will resume its work. Lease: {location}"
-    )]
-    Held {
-        /// Bucket, prefix and versions.
-        scope: String,
-        /// The table.
-        table: String,
-        /// Who holds it.
-        holder: Holder,
-        /// Until when.
-        until: chrono::DateTime<Utc>,
-        /// The lease document.
-        location: String,
-    },
+    #[error("{0}")]
+    Held(Box<LeaseHeld>),
     /// The lease was taken over (this process stalled longer than the lease lasts).
     #[error(
         "lost the backfill lease at {location}: another backfill took it over (this process stalled longer than backfill.lease_ttl_secs). Stopped before committing more; the other run continues the work"
@@ -104,13 +91,44 @@ pub enum BackfillError {
     },
 }
 
+/// Who holds the lease a backfill wanted.
+#[derive(Debug)]
+pub struct LeaseHeld {
+    /// Bucket, prefix and versions.
+    pub scope: String,
+    /// The table.
+    pub table: String,
+    /// Who holds it.
+    pub holder: Holder,
+    /// Until when.
+    pub until: chrono::DateTime<Utc>,
+    /// The lease document.
+    pub location: String,
+}
+
+impl std::fmt::Display for LeaseHeld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let LeaseHeld {
+            scope,
+            table,
+            holder,
+            until,
+            location,
+        } = self;
+        write!(
+            f,
+            "a backfill of {scope} into {table} is already running: {holder} holds the lease until {until} (it renews it while it runs). Wait for it to finish; if that process is gone, run again after {until} and this run will resume its work. Lease: {location}"
+        )
+    }
+}
+
 impl BackfillError {
     /// Whether running again later may succeed (and resume).
     pub fn is_retryable(&self) -> bool {
         match self {
             BackfillError::Table(e) => e.is_retryable(),
             BackfillError::Source(e) => e.is_retryable(),
-            BackfillError::Held { .. } | BackfillError::State { .. } => true,
+            BackfillError::Held(_) | BackfillError::State { .. } => true,
             BackfillError::LeaseLost { .. } | BackfillError::Config(_) => false,
         }
     }
@@ -174,6 +192,8 @@ pub struct BackfillReport {
     pub objects_read: u64,
     /// Versions that vanished between the listing and the read.
     pub objects_gone: u64,
+    /// Versions S3 refused to read (AccessDenied, a non-UTF-8 payload, …): logged, no row.
+    pub objects_skipped: u64,
     /// Annotations fetched.
     pub annotations: u64,
     /// Rows committed (or, in a dry run, that would have been).
@@ -218,6 +238,13 @@ impl std::fmt::Display for BackfillReport {
             "  object versions: {} listed, {} read, {} gone before they could be read",
             self.objects_listed, self.objects_read, self.objects_gone
         )?;
+        if self.objects_skipped > 0 {
+            writeln!(
+                f,
+                "  skipped:         {} object versions S3 refused to read (see the errors logged above)",
+                self.objects_skipped
+            )?;
+        }
         writeln!(f, "  annotations:     {}", self.annotations)?;
         let verb = if self.dry_run {
             "would write"
@@ -253,7 +280,8 @@ impl std::fmt::Display for BackfillReport {
 /// One object version, read.
 struct ReadResult {
     listed: Listed,
-    observation: Observation,
+    /// `None`: S3 refused to read it (logged, counted, no row written).
+    observation: Option<Observation>,
     annotations: u64,
     gone: bool,
 }
@@ -431,19 +459,20 @@ pub async fn run(
     let writer = table
         .as_ref()
         .map_or_else(|| "dryrun00".to_string(), |t| t.writer_id().to_string());
-    let reads = futures::stream::unfold(list_rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-    .map(|item| {
-        let source = source.clone();
-        let writer = writer.clone();
-        async move {
-            let listed = item?;
-            read_one(&source, listed, &writer).await
-        }
-    })
-    .buffered(options.concurrency);
-    futures::pin_mut!(reads);
+    let mut reads = Box::pin(
+        futures::stream::unfold(list_rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
+        .map(|item| {
+            let source = source.clone();
+            let writer = writer.clone();
+            async move {
+                let listed = item?;
+                read_one(&source, listed, &writer).await
+            }
+        })
+        .buffered(options.concurrency),
+    );
 
     let mut cache = StateCache::new(options.concurrency * 4 + 16);
     let mut batch: Option<Pending> = None;
@@ -487,12 +516,18 @@ pub async fn run(
             objects: 0,
             position: ListPosition::default(),
         });
-        let rows = cache.rows_for(
-            &mut pending.overlay,
-            &read.observation,
-            Source::Backfill,
-            Utc::now(),
-        );
+        let rows = match &read.observation {
+            Some(observation) => cache.rows_for(
+                &mut pending.overlay,
+                observation,
+                Source::Backfill,
+                Utc::now(),
+            ),
+            None => {
+                report.objects_skipped += 1;
+                Vec::new()
+            }
+        };
         bytes += rows.iter().map(approx_row_bytes).sum::<usize>();
         if options.dry_run {
             dry_rows += rows.len() as u64;
@@ -628,7 +663,21 @@ async fn read_one(
     listed: Listed,
     writer: &str,
 ) -> Result<ReadResult, SourceError> {
-    let read = source.read_version(&listed.object).await?;
+    let read = match source.read_version(&listed.object).await {
+        Ok(read) => read,
+        // One object S3 will not let us read must not stop (and, on every resume, stop again)
+        // the whole walk: say which and why, count it, write nothing for it.
+        Err(e @ (SourceError::Refused { .. } | SourceError::NotUtf8 { .. })) => {
+            tracing::error!(bucket = %listed.object.bucket, key = %listed.object.key, version_id = ?listed.object.version_id, error = %e, "skipping an object version S3 refused to read");
+            return Ok(ReadResult {
+                listed,
+                observation: None,
+                annotations: 0,
+                gone: false,
+            });
+        }
+        Err(e) => return Err(e),
+    };
     let (observed, annotations, gone) = match read.value {
         VersionState::Present(list) => {
             let n = list.len() as u64;
@@ -645,7 +694,7 @@ async fn read_one(
     };
     Ok(ReadResult {
         listed,
-        observation,
+        observation: Some(observation),
         annotations,
         gone,
     })
