@@ -253,8 +253,10 @@ impl std::fmt::Display for BackfillReport {
         };
         writeln!(
             f,
-            "  rows:            {} {verb} in {} commits",
-            self.rows, self.commits
+            "  rows:            {} {verb} in {} commit{}",
+            self.rows,
+            self.commits,
+            if self.commits == 1 { "" } else { "s" }
         )?;
         let calls: Vec<String> = self
             .s3_calls
