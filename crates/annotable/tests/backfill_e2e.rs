@@ -307,7 +307,9 @@ async fn a_second_backfill_of_the_same_bucket_is_refused_then_resumes_the_first(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_and_backfill_together_converge_while_annotations_change() -> TestResult {
-    let mut env = Env::start(30, 5).await;
+    // A short visibility timeout: messages a stopped serve's last long poll received (and
+    // dropped) come back quickly for the final run.
+    let mut env = Env::start(4, 5).await;
     let mut workload = Workload::new(0xbacf11, 80);
     workload.run(&env.stack.s3, 300).await;
     let mut serve = env.spawn_serve(&[], &[]);
@@ -344,8 +346,9 @@ async fn serve_and_backfill_together_converge_while_annotations_change() -> Test
     serve.signal(15);
     let status = tokio::task::block_in_place(|| serve.wait(Duration::from_secs(60)));
     assert!(status.success(), "{}", serve.log());
-    let (status, log) = env.serve_until_idle("4", &[]);
+    let (status, log) = env.serve_until_idle("8", &[]);
     assert!(status.success(), "{log}");
+    assert_eq!(env.queue_depth(&env.queue.clone()).await, (0, 0));
     let sources = env
         .sql("SELECT source, count(*) FROM annotation_journal GROUP BY source ORDER BY source")
         .await;
@@ -388,6 +391,38 @@ async fn no_annotation_api_and_directory_buckets_stop_before_writing_anything() 
     for path in ["catalog.db", "warehouse", "backfill"] {
         assert!(!data.join(path).exists(), "{path} was created");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_s3_refuses_is_reported_and_skipped_not_fatal() -> TestResult {
+    let env = Env::start_with(30, 5, false).await;
+    populate_few(&env).await;
+    let proxy = support::FaultProxy::denying(env.stack.stack.port(), "/k2?").await;
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let out = env.annotable_env(
+        &["backfill", "--bucket", PLAIN, "--progress", "off"],
+        &[("AWS_ENDPOINT_URL_S3", &endpoint)],
+    );
+    assert!(
+        !out.status.success(),
+        "a skipped object must fail the command"
+    );
+    let (summary, log) = (stdout(&out), stderr(&out));
+    assert!(
+        summary.contains("backfill complete") && summary.contains("skipped:         1"),
+        "{summary}"
+    );
+    assert!(
+        log.contains("k2")
+            && log.contains("AccessDenied")
+            && log.contains("1 object versions could not be read"),
+        "{log}"
+    );
+    // The other four are indexed.
+    let view = env.view().await;
+    assert_eq!(view.len(), 4, "{view:?}");
+    assert!(view.iter().all(|r| r.1 != "k2"));
     Ok(())
 }
 

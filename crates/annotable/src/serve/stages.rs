@@ -274,6 +274,67 @@ fn truncate(s: &str, max: usize) -> String {
     s[..end].to_string()
 }
 
+/// Observations whose rows were suppressed as restatements, kept for a while: if another
+/// writer (a second `serve`, a `backfill`) commits rows stamped between the suppressed
+/// observation and the row it restated, the suppressed row would have been the newest and the
+/// view would show the other writer's older state. Such rows reach the table some seconds after
+/// their stamp (a batch's age plus the commit), so when a foreign snapshot appears, every
+/// observation suppressed within [`HELD_BACK_WINDOW`] is written after all.
+struct HeldBack {
+    entries: std::collections::VecDeque<(Instant, usize, Observation)>,
+    bytes: usize,
+}
+
+/// How long suppressed observations are kept for re-emission.
+const HELD_BACK_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// At most this many payload bytes are kept (the oldest go first).
+const HELD_BACK_BYTES: usize = 64 << 20;
+
+impl HeldBack {
+    fn push(&mut self, obs: Observation) {
+        let bytes = 300
+            + match &obs.observed {
+                Observed::Annotation { state, .. } => {
+                    state.as_ref().map_or(0, |a| a.text_value.len())
+                }
+                Observed::Version(set) => {
+                    set.iter().flatten().map(|a| a.text_value.len() + 100).sum()
+                }
+            };
+        self.bytes += bytes;
+        self.entries.push_back((Instant::now(), bytes, obs));
+        self.prune();
+    }
+
+    fn prune(&mut self) {
+        while let Some((at, bytes, _)) = self.entries.front() {
+            if at.elapsed() <= HELD_BACK_WINDOW && self.bytes <= HELD_BACK_BYTES {
+                break;
+            }
+            self.bytes -= bytes;
+            self.entries.pop_front();
+        }
+    }
+
+    /// The rows of every held-back observation, with nothing suppressed.
+    fn rows(&mut self) -> Vec<JournalRow> {
+        self.prune();
+        let now = Utc::now();
+        let mut fresh = StateCache::new(1);
+        self.entries
+            .iter()
+            .flat_map(|(_, _, o)| {
+                fresh.rows_for(&mut Overlay::default(), o, Source::Notification, now)
+            })
+            .collect()
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+}
+
 /// Commits batches one at a time; hands their messages to the acker once committed.
 pub(crate) async fn commit_loop(
     shared: Arc<Shared>,
@@ -283,28 +344,65 @@ pub(crate) async fn commit_loop(
     ack: mpsc::Sender<Vec<Held>>,
 ) {
     let mut seen_sequence: Option<i64> = None;
-    while let Some(mut batch) = rx.recv().await {
+    let mut held_back = HeldBack {
+        entries: Default::default(),
+        bytes: 0,
+    };
+    loop {
+        let next = tokio::select! {
+            batch = rx.recv() => batch,
+            // Idle: still watch for other writers, so held-back rows are not left out.
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                reemit_if_others_wrote(&shared, &table, &mut seen_sequence, &mut cache, &mut held_back).await;
+                continue;
+            }
+        };
+        let Some(mut batch) = next else {
+            reemit_if_others_wrote(
+                &shared,
+                &table,
+                &mut seen_sequence,
+                &mut cache,
+                &mut held_back,
+            )
+            .await;
+            return;
+        };
         // Resolves finish out of order; rows are decided in observation order.
         batch
             .observations
             .sort_by(|a, b| a.sequence_number.cmp(&b.sequence_number));
-        if let Err(e) = forget_if_others_wrote(&table, &mut seen_sequence, &mut cache).await {
-            debug!(error = %e, "could not check for other writers; clearing the suppression memory");
-            cache.clear();
-        }
+        let foreign = match forget_if_others_wrote(&table, &mut seen_sequence, &mut cache).await {
+            Ok(foreign) => foreign,
+            Err(e) => {
+                debug!(error = %e, "could not check for other writers; clearing the suppression memory");
+                cache.clear();
+                true
+            }
+        };
+        let mut rows: Vec<JournalRow> = if foreign {
+            held_back.rows()
+        } else {
+            Vec::new()
+        };
+        let reemitted = rows.len();
         let mut overlay = Overlay::default();
         let now = Utc::now();
-        let rows: Vec<JournalRow> = batch
-            .observations
-            .iter()
-            .flat_map(|o| cache.rows_for(&mut overlay, o, Source::Notification, now))
-            .collect();
+        let mut suppressed = Vec::new();
+        for o in &batch.observations {
+            let before = overlay.suppressed();
+            rows.extend(cache.rows_for(&mut overlay, o, Source::Notification, now));
+            if overlay.suppressed() > before {
+                suppressed.push(o.clone());
+            }
+        }
         shared
             .metrics
             .rows_suppressed
             .inc_by(overlay.suppressed() as u64);
         if rows.is_empty() {
             cache.commit(overlay);
+            suppressed.into_iter().for_each(|o| held_back.push(o));
             let _ = ack.send(batch.messages).await;
             continue;
         }
@@ -313,6 +411,11 @@ pub(crate) async fn commit_loop(
         match commit_with_retries(&shared, &table, rows).await {
             Ok(()) => {
                 cache.commit(overlay);
+                if reemitted > 0 {
+                    info!(table = %table.ident(), rows = reemitted, "another writer committed: wrote the recently suppressed rows after all");
+                    held_back.clear();
+                }
+                suppressed.into_iter().for_each(|o| held_back.push(o));
                 let committed_at = Utc::now();
                 shared
                     .metrics
@@ -327,6 +430,34 @@ pub(crate) async fn commit_loop(
                     release(&shared, &msg, wait).await;
                 }
             }
+        }
+    }
+}
+
+/// The idle and final form of the check above: when another writer committed, write the
+/// held-back rows in a commit of their own.
+async fn reemit_if_others_wrote(
+    shared: &Shared,
+    table: &JournalTable,
+    seen: &mut Option<i64>,
+    cache: &mut StateCache,
+    held_back: &mut HeldBack,
+) {
+    let foreign = forget_if_others_wrote(table, seen, cache)
+        .await
+        .unwrap_or(true);
+    if !foreign || held_back.entries.is_empty() {
+        return;
+    }
+    let rows = held_back.rows();
+    let n = rows.len();
+    match commit_with_retries(shared, table, rows).await {
+        Ok(()) => {
+            info!(table = %table.ident(), rows = n, "another writer committed: wrote the recently suppressed rows after all");
+            held_back.clear();
+        }
+        Err(e) => {
+            warn!(table = %table.ident(), rows = n, error = %e, "could not write the held-back rows; retrying at the next check");
         }
     }
 }
@@ -347,12 +478,12 @@ async fn commit_with_retries(
 }
 
 /// Clears the suppression memory when a snapshot by another writer appeared since the last
-/// check: that writer's rows are not in it, so it could be stale.
+/// check (that writer's rows are not in it, so it could be stale); says whether one did.
 async fn forget_if_others_wrote(
     table: &JournalTable,
     seen: &mut Option<i64>,
     cache: &mut StateCache,
-) -> Result<(), TableError> {
+) -> Result<bool, TableError> {
     let loaded = table.load().await?;
     let metadata = loaded.metadata();
     let newest = metadata.last_sequence_number();
@@ -364,12 +495,13 @@ async fn forget_if_others_wrote(
                 .get(annotation_table::SUMMARY_WRITER)
                 .is_none_or(|w| w != table.writer_id())
     });
-    if foreign && seen.is_some() {
-        info!(table = %table.ident(), "another writer committed; clearing the suppression memory");
+    let foreign = foreign && seen.is_some();
+    if foreign {
+        debug!(table = %table.ident(), "another writer committed; clearing the suppression memory");
         cache.clear();
     }
     *seen = Some(newest);
-    Ok(())
+    Ok(foreign)
 }
 
 /// Deletes committed messages (DeleteMessageBatch, 10 at a time, every per-entry failure

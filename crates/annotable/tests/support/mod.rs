@@ -647,6 +647,15 @@ pub async fn assert_converged(env: &Env) {
     );
 }
 
+/// What a [`FaultProxy`] refuses outright.
+pub enum Refuse {
+    Nothing,
+    /// Every annotation API call: 501 NotImplemented.
+    AnnotationApi,
+    /// Annotation calls whose path contains this: 403 AccessDenied.
+    Path(String),
+}
+
 /// An HTTP/1.1 proxy in front of the emulator that answers a share of the requests itself with
 /// S3 throttling and 5xx errors (one request per connection, `Connection: close`).
 pub struct FaultProxy {
@@ -659,20 +668,23 @@ pub struct FaultProxy {
 
 impl FaultProxy {
     pub async fn start(upstream_port: u16, fault_percent: u32) -> FaultProxy {
-        FaultProxy::start_mode(upstream_port, fault_percent, false).await
+        FaultProxy::start_mode(upstream_port, fault_percent, Refuse::Nothing).await
+    }
+
+    /// A proxy that answers AccessDenied to every annotation call on a key whose request path
+    /// contains `path_part` (a bucket policy denying one object).
+    pub async fn denying(upstream_port: u16, path_part: &str) -> FaultProxy {
+        FaultProxy::start_mode(upstream_port, 0, Refuse::Path(path_part.to_string())).await
     }
 
     /// A proxy whose S3 has no annotation API: every `?annotation` request gets 501
     /// NotImplemented, as from IBM COS or another S3-compatible store.
     pub async fn without_annotation_api(upstream_port: u16) -> FaultProxy {
-        FaultProxy::start_mode(upstream_port, 0, true).await
+        FaultProxy::start_mode(upstream_port, 0, Refuse::AnnotationApi).await
     }
 
-    async fn start_mode(
-        upstream_port: u16,
-        fault_percent: u32,
-        no_annotations: bool,
-    ) -> FaultProxy {
+    async fn start_mode(upstream_port: u16, fault_percent: u32, refuse: Refuse) -> FaultProxy {
+        let refuse = std::sync::Arc::new(refuse);
         use std::sync::atomic::Ordering;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -690,13 +702,14 @@ impl FaultProxy {
                 let fault = rng.u32(0..100) < fault_percent;
                 let slow_down = rng.bool();
                 let (inj, fwd) = (inj.clone(), fwd.clone());
+                let refuse = refuse.clone();
                 tokio::spawn(async move {
                     if fault {
                         inj.fetch_add(1, Ordering::Relaxed);
                     } else {
                         fwd.fetch_add(1, Ordering::Relaxed);
                     }
-                    let _ = proxy_one(conn, upstream_port, fault, slow_down, no_annotations).await;
+                    let _ = proxy_one(conn, upstream_port, fault, slow_down, &refuse).await;
                 });
             }
         });
@@ -720,7 +733,7 @@ async fn proxy_one(
     upstream_port: u16,
     fault: bool,
     slow_down: bool,
-    no_annotations: bool,
+    refuse: &Refuse,
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = Vec::new();
@@ -752,12 +765,25 @@ async fn proxy_one(
         buf.extend_from_slice(&chunk[..n]);
     }
     let request_line = head.lines().next().unwrap_or("");
-    if no_annotations
-        && (request_line.contains("?annotation") || request_line.contains("&annotation"))
-    {
-        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented.</Message></Error>";
+    let annotation_call =
+        request_line.contains("?annotation") || request_line.contains("&annotation");
+    let refusal = match refuse {
+        Refuse::AnnotationApi if annotation_call => Some((
+            "501 Not Implemented",
+            "NotImplemented",
+            "A header you provided implies functionality that is not implemented.",
+        )),
+        Refuse::Path(part) if annotation_call && request_line.contains(part.as_str()) => {
+            Some(("403 Forbidden", "AccessDenied", "Access Denied"))
+        }
+        _ => None,
+    };
+    if let Some((status, code, message)) = refusal {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        );
         let response = format!(
-            "HTTP/1.1 501 Not Implemented\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         );
         conn.write_all(response.as_bytes()).await?;
