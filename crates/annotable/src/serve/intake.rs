@@ -41,9 +41,13 @@ pub(crate) async fn receive_loop(
             .visibility_timeout(i32::try_from(timeout.as_secs()).unwrap_or(43_200))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send();
+        let mut request = std::pin::pin!(request);
         let response = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = request => r,
+            _ = stop.cancelled() => {
+                hand_back_last_poll(&shared, request, index).await;
+                return;
+            }
+            r = &mut request => r,
         };
         let messages = match response {
             Ok(out) => {
@@ -86,6 +90,34 @@ pub(crate) async fn receive_loop(
                 return;
             }
         }
+    }
+}
+
+/// On stop, a long poll may be answering with messages (it returns as soon as there are some):
+/// dropping it would leave them invisible until their timeout. Wait a moment for an answer and
+/// make its messages visible again at once; a poll still waiting after that found nothing.
+async fn hand_back_last_poll<F, E>(shared: &Shared, request: std::pin::Pin<&mut F>, index: usize)
+where
+    F: std::future::Future<
+            Output = Result<aws_sdk_sqs::operation::receive_message::ReceiveMessageOutput, E>,
+        >,
+{
+    let Ok(Ok(out)) = tokio::time::timeout(Duration::from_millis(1500), request).await else {
+        return;
+    };
+    for m in out.messages.unwrap_or_default() {
+        let Some(receipt) = m.receipt_handle else {
+            continue;
+        };
+        let msg = Held {
+            receipt,
+            message_id: m.message_id.unwrap_or_default(),
+            receive_count: 0,
+            received_at: Instant::now(),
+            body: String::new(),
+        };
+        debug!(receiver = index, message_id = %msg.message_id, "stopping: handed back a message the last poll received");
+        super::visibility::release(shared, &msg, Duration::ZERO).await;
     }
 }
 
