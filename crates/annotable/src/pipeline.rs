@@ -91,6 +91,11 @@ pub async fn commit_batch(table: &JournalTable, batch: Batch) -> Result<CommitRe
     }
 }
 
+/// Every row `obs` states, with nothing suppressed (what a writer with no memory writes).
+pub fn all_rows(obs: &Observation, source: Source, ingested_at: DateTime<Utc>) -> Vec<JournalRow> {
+    StateCache::new(1).rows_for(&mut Overlay::default(), obs, source, ingested_at)
+}
+
 /// Formats a sequence number: observation time (ns) and writer id.
 pub fn sequence_number(at_nanos: u64, writer_id: &str) -> String {
     format!("{at_nanos:020}-{writer_id}")

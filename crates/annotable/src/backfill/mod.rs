@@ -45,7 +45,7 @@ pub use progress::{Counters, ProgressMode};
 
 use crate::config::{Config, ConfigError};
 use crate::pipeline::{
-    Observation, Observed, Overlay, StateCache, approx_row_bytes, commit_batch, sequence_number,
+    Observation, Observed, all_rows, approx_row_bytes, commit_batch, sequence_number,
 };
 use lease::{Lease, StateStore, StoredPosition};
 
@@ -291,7 +291,6 @@ struct ReadResult {
 /// Rows ready to commit, and where the listing stands after them.
 struct Pending {
     rows: Vec<JournalRow>,
-    overlay: Overlay,
     objects: u64,
     position: ListPosition,
 }
@@ -433,11 +432,7 @@ pub async fn run(
 
     // Lister → ordered reads → batches → committer.
     let (list_tx, list_rx) = mpsc::channel::<Result<Listed, SourceError>>(2_000);
-    let first_page = if resume_from.is_none() {
-        Some(first)
-    } else {
-        None
-    };
+    let first_page = resume_from.is_none().then_some(first);
     let lister = tokio::spawn(list_all(
         source.clone(),
         scope.clone(),
@@ -476,7 +471,6 @@ pub async fn run(
         .buffered(options.concurrency),
     );
 
-    let mut cache = StateCache::new(options.concurrency * 4 + 16);
     let mut batch: Option<Pending> = None;
     let mut bytes = 0usize;
     let mut oldest: Option<tokio::time::Instant> = None;
@@ -514,17 +508,12 @@ pub async fn run(
         }
         let pending = batch.get_or_insert_with(|| Pending {
             rows: Vec::new(),
-            overlay: Overlay::default(),
             objects: 0,
             position: ListPosition::default(),
         });
         let rows = match &read.observation {
-            Some(observation) => cache.rows_for(
-                &mut pending.overlay,
-                observation,
-                Source::Backfill,
-                Utc::now(),
-            ),
+            // Each version is listed once per walk: nothing to suppress.
+            Some(observation) => all_rows(observation, Source::Backfill, Utc::now()),
             None => {
                 report.objects_skipped += 1;
                 Vec::new()
@@ -755,7 +744,6 @@ async fn commit_loop(
                 }
             }
         }
-        drop(pending.overlay);
     }
     Ok(())
 }

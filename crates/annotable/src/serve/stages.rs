@@ -17,7 +17,8 @@ use super::intake::Inbound;
 use super::visibility::{Held, release, retry_backoff};
 use crate::config::Config;
 use crate::pipeline::{
-    Observation, Observed, Overlay, StateCache, approx_row_bytes, commit_batch, sequence_number,
+    Observation, Observed, Overlay, StateCache, all_rows, approx_row_bytes, commit_batch,
+    sequence_number,
 };
 
 /// A message after its S3 reads.
@@ -320,12 +321,9 @@ impl HeldBack {
     fn rows(&mut self) -> Vec<JournalRow> {
         self.prune();
         let now = Utc::now();
-        let mut fresh = StateCache::new(1);
         self.entries
             .iter()
-            .flat_map(|(_, _, o)| {
-                fresh.rows_for(&mut Overlay::default(), o, Source::Notification, now)
-            })
+            .flat_map(|(_, _, o)| all_rows(o, Source::Notification, now))
             .collect()
     }
 
@@ -443,10 +441,15 @@ async fn reemit_if_others_wrote(
     cache: &mut StateCache,
     held_back: &mut HeldBack,
 ) {
+    held_back.prune();
+    if held_back.entries.is_empty() {
+        // Nothing to re-emit: the next batch's own check clears the memory if need be.
+        return;
+    }
     let foreign = forget_if_others_wrote(table, seen, cache)
         .await
         .unwrap_or(true);
-    if !foreign || held_back.entries.is_empty() {
+    if !foreign {
         return;
     }
     let rows = held_back.rows();
