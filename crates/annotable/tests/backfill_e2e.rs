@@ -8,7 +8,6 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
 use support::{Env, PLAIN, TestResult, VERSIONED, Workload, assert_converged};
 
@@ -18,31 +17,28 @@ const OBJECTS: usize = 1_000;
 /// Puts `OBJECTS` objects with 1–4 annotations each (and, when `versioned`, a second version of
 /// every third key with one annotation of its own); returns (object versions, annotations).
 async fn populate(env: &Env, bucket: &'static str, versioned: bool) -> (usize, usize) {
-    let s3 = env.stack.s3.clone();
+    let stack = &env.stack;
     let results: Vec<(usize, usize)> = futures::stream::iter(0..OBJECTS)
-        .map(|i| {
-            let s3 = s3.clone();
-            async move {
-                let key = format!("{:04}/{}", i, support::KEYS[i % support::KEYS.len()]);
-                put(&s3, bucket, &key, &format!("body {i}")).await;
-                let names = 1 + i % 4;
-                for n in 0..names {
-                    annotate(
-                        &s3,
-                        bucket,
-                        &key,
-                        &format!("n{n}"),
-                        &format!("{{\"i\":{i},\"n\":{n}}}"),
-                    )
+        .map(|i| async move {
+            let key = format!("{:04}/{}", i, support::KEYS[i % support::KEYS.len()]);
+            stack.put_object(bucket, &key, &format!("body {i}")).await;
+            let names = 1 + i % 4;
+            for n in 0..names {
+                let payload = format!("{{\"i\":{i},\"n\":{n}}}");
+                stack
+                    .put_annotation(bucket, &key, None, &format!("n{n}"), &payload)
                     .await;
-                }
-                if versioned && i % 3 == 0 {
-                    put(&s3, bucket, &key, &format!("body {i} v2")).await;
-                    annotate(&s3, bucket, &key, "v2", "{\"second\":true}").await;
-                    return (2, names + 1);
-                }
-                (1, names)
             }
+            if versioned && i % 3 == 0 {
+                stack
+                    .put_object(bucket, &key, &format!("body {i} v2"))
+                    .await;
+                stack
+                    .put_annotation(bucket, &key, None, "v2", "{\"second\":true}")
+                    .await;
+                return (2, names + 1);
+            }
+            (1, names)
         })
         .buffer_unordered(16)
         .collect()
@@ -50,27 +46,6 @@ async fn populate(env: &Env, bucket: &'static str, versioned: bool) -> (usize, u
     results
         .into_iter()
         .fold((0, 0), |(v, a), (dv, da)| (v + dv, a + da))
-}
-
-async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: &str) {
-    s3.put_object()
-        .bucket(bucket)
-        .key(key)
-        .body(ByteStream::from(body.as_bytes().to_vec()))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("PutObject {bucket}/{key}: {e:?}"));
-}
-
-async fn annotate(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, name: &str, payload: &str) {
-    s3.put_object_annotation()
-        .bucket(bucket)
-        .key(key)
-        .annotation_name(name)
-        .annotation_payload(ByteStream::from(payload.as_bytes().to_vec()))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("PutObjectAnnotation {bucket}/{key} {name}: {e:?}"));
 }
 
 /// The number after `label` in a backfill summary line.
@@ -429,7 +404,7 @@ async fn an_object_s3_refuses_is_reported_and_skipped_not_fatal() -> TestResult 
 async fn populate_few(env: &Env) {
     for i in 0..5 {
         let key = format!("k{i}");
-        put(&env.stack.s3, PLAIN, &key, "x").await;
-        annotate(&env.stack.s3, PLAIN, &key, "a", "{}").await;
+        env.stack.put_object(PLAIN, &key, "x").await;
+        env.stack.put_annotation(PLAIN, &key, None, "a", "{}").await;
     }
 }

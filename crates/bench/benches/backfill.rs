@@ -18,18 +18,12 @@ use std::time::Instant;
 
 use annotable::backfill::{self, BackfillOptions, ProgressMode};
 use annotable::config::Config;
+use annotable_bench::env_usize;
 use annotation_source::{ListScope, Versions};
 use aws_sdk_s3::primitives::ByteStream;
 use futures::StreamExt;
 use local_stack::LocalStack;
 use tokio_util::sync::CancellationToken;
-
-fn env_usize(k: &str, d: usize) -> usize {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
 
 fn config(stack: &LocalStack, dir: &std::path::Path) -> Config {
     let vars = [

@@ -16,16 +16,10 @@ use std::time::{Duration, Instant};
 
 use annotable::config::Config;
 use annotable::serve::{self, ServeOptions};
+use annotable_bench::env_usize;
 use aws_sdk_s3::primitives::ByteStream;
 use local_stack::LocalStack;
 use tokio_util::sync::CancellationToken;
-
-fn env_usize(k: &str, d: usize) -> usize {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
 
 struct Rig {
     stack: LocalStack,
