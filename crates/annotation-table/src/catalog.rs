@@ -105,7 +105,7 @@ pub struct StorageConfig {
 }
 
 impl StorageConfig {
-    fn props(&self) -> HashMap<String, String> {
+    pub(crate) fn props(&self) -> HashMap<String, String> {
         let mut props = HashMap::new();
         let mut put = |k: &str, v: &Option<String>| {
             if let Some(v) = v {
@@ -144,7 +144,7 @@ pub async fn connect(
                     hint,
                     source: Box::new(source),
                 };
-            let (uri, bind_style) = if let Some(path) = uri.strip_prefix("sqlite:") {
+            if let Some(path) = uri.strip_prefix("sqlite:") {
                 let path = path.trim_start_matches("//");
                 let file = path.split('?').next().unwrap_or(path);
                 if let Some(dir) = Path::new(file)
@@ -159,15 +159,8 @@ pub async fn connect(
                         )
                     })?;
                 }
-                let uri = if path.contains('?') {
-                    format!("sqlite:{path}")
-                } else {
-                    format!("sqlite:{path}?mode=rwc")
-                };
-                (uri, SqlBindStyle::QMark)
-            } else if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
-                (uri.clone(), SqlBindStyle::DollarNumeric)
-            } else {
+            }
+            let Some((uri, bind_style)) = sql_driver_uri(uri) else {
                 return Err(fail(
                     "choosing a driver",
                     "the SQL catalog URI must start with sqlite: or postgres://",
@@ -279,6 +272,24 @@ pub async fn connect(
     }
 }
 
+/// The sqlx URI and placeholder style of a SQL catalog URI (`sqlite:PATH`, opened read-write and
+/// created if missing, or `postgres://…`); `None` for any other scheme.
+pub(crate) fn sql_driver_uri(uri: &str) -> Option<(String, SqlBindStyle)> {
+    if let Some(path) = uri.strip_prefix("sqlite:") {
+        let path = path.trim_start_matches("//");
+        let uri = if path.contains('?') {
+            format!("sqlite:{path}")
+        } else {
+            format!("sqlite:{path}?mode=rwc")
+        };
+        Some((uri, SqlBindStyle::QMark))
+    } else if uri.starts_with("postgres://") || uri.starts_with("postgresql://") {
+        Some((uri.to_string(), SqlBindStyle::DollarNumeric))
+    } else {
+        None
+    }
+}
+
 /// The storage properties with the configured extra catalog properties on top.
 fn with_extra(
     storage: &StorageConfig,
@@ -319,7 +330,7 @@ fn is_creation_race(error: &iceberg::Error) -> bool {
 }
 
 /// Removes a password from a URI for logs and errors.
-fn redact(uri: &str) -> String {
+pub(crate) fn redact(uri: &str) -> String {
     match (uri.find("://"), uri.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &uri[scheme_end + 3..at];

@@ -70,6 +70,18 @@ pub enum TableError {
         #[source]
         source: Box<iceberg::Error>,
     },
+    /// A maintenance step (compaction, expiry, orphan cleanup) failed. The table is unchanged
+    /// or fully updated, never in between.
+    #[error("maintenance of table {table}: {action} failed: {source}")]
+    Maintenance {
+        /// Table identifier.
+        table: String,
+        /// What we were doing.
+        action: String,
+        /// The underlying error.
+        #[source]
+        source: Box<iceberg::Error>,
+    },
 }
 
 impl TableError {
@@ -83,7 +95,8 @@ impl TableError {
             | TableError::Encode { .. } => false,
             TableError::Catalog { source, .. }
             | TableError::Write { source, .. }
-            | TableError::Commit { source, .. } => is_transient(source),
+            | TableError::Commit { source, .. }
+            | TableError::Maintenance { source, .. } => is_transient(source),
         }
     }
 }

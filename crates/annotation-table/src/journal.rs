@@ -506,7 +506,7 @@ fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> 
 const MIN_ROWS_PER_FILE: usize = 25_000;
 
 /// Why writing the data files failed.
-enum WriteFailure {
+pub(crate) enum WriteFailure {
     Encode(arrow::error::ArrowError),
     Write(iceberg::Error),
 }
@@ -537,20 +537,7 @@ async fn write_data_files(
     id: &BatchId,
     rows: Vec<JournalRow>,
 ) -> Result<(Vec<DataFile>, Duration), WriteFailure> {
-    let metadata = table.metadata();
-    let schema = metadata.current_schema().clone();
-    let splitter = Arc::new(RecordBatchPartitionSplitter::try_new_with_computed_values(
-        schema.clone(),
-        metadata.default_partition_spec().clone(),
-    )?);
-    let parquet = ParquetWriterBuilder::new(writer_properties(table)?, schema);
-    let rolling = RollingFileWriterBuilder::new_with_default_file_size(
-        parquet,
-        table.file_io().clone(),
-        DefaultLocationGenerator::new(metadata)?,
-        DefaultFileNameGenerator::new(id.to_string(), None, DataFileFormat::Parquet),
-    );
-    let builder = Arc::new(DataFileWriterBuilder::new(rolling));
+    let (builder, splitter) = file_writer(table, id.as_str(), None)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_file = (rows.len() / cores).max(MIN_ROWS_PER_FILE);
 
@@ -581,26 +568,7 @@ async fn write_data_files(
             .await
             .map_err(task_failed)?
             .map_err(WriteFailure::Encode)?;
-            let mut writes = tokio::task::JoinSet::new();
-            // One group is one partition; the splitter computes its key (and would split a
-            // group that somehow spans two partitions).
-            for (key, part) in splitter.split(&batch)? {
-                let n = part.num_rows();
-                let len = n.div_ceil(n.div_ceil(per_file).max(1)).max(1);
-                for offset in (0..n).step_by(len) {
-                    let slice = part.slice(offset, len.min(n - offset));
-                    let (builder, key) = (builder.clone(), key.clone());
-                    writes.spawn(async move {
-                        let mut writer = builder.build(Some(key)).await?;
-                        writer.write(slice).await?;
-                        writer.close().await
-                    });
-                }
-            }
-            let mut files = Vec::new();
-            while let Some(written) = writes.join_next().await {
-                files.extend(written.map_err(task_failed)??);
-            }
+            let files = write_partitioned(&builder, &splitter, &batch, per_file).await?;
             Ok::<_, WriteFailure>((files, cpu))
         });
     }
@@ -612,6 +580,71 @@ async fn write_data_files(
         cpu += took;
     }
     Ok((files, cpu))
+}
+
+/// The writer of one table's data files: Parquet with the table's settings, named
+/// `<prefix>-NNNNN-…parquet`, rolled at `target_file_size` (iceberg's default when `None`).
+pub(crate) type FileWriterBuilder =
+    DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+
+/// A data-file writer builder and the partition splitter for `table`.
+pub(crate) fn file_writer(
+    table: &Table,
+    prefix: &str,
+    target_file_size: Option<usize>,
+) -> Result<(Arc<FileWriterBuilder>, Arc<RecordBatchPartitionSplitter>), iceberg::Error> {
+    let metadata = table.metadata();
+    let schema = metadata.current_schema().clone();
+    let splitter = Arc::new(RecordBatchPartitionSplitter::try_new_with_computed_values(
+        schema.clone(),
+        metadata.default_partition_spec().clone(),
+    )?);
+    let parquet = ParquetWriterBuilder::new(writer_properties(table)?, schema);
+    let location = DefaultLocationGenerator::new(metadata)?;
+    let names = DefaultFileNameGenerator::new(prefix.to_string(), None, DataFileFormat::Parquet);
+    let rolling = match target_file_size {
+        Some(size) => {
+            RollingFileWriterBuilder::new(parquet, size, table.file_io().clone(), location, names)
+        }
+        None => RollingFileWriterBuilder::new_with_default_file_size(
+            parquet,
+            table.file_io().clone(),
+            location,
+            names,
+        ),
+    };
+    Ok((Arc::new(DataFileWriterBuilder::new(rolling)), splitter))
+}
+
+/// Writes a sorted batch as data files, one partition at a time, cutting each partition into
+/// files of about `per_file` rows written in parallel (slices of a sorted batch stay sorted).
+pub(crate) async fn write_partitioned(
+    builder: &Arc<FileWriterBuilder>,
+    splitter: &RecordBatchPartitionSplitter,
+    batch: &arrow::array::RecordBatch,
+    per_file: usize,
+) -> Result<Vec<DataFile>, WriteFailure> {
+    let mut writes = tokio::task::JoinSet::new();
+    // Normally one partition; the splitter computes its key (and splits a batch that spans
+    // several).
+    for (key, part) in splitter.split(batch)? {
+        let n = part.num_rows();
+        let len = n.div_ceil(n.div_ceil(per_file.max(1)).max(1)).max(1);
+        for offset in (0..n).step_by(len) {
+            let slice = part.slice(offset, len.min(n - offset));
+            let (builder, key) = (builder.clone(), key.clone());
+            writes.spawn(async move {
+                let mut writer = builder.build(Some(key)).await?;
+                writer.write(slice).await?;
+                writer.close().await
+            });
+        }
+    }
+    let mut files = Vec::new();
+    while let Some(written) = writes.join_next().await {
+        files.extend(written.map_err(task_failed)??);
+    }
+    Ok(files)
 }
 
 fn catalog_error(table: &str, action: &str, source: iceberg::Error) -> TableError {

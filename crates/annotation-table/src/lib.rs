@@ -6,7 +6,8 @@
 //! files (zstd) written through iceberg's partitioned writer, and the idempotent commit: one
 //! `fast_append` per [`Batch`], carrying the batch id in the snapshot summary, so a commit whose
 //! outcome is unknown is resolved by looking for that id before trying again (design.md §3.3).
-//! It also builds the catalogs annotable supports from configuration ([`CatalogConfig`]).
+//! It also builds the catalogs annotable supports from configuration ([`CatalogConfig`]), and
+//! maintains the table ([`Maintainer`]: compaction, snapshot expiry, orphan cleanup).
 //!
 //! It does no S3 event handling and no querying: rows come from the pipeline, SQL goes through
 //! `annotation-sql`.
@@ -15,6 +16,7 @@ mod catalog;
 mod encode;
 mod error;
 mod journal;
+mod maintain;
 mod row;
 mod spec;
 
@@ -26,6 +28,10 @@ pub use error::TableError;
 pub use iceberg::Catalog;
 pub use journal::{
     Batch, BatchId, CommitReport, JournalTable, RetryPolicy, SUMMARY_BATCH_ID, SUMMARY_WRITER,
+};
+pub use maintain::{
+    CompactionReport, ExpiryReport, LeaseState, MaintainOptions, MaintainReport, Maintainer,
+    OrphanReport, SUMMARY_MAINTENANCE, TableStats, changes_rows,
 };
 pub use row::{JournalRow, RecordType, Source};
 pub use spec::{JournalSpec, journal_spec};

@@ -1,0 +1,381 @@
+//! Compaction: small data files rewritten into sorted files of a target size, and every
+//! manifest merged into one, committed as an Iceberg `replace` snapshot.
+//!
+//! The commit is built from iceberg's public pieces (iceberg 0.10.1 can only commit appends):
+//! one new manifest holds the new files as ADDED, every other live file as EXISTING (with its
+//! original snapshot id and sequence numbers) and the rewritten files as DELETED; a manifest
+//! list and a snapshot (operation `replace`, parent = the current snapshot) point at it; new
+//! metadata comes from `TableMetadataBuilder` and is swapped in with a compare-and-swap on the
+//! catalog row. On a conflict (someone committed in between) the commit is rebuilt on the
+//! newer snapshot (after checking that every rewritten file is still live there, so appends
+//! made meanwhile are carried over as EXISTING and nothing is lost or doubled) and tried again.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+
+use arrow::array::RecordBatch;
+use arrow::compute::{
+    SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
+};
+use arrow::datatypes::SchemaRef;
+use iceberg::spec::{
+    DataFile, MAIN_BRANCH, ManifestEntryRef, ManifestListWriter, ManifestWriterBuilder, Operation,
+    Snapshot, SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, SortDirection,
+    Summary, TableMetadata, Transform,
+};
+use iceberg::table::Table;
+use iceberg::{Error, ErrorKind, MetadataLocation};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::inventory::ManifestCache;
+use crate::journal::{WriteFailure, file_writer, write_partitioned};
+
+/// Summary key marking a snapshot as annotable's maintenance (its value says which).
+pub const SUMMARY_MAINTENANCE: &str = "annotable.maintenance";
+
+/// A group of files of one partition to rewrite together.
+#[derive(Debug, Clone)]
+pub(crate) struct Bin {
+    pub files: Vec<DataFile>,
+}
+
+impl Bin {
+    fn bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.file_size_in_bytes()).sum()
+    }
+    fn rows(&self) -> u64 {
+        self.files.iter().map(|f| f.record_count()).sum()
+    }
+}
+
+/// The bins worth rewriting: per partition, files under 3/4 of the target size, packed
+/// greedily (smallest first) into groups of at most `target` bytes; a group of one file is
+/// left alone.
+pub(crate) fn plan(live: &[ManifestEntryRef], target: u64) -> Vec<Bin> {
+    let small = target.saturating_mul(3) / 4;
+    let mut by_partition: BTreeMap<String, Vec<DataFile>> = BTreeMap::new();
+    for entry in live {
+        let file = entry.data_file();
+        if file.file_size_in_bytes() < small {
+            by_partition
+                .entry(format!("{:?}", file.partition()))
+                .or_default()
+                .push(file.clone());
+        }
+    }
+    let mut bins = Vec::new();
+    for (_, mut files) in by_partition {
+        files.sort_by_key(|f| f.file_size_in_bytes());
+        let mut bin = Bin { files: Vec::new() };
+        for file in files {
+            if !bin.files.is_empty() && bin.bytes() + file.file_size_in_bytes() > target {
+                bins.push(std::mem::replace(&mut bin, Bin { files: Vec::new() }));
+            }
+            bin.files.push(file);
+        }
+        bins.push(bin);
+    }
+    bins.retain(|b| b.files.len() > 1);
+    bins
+}
+
+/// Reads a bin's files, sorts the rows by the table's sort order and writes them as new data
+/// files named `<prefix>-…`. Checks that the row count is unchanged.
+pub(crate) async fn rewrite(
+    table: &Table,
+    arrow_schema: &SchemaRef,
+    bin: &Bin,
+    prefix: &str,
+    target: u64,
+) -> Result<Vec<DataFile>, Error> {
+    let mut batches = Vec::new();
+    for file in &bin.files {
+        let bytes = table.file_io().new_input(file.file_path())?.read().await?;
+        let schema = arrow_schema.clone();
+        let path = file.file_path().to_string();
+        let read = tokio::task::spawn_blocking(move || read_parquet(bytes, &schema, &path))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))??;
+        batches.extend(read);
+    }
+    let schema = arrow_schema.clone();
+    let sort_columns = sort_columns(table.metadata(), arrow_schema);
+    let sorted = tokio::task::spawn_blocking(move || -> Result<RecordBatch, Error> {
+        let all = concat_batches(&schema, &batches).map_err(arrow_error)?;
+        drop(batches);
+        sort(&all, &sort_columns)
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))??;
+    if sorted.num_rows() as u64 != bin.rows() {
+        return Err(Error::new(
+            ErrorKind::DataInvalid,
+            format!(
+                "rewriting {} files read {} rows, their manifests say {}; nothing was committed",
+                bin.files.len(),
+                sorted.num_rows(),
+                bin.rows()
+            ),
+        ));
+    }
+    let target = usize::try_from(target).unwrap_or(usize::MAX);
+    let (builder, splitter) = file_writer(table, prefix, Some(target))?;
+    write_partitioned(&builder, &splitter, &sorted, usize::MAX)
+        .await
+        .map_err(|e| match e {
+            WriteFailure::Write(e) => e,
+            WriteFailure::Encode(e) => arrow_error(e),
+        })
+}
+
+fn arrow_error(e: arrow::error::ArrowError) -> Error {
+    Error::new(ErrorKind::Unexpected, format!("arrow: {e}"))
+}
+
+/// Reads one Parquet file as batches of `schema`, matching columns by name and casting where
+/// another writer chose a different physical type (e.g. large strings).
+fn read_parquet(
+    bytes: bytes::Bytes,
+    schema: &SchemaRef,
+    path: &str,
+) -> Result<Vec<RecordBatch>, Error> {
+    let context = |e: &dyn std::fmt::Display| {
+        Error::new(ErrorKind::DataInvalid, format!("reading {path}: {e}"))
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| context(&e))?
+        .with_batch_size(64 * 1024)
+        .build()
+        .map_err(|e| context(&e))?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| context(&e))?;
+        let mut columns = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            let column = match batch.column_by_name(field.name()) {
+                Some(column) if column.data_type() == field.data_type() => column.clone(),
+                Some(column) => {
+                    arrow::compute::cast(column, field.data_type()).map_err(|e| context(&e))?
+                }
+                None => arrow::array::new_null_array(field.data_type(), batch.num_rows()),
+            };
+            columns.push(column);
+        }
+        out.push(RecordBatch::try_new(schema.clone(), columns).map_err(|e| context(&e))?);
+    }
+    Ok(out)
+}
+
+/// The sort keys of the table's default sort order (identity transforms; others are skipped).
+fn sort_columns(metadata: &TableMetadata, schema: &SchemaRef) -> Vec<(usize, SortOptions)> {
+    let table_schema = metadata.current_schema();
+    metadata
+        .default_sort_order()
+        .fields
+        .iter()
+        .filter(|f| f.transform == Transform::Identity)
+        .filter_map(|f| {
+            let name = table_schema.name_by_field_id(f.source_id)?;
+            let index = schema.index_of(name).ok()?;
+            Some((
+                index,
+                SortOptions {
+                    descending: f.direction == SortDirection::Descending,
+                    nulls_first: f.null_order == iceberg::spec::NullOrder::First,
+                },
+            ))
+        })
+        .collect()
+}
+
+fn sort(batch: &RecordBatch, keys: &[(usize, SortOptions)]) -> Result<RecordBatch, Error> {
+    if keys.is_empty() || batch.num_rows() < 2 {
+        return Ok(batch.clone());
+    }
+    let columns: Vec<SortColumn> = keys
+        .iter()
+        .map(|(i, options)| SortColumn {
+            values: batch.column(*i).clone(),
+            options: Some(*options),
+        })
+        .collect();
+    let indices = lexsort_to_indices(&columns, None).map_err(arrow_error)?;
+    take_record_batch(batch, &indices).map_err(arrow_error)
+}
+
+/// A rewrite ready to commit: the files it replaces and the files that replace them.
+pub(crate) struct Rewrite {
+    pub removed: HashSet<String>,
+    pub added: Vec<DataFile>,
+    /// What the snapshot summary records under [`SUMMARY_MAINTENANCE`].
+    pub kind: &'static str,
+}
+
+/// Files written for one commit attempt (deleted again if the attempt loses).
+pub(crate) struct Staged {
+    pub metadata: TableMetadata,
+    pub location: String,
+    pub snapshot_id: i64,
+    pub written: Vec<String>,
+}
+
+/// Why a commit attempt could not be built.
+pub(crate) enum BuildFailure {
+    /// A file to be replaced is no longer live: someone else rewrote or removed it.
+    Gone(String),
+    Iceberg(Error),
+}
+
+impl From<Error> for BuildFailure {
+    fn from(e: Error) -> Self {
+        BuildFailure::Iceberg(e)
+    }
+}
+
+/// Writes the manifest, manifest list and metadata of `rewrite` on top of `table`'s current
+/// snapshot; nothing is visible until the caller swaps the catalog pointer to
+/// `Staged::location`.
+pub(crate) async fn stage(
+    table: &Table,
+    rewrite: &Rewrite,
+    cache: &mut ManifestCache,
+) -> Result<Staged, BuildFailure> {
+    let metadata = table.metadata();
+    let current_location = table
+        .metadata_location()
+        .ok_or_else(|| Error::new(ErrorKind::DataInvalid, "the table has no metadata location"))?
+        .to_string();
+    let Some(parent) = metadata.current_snapshot().cloned() else {
+        return Err(Error::new(
+            ErrorKind::DataInvalid,
+            "the table has no snapshot to rewrite",
+        )
+        .into());
+    };
+    let files = cache.snapshot(table, &parent).await?;
+    let live: HashMap<&str, &ManifestEntryRef> =
+        files.live.iter().map(|e| (e.file_path(), e)).collect();
+    if let Some(gone) = rewrite
+        .removed
+        .iter()
+        .find(|p| !live.contains_key(p.as_str()))
+    {
+        return Err(BuildFailure::Gone(gone.clone()));
+    }
+
+    let snapshot_id = unique_snapshot_id(metadata);
+    let sequence_number = metadata.next_sequence_number();
+    let commit_id = uuid::Uuid::now_v7();
+    let meta_dir = format!("{}/metadata", metadata.location().trim_end_matches('/'));
+    let schema = metadata.current_schema().clone();
+    let spec = metadata.default_partition_spec().clone();
+    let mut written = Vec::new();
+
+    let manifest_path = format!("{meta_dir}/{commit_id}-m0.avro");
+    let mut writer = ManifestWriterBuilder::new(
+        table.file_io().new_output(&manifest_path)?,
+        Some(snapshot_id),
+        schema.clone(),
+        spec.as_ref().clone(),
+    )
+    .build_v2_data();
+    let mut summary = SnapshotSummaryCollector::default();
+    let (mut total_records, mut total_files, mut total_bytes) = (0u64, 0u64, 0u64);
+    for file in &rewrite.added {
+        writer.add_file(file.clone(), sequence_number)?;
+        summary.add_file(file, schema.clone(), spec.clone());
+        total_records += file.record_count();
+        total_files += 1;
+        total_bytes += file.file_size_in_bytes();
+    }
+    for entry in &files.live {
+        let file = entry.data_file().clone();
+        let data_seq = entry.sequence_number().unwrap_or(sequence_number);
+        let file_seq = entry.file_sequence_number.or(Some(data_seq));
+        if rewrite.removed.contains(entry.file_path()) {
+            summary.remove_file(&file, schema.clone(), spec.clone());
+            writer.add_delete_file(file, data_seq, file_seq)?;
+        } else {
+            total_records += file.record_count();
+            total_files += 1;
+            total_bytes += file.file_size_in_bytes();
+            let added_by = entry.snapshot_id().unwrap_or(parent.snapshot_id());
+            writer.add_existing_file(file, added_by, data_seq, file_seq)?;
+        }
+    }
+    written.push(manifest_path);
+    let manifest = writer.write_manifest_file().await?;
+
+    let list_path = format!("{meta_dir}/snap-{snapshot_id}-0-{commit_id}.avro");
+    let mut list = ManifestListWriter::v2(
+        table.file_io().new_output(&list_path)?.writer().await?,
+        snapshot_id,
+        Some(parent.snapshot_id()),
+        sequence_number,
+    );
+    list.add_manifests(std::iter::once(manifest))?;
+    list.close().await?;
+    written.push(list_path.clone());
+
+    let mut properties = summary.build();
+    properties.insert(SUMMARY_MAINTENANCE.to_string(), rewrite.kind.to_string());
+    properties.insert("total-records".into(), total_records.to_string());
+    properties.insert("total-data-files".into(), total_files.to_string());
+    properties.insert("total-files-size".into(), total_bytes.to_string());
+    for key in [
+        "total-delete-files",
+        "total-position-deletes",
+        "total-equality-deletes",
+    ] {
+        properties.insert(key.into(), "0".into());
+    }
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(Some(parent.snapshot_id()))
+        .with_sequence_number(sequence_number)
+        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+        .with_manifest_list(list_path)
+        .with_schema_id(metadata.current_schema_id())
+        .with_summary(Summary {
+            operation: Operation::Replace,
+            additional_properties: properties,
+        })
+        .build();
+    let new_metadata = metadata
+        .clone()
+        .into_builder(Some(current_location.clone()))
+        .add_snapshot(snapshot)?
+        .set_ref(
+            MAIN_BRANCH,
+            SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
+        )?
+        .build()?
+        .metadata;
+    let location = MetadataLocation::from_str(&current_location)?
+        .with_next_version()
+        .with_new_metadata(&new_metadata);
+    new_metadata.write_to(table.file_io(), &location).await?;
+    let location = location.to_string();
+    written.push(location.clone());
+    Ok(Staged {
+        metadata: new_metadata,
+        location,
+        snapshot_id,
+        written,
+    })
+}
+
+fn unique_snapshot_id(metadata: &TableMetadata) -> i64 {
+    loop {
+        let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
+        let id = ((a ^ b) >> 1) as i64;
+        if id != 0 && metadata.snapshot_by_id(id).is_none() {
+            return id;
+        }
+    }
+}
+
+/// Whether the snapshot's rows differ from its parent's: appends do, maintenance does not.
+pub fn changes_rows(snapshot: &Snapshot) -> bool {
+    snapshot.summary().operation != Operation::Replace
+}
