@@ -84,6 +84,27 @@ pub struct Config {
     /// `annotable backfill`.
     #[serde(default)]
     pub backfill: BackfillSection,
+    /// `annotable maintain`, and maintenance inside `serve`.
+    #[serde(default)]
+    pub maintain: MaintainSection,
+}
+
+/// `[maintain]`: compaction, snapshot expiry and orphan cleanup.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintainSection {
+    /// Size compaction writes files at, in MiB (default 128); files under 3/4 of it are small.
+    pub target_file_mb: Option<u64>,
+    /// Snapshots younger than this are kept, in seconds (default 3600). Must cover the time a
+    /// commit retry may take and message redelivery: at least 600.
+    pub snapshot_retention_secs: Option<u64>,
+    /// The newest this many snapshots are always kept (default 10).
+    pub min_snapshots: Option<usize>,
+    /// Unreferenced files younger than this are never deleted, in seconds (default 86400).
+    pub orphan_age_secs: Option<u64>,
+    /// `serve` maintains the table every this many seconds (default: never; opt in). Only
+    /// one process maintains a table at a time (a lease in the catalog database).
+    pub serve_interval_secs: Option<u64>,
 }
 
 /// `[backfill]`: the bucket walker.
@@ -313,6 +334,31 @@ impl Config {
             &get,
             "backfill.lease_ttl_secs",
             &mut self.backfill.lease_ttl_secs,
+        )?;
+        parse_num(
+            &get,
+            "maintain.target_file_mb",
+            &mut self.maintain.target_file_mb,
+        )?;
+        parse_num(
+            &get,
+            "maintain.snapshot_retention_secs",
+            &mut self.maintain.snapshot_retention_secs,
+        )?;
+        parse_num(
+            &get,
+            "maintain.min_snapshots",
+            &mut self.maintain.min_snapshots,
+        )?;
+        parse_num(
+            &get,
+            "maintain.orphan_age_secs",
+            &mut self.maintain.orphan_age_secs,
+        )?;
+        parse_num(
+            &get,
+            "maintain.serve_interval_secs",
+            &mut self.maintain.serve_interval_secs,
         )?;
         parse_num(
             &get,

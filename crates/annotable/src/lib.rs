@@ -8,6 +8,7 @@ pub mod aws;
 pub mod backfill;
 pub mod config;
 pub mod doctor;
+pub mod maintain;
 pub mod pipeline;
 pub mod query;
 pub mod serve;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use annotable::backfill::{self, BackfillOptions, ProgressMode};
 use annotable::config::Config;
 use annotable::doctor;
+use annotable::maintain::{self, MaintainRequest};
 use annotable::query::{self, QueryRequest};
 use annotable::serve::{self, ServeOptions};
 use annotable::setup::{self, SetupRequest};
@@ -69,6 +70,13 @@ enum Command {
     /// run again. Only one backfill of a bucket/prefix runs at a time (a lease); it is safe to
     /// run beside `serve` on the same table. Prints a summary at the end.
     Backfill(BackfillArgs),
+    /// Compact small files, expire old snapshots and delete orphan files.
+    ///
+    /// With no step flag, runs all three. Compaction rewrites small data files into sorted
+    /// files of [maintain] target_file_mb and merges the manifests, in one `replace` snapshot
+    /// (SQL catalogs; Glue and S3 Tables have managed compaction). Safe beside running
+    /// `serve` and `backfill`; one maintainer per table at a time (a lease).
+    Maintain(MaintainArgs),
     /// Configure AWS resources for annotable.
     #[command(subcommand)]
     Setup(SetupCommand),
@@ -120,6 +128,23 @@ struct BackfillArgs {
     progress_interval: f64,
 }
 
+#[derive(Debug, Args)]
+struct MaintainArgs {
+    /// Rewrite small data files into sorted files of the target size and merge manifests.
+    #[arg(long)]
+    compact: bool,
+    /// Expire snapshots older than [maintain] snapshot_retention_secs and delete the files
+    /// only they referenced.
+    #[arg(long)]
+    expire: bool,
+    /// Delete files no snapshot references that are older than [maintain] orphan_age_secs.
+    #[arg(long)]
+    orphans: bool,
+    /// Report what would be done; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum SetupCommand {
     /// Send a bucket's annotation and object notifications to the queue (merges with the
@@ -166,7 +191,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Command::Serve(args) => init_logging(args.log_format == "json", "info"),
-        Command::Backfill(_) => init_logging(false, "info"),
+        Command::Backfill(_) | Command::Maintain(_) => init_logging(false, "info"),
         _ => init_logging(false, "warn"),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -292,6 +317,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     report.objects_skipped
                 );
             }
+            Ok(())
+        }
+        Command::Maintain(args) => {
+            let all = !(args.compact || args.expire || args.orphans);
+            let request = MaintainRequest {
+                compact: args.compact || all,
+                expire: args.expire || all,
+                orphans: args.orphans || all,
+                dry_run: args.dry_run,
+            };
+            let report = maintain::run(&config, request).await?;
+            println!(
+                "{}",
+                maintain::Printed {
+                    report: &report,
+                    dry_run: args.dry_run
+                }
+            );
             Ok(())
         }
         Command::Setup(SetupCommand::Notifications(args)) => {

@@ -261,6 +261,38 @@ pub async fn run(
         }
         None => None,
     };
+    let maintenance_stop = CancellationToken::new();
+    let maintenance = match config.maintain.serve_interval_secs {
+        Some(secs) if secs > 0 => {
+            let request = crate::maintain::MaintainRequest {
+                compact: true,
+                expire: true,
+                orphans: true,
+                dry_run: false,
+            };
+            let maintain_options = crate::maintain::options(config, request)?;
+            let maintainer = annotation_table::Maintainer::new(
+                table.clone(),
+                &catalog_config,
+                config.catalog_name(),
+                &config.storage_config(),
+            )
+            .await?;
+            if let Some(note) = maintainer.compaction_handed_off() {
+                info!(note, "maintenance in serve: compaction is handed off");
+            }
+            info!(every_secs = secs, "maintenance in serve is on");
+            let holder = crate::maintain::holder_name(&format!("serve {}", shared.writer_id));
+            Some(tokio::spawn(crate::maintain::periodic(
+                maintainer,
+                maintain_options,
+                Duration::from_secs(secs),
+                holder,
+                maintenance_stop.clone(),
+            )))
+        }
+        _ => None,
+    };
     info!(queue_url = %shared.queue.url, table = %table.ident(), visibility_timeout = ?shared.queue.visibility_timeout, "serve started");
 
     // The stop signal for the receivers: the caller's shutdown, or idleness.
@@ -309,6 +341,12 @@ pub async fn run(
 
     stop_receiving.cancelled().await;
     ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    // A maintenance run cut short leaves the table as it was (plus files the orphan sweep
+    // removes later); its lease lapses.
+    maintenance_stop.cancel();
+    if let Some(task) = maintenance {
+        let _ = task.await;
+    }
     info!(deadline = ?options.shutdown_timeout, "stopping: draining held messages");
     let drain = async {
         for r in receivers {

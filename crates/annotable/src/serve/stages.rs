@@ -491,8 +491,10 @@ async fn forget_if_others_wrote(
     let metadata = loaded.metadata();
     let newest = metadata.last_sequence_number();
     let since = seen.unwrap_or(i64::MIN);
+    // Maintenance snapshots (compaction) rewrite files but no rows: not another writer.
     let foreign = metadata.snapshots().any(|s| {
         s.sequence_number() > since
+            && annotation_table::changes_rows(s)
             && s.summary()
                 .additional_properties
                 .get(annotation_table::SUMMARY_WRITER)

@@ -1,0 +1,341 @@
+//! `annotable maintain`, and the periodic maintenance `serve` runs when asked to.
+//!
+//! The work itself (compaction, expiry, orphan cleanup) lives in `annotation-table`'s
+//! [`Maintainer`]; this module turns configuration into options, holds the table's
+//! maintenance lease while a run lasts (one maintainer per table, whether a CLI run or any
+//! number of `serve` processes), and reports what happened.
+
+use std::fmt;
+use std::time::Duration;
+
+use annotation_table::{
+    JournalTable, LeaseState, MaintainOptions, MaintainReport, Maintainer, TableError, TableStats,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::{Config, ConfigError};
+
+/// Which steps to run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MaintainRequest {
+    /// Rewrite small files and merge manifests.
+    pub compact: bool,
+    /// Expire old snapshots and delete what only they referenced.
+    pub expire: bool,
+    /// Delete unreferenced files older than the safety age.
+    pub orphans: bool,
+    /// Report what would be done, change nothing.
+    pub dry_run: bool,
+}
+
+/// Why `maintain` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MaintainError {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The catalog, the table, or a maintenance step.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// Another process is maintaining the table.
+    #[error(
+        "table {table} is being maintained by another process ({holder}, lease until {until}); \
+         try again when it is done (a lease lapses 5 minutes after its holder stops renewing it)"
+    )]
+    Held {
+        /// Table.
+        table: String,
+        /// Who holds the lease.
+        holder: String,
+        /// Until when.
+        until: String,
+    },
+}
+
+/// The shortest snapshot retention accepted: commit retries settle in well under a minute and
+/// redelivered messages are re-resolved, but a retention below this leaves no margin.
+pub const MIN_SNAPSHOT_RETENTION: Duration = Duration::from_secs(600);
+
+/// How long the maintenance lease lasts without renewal (renewed every third of it).
+pub const LEASE_TTL: Duration = Duration::from_secs(300);
+
+/// Options from `[maintain]` and the request.
+pub fn options(config: &Config, request: MaintainRequest) -> Result<MaintainOptions, ConfigError> {
+    let m = &config.maintain;
+    let defaults = MaintainOptions::default();
+    let retention = m
+        .snapshot_retention_secs
+        .map(Duration::from_secs)
+        .unwrap_or(defaults.snapshot_retention);
+    if retention < MIN_SNAPSHOT_RETENTION {
+        return Err(ConfigError::Invalid {
+            key: "maintain.snapshot_retention_secs".into(),
+            env: crate::config::env_name("maintain.snapshot_retention_secs"),
+            message: format!(
+                "{} s is too short: a commit whose outcome is unknown is settled by finding its batch id in the snapshots, so keep at least {} s",
+                retention.as_secs(),
+                MIN_SNAPSHOT_RETENTION.as_secs()
+            ),
+        });
+    }
+    Ok(MaintainOptions {
+        compact: request.compact,
+        expire: request.expire,
+        orphans: request.orphans,
+        dry_run: request.dry_run,
+        target_file_bytes: m
+            .target_file_mb
+            .map(|mb| mb.max(1) * 1024 * 1024)
+            .unwrap_or(defaults.target_file_bytes),
+        snapshot_retention: retention,
+        min_snapshots: m.min_snapshots.unwrap_or(defaults.min_snapshots).max(1),
+        orphan_age: m
+            .orphan_age_secs
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.orphan_age),
+    })
+}
+
+/// Opens the table and a maintainer for it.
+pub async fn maintainer(config: &Config) -> Result<Maintainer, MaintainError> {
+    let (catalog_config, catalog) = config.connect_catalog::<MaintainError>().await?;
+    let table = JournalTable::open(catalog, config.namespace(), Some(config.table())).await?;
+    Ok(Maintainer::new(
+        table,
+        &catalog_config,
+        config.catalog_name(),
+        &config.storage_config(),
+    )
+    .await?)
+}
+
+/// `annotable maintain`: one run under the table's maintenance lease.
+pub async fn run(
+    config: &Config,
+    request: MaintainRequest,
+) -> Result<MaintainReport, MaintainError> {
+    let options = options(config, request)?;
+    let maintainer = maintainer(config).await?;
+    let holder = holder_name("maintain");
+    match run_leased(&maintainer, &options, &holder).await? {
+        Ok(report) => Ok(report),
+        Err(Busy { holder, until_ms }) => Err(MaintainError::Held {
+            table: maintainer.table().ident().to_string(),
+            holder,
+            until: chrono::DateTime::from_timestamp_millis(until_ms)
+                .map_or_else(|| until_ms.to_string(), |t| t.to_rfc3339()),
+        }),
+    }
+}
+
+/// How a process names itself as a lease holder: `<role> pid <pid> on <host>`.
+pub(crate) fn holder_name(role: &str) -> String {
+    format!(
+        "{role} pid {} on {}",
+        std::process::id(),
+        crate::backfill::hostname()
+    )
+}
+
+/// Whether `holder` (a [`holder_name`]) is a process of this host that no longer exists.
+fn holder_is_gone(holder: &str) -> bool {
+    let Some((_, rest)) = holder.rsplit_once(" pid ") else {
+        return false;
+    };
+    let Some((pid, host)) = rest.split_once(" on ") else {
+        return false;
+    };
+    host == crate::backfill::hostname()
+        && pid.parse::<u32>().is_ok_and(|pid| {
+            pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        })
+}
+
+/// The lease is held by someone else.
+#[derive(Debug)]
+pub struct Busy {
+    /// Who.
+    pub holder: String,
+    /// Until when (ms since the epoch).
+    pub until_ms: i64,
+}
+
+/// Runs maintenance if the lease can be had (taking it over from a dead process of this
+/// host), renewing it while the run lasts and giving it up afterwards. `Err(Busy)` when a
+/// live process holds it.
+pub async fn run_leased(
+    maintainer: &Maintainer,
+    options: &MaintainOptions,
+    holder: &str,
+) -> Result<Result<MaintainReport, Busy>, TableError> {
+    match maintainer.try_lease(holder, LEASE_TTL).await? {
+        LeaseState::Granted => {}
+        LeaseState::Held {
+            holder: previous,
+            until_ms,
+        } => {
+            let taken = holder_is_gone(&previous)
+                && maintainer
+                    .take_over_lease(&previous, holder, LEASE_TTL)
+                    .await?;
+            if !taken {
+                return Ok(Err(Busy {
+                    holder: previous,
+                    until_ms,
+                }));
+            }
+            info!(table = %maintainer.table().ident(), previous = %previous, "took the maintenance lease over from a process that is gone");
+        }
+    }
+    let renewing = async {
+        loop {
+            tokio::time::sleep(LEASE_TTL / 3).await;
+            match maintainer.try_lease(holder, LEASE_TTL).await {
+                Ok(LeaseState::Granted) => {}
+                Ok(LeaseState::Held { holder, .. }) => {
+                    warn!(table = %maintainer.table().ident(), %holder, "the maintenance lease was taken over; finishing this step")
+                }
+                Err(e) => {
+                    warn!(table = %maintainer.table().ident(), error = %e, "could not renew the maintenance lease")
+                }
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = maintainer.run(options) => result,
+        () = renewing => unreachable!("the lease renewal loop never ends"),
+    };
+    if let Err(e) = maintainer.release_lease(holder).await {
+        warn!(table = %maintainer.table().ident(), error = %e, "could not release the maintenance lease; it lapses by itself");
+    }
+    result.map(Ok)
+}
+
+/// `serve`'s periodic maintenance: every `interval`, one full run (compaction, expiry,
+/// orphans) if this process gets the lease. Errors are logged; the next round tries again.
+pub(crate) async fn periodic(
+    maintainer: Maintainer,
+    options: MaintainOptions,
+    interval: Duration,
+    holder: String,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let run = run_leased(&maintainer, &options, &holder);
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = run => result,
+        };
+        match result {
+            Ok(Ok(report)) => info!(
+                table = %maintainer.table().ident(),
+                files_before = report.before.data_files,
+                files_after = report.after.data_files,
+                manifests_after = report.after.manifests,
+                snapshots_after = report.after.snapshots,
+                took_ms = report.took.as_millis() as u64,
+                "maintained the table"
+            ),
+            Ok(Err(busy)) => {
+                info!(table = %maintainer.table().ident(), holder = %busy.holder, "another process is maintaining the table; skipped this round")
+            }
+            Err(e) => {
+                warn!(table = %maintainer.table().ident(), error = %e, retryable = e.is_retryable(), "table maintenance failed; trying again next round")
+            }
+        }
+    }
+}
+
+/// The report as `maintain` prints it.
+pub struct Printed<'a> {
+    /// The report.
+    pub report: &'a MaintainReport,
+    /// Whether it was a dry run.
+    pub dry_run: bool,
+}
+
+fn stats_line(f: &mut fmt::Formatter<'_>, label: &str, s: &TableStats) -> fmt::Result {
+    writeln!(
+        f,
+        "{label:<8} {} data files ({}), {} rows, {} manifests, {} snapshots",
+        s.data_files,
+        bytes(s.data_bytes),
+        s.rows,
+        s.manifests,
+        s.snapshots
+    )
+}
+
+fn bytes(n: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    if n >= 1024 * 1024 {
+        format!("{:.1} MiB", n as f64 / MIB)
+    } else {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    }
+}
+
+impl fmt::Display for Printed<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.report;
+        let would = if self.dry_run { "would " } else { "" };
+        if self.dry_run {
+            writeln!(f, "dry run: nothing was changed")?;
+        }
+        stats_line(f, "before", &r.before)?;
+        if let Some(c) = &r.compaction {
+            if c.files_rewritten == 0 && c.manifests_merged == 0 {
+                writeln!(f, "compact  nothing to do (no small files, one manifest)")?;
+            } else if self.dry_run {
+                writeln!(
+                    f,
+                    "compact  would rewrite {} small files ({}) and merge {} manifests",
+                    c.files_rewritten,
+                    bytes(c.bytes_rewritten),
+                    c.manifests_merged
+                )?;
+            } else {
+                writeln!(
+                    f,
+                    "compact  rewrote {} files ({}) into {} ({}), merged {} manifests into 1, snapshot {} ({} attempt{})",
+                    c.files_rewritten,
+                    bytes(c.bytes_rewritten),
+                    c.files_written,
+                    bytes(c.bytes_written),
+                    c.manifests_merged,
+                    c.snapshot_id.map_or_else(|| "-".into(), |s| s.to_string()),
+                    c.attempts,
+                    if c.attempts == 1 { "" } else { "s" }
+                )?;
+            }
+        }
+        if let Some(e) = &r.expiry {
+            writeln!(
+                f,
+                "expire   {would}expire {} snapshots; deleted {} files no snapshot references ({})",
+                e.snapshots_expired,
+                e.files_deleted,
+                bytes(e.bytes_deleted)
+            )?;
+        }
+        if let Some(o) = &r.orphans {
+            writeln!(
+                f,
+                "orphans  {would}delete {} unreferenced files ({}); kept {} younger than the safety age",
+                o.deleted,
+                bytes(o.bytes_deleted),
+                o.kept_young
+            )?;
+        }
+        for note in &r.notes {
+            writeln!(f, "note     {note}")?;
+        }
+        stats_line(f, "after", &r.after)?;
+        write!(f, "took     {:.2} s", r.took.as_secs_f64())
+    }
+}

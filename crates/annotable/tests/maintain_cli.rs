@@ -1,0 +1,200 @@
+//! `annotable maintain` as a user runs it: the real binary on the embedded defaults. A
+//! compaction killed with SIGKILL at any moment leaves a readable table with the same rows,
+//! and the next run (taking over the dead run's lease) completes.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use annotation_table::{
+    Batch, CatalogConfig, JournalRow, JournalTable, RecordType, Source, StorageConfig,
+};
+use chrono::Utc;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn annotable(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_annotable"));
+    cmd.current_dir(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("ANNOTABLE_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+fn text(out: &[u8]) -> String {
+    String::from_utf8_lossy(out).into_owned()
+}
+
+fn row(commit: usize, i: usize) -> JournalRow {
+    let now = Utc::now();
+    let value = format!(r#"{{"commit":{commit},"i":{i}}}"#);
+    JournalRow {
+        bucket: "photos".into(),
+        object_key: format!("album {}/img+{i}.jpg", commit % 13),
+        object_version_id: None,
+        object_join_key: format!("photos/album {}/img+{i}.jpg", commit % 13),
+        name: Some(format!("tag-{}", commit % 3)),
+        record_type: if i % 5 == 4 {
+            RecordType::Delete
+        } else {
+            RecordType::Put
+        },
+        sequence_number: format!("{:020}", commit * 10 + i),
+        last_modified_date: Some(now.naive_utc()),
+        size: Some(value.len() as i64),
+        e_tag: Some(format!("\"e{commit}-{i}\"")),
+        checksum_algorithm: None,
+        replication_status: None,
+        text_value: Some(value),
+        event_name: Some("ObjectAnnotation:Put".into()),
+        event_time: Some(now),
+        source: Source::Notification,
+        requester: None,
+        source_ip_address: None,
+        request_id: Some(format!("req-{commit}-{i}")),
+        ingested_at: now,
+    }
+}
+
+/// The journal and the view as JSON, in a fixed order, read by `annotable query`.
+fn contents(dir: &Path) -> Result<(String, String), Box<dyn std::error::Error>> {
+    let mut out = Vec::new();
+    for sql in [
+        "SELECT * FROM annotation_journal ORDER BY request_id",
+        "SELECT * FROM annotations ORDER BY bucket, object_key, name",
+    ] {
+        let result = annotable(dir, &["query", "--format", "ndjson", sql]).output()?;
+        assert!(
+            result.status.success(),
+            "query failed: {}",
+            text(&result.stderr)
+        );
+        out.push(text(&result.stdout));
+    }
+    let view = out.pop().unwrap_or_default();
+    Ok((out.pop().unwrap_or_default(), view))
+}
+
+fn run(dir: &Path, args: &[&str]) -> Result<Output, Box<dyn std::error::Error>> {
+    Ok(annotable(dir, args).output()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_compaction_leaves_the_table_readable_and_the_next_run_completes() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let catalog = annotation_table::connect(
+        "annotable",
+        &CatalogConfig::embedded(&dir.path().join("annotable-data")),
+        &StorageConfig::default(),
+    )
+    .await?;
+    let table = JournalTable::open(catalog, "s3_metadata", None).await?;
+    for commit in 0..200 {
+        let rows = (0..5).map(|i| row(commit, i)).collect();
+        table.append(Batch::new(Source::Notification, rows)).await?;
+    }
+    let (journal, view) = contents(dir.path())?;
+    assert_eq!(journal.lines().count(), 1000);
+
+    // Kill compactions at different moments: while planning, rewriting, committing.
+    let mut killed = 0;
+    for delay_ms in [150u64, 400, 700, 1000, 1400, 2000] {
+        let mut child = annotable(dir.path(), &["maintain", "--compact"]).spawn()?;
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(delay_ms) {
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if child.try_wait()?.is_none() {
+            child.kill()?; // SIGKILL
+            killed += 1;
+        }
+        let _ = child.wait()?;
+        let now = contents(dir.path())?;
+        assert!(
+            now.0 == journal && now.1 == view,
+            "the rows changed after a compaction was killed at {delay_ms} ms"
+        );
+    }
+    assert!(
+        killed > 0,
+        "no run was killed: compaction finished too fast"
+    );
+
+    // The next run takes the dead holder's lease over and completes.
+    let out = run(dir.path(), &["maintain"])?;
+    assert!(
+        out.status.success(),
+        "maintain failed: {}",
+        text(&out.stderr)
+    );
+    let printed = text(&out.stdout);
+    assert!(printed.contains("after"), "{printed}");
+    let after = contents(dir.path())?;
+    assert!(after.0 == journal && after.1 == view, "the rows changed");
+    let dry = run(dir.path(), &["maintain", "--compact", "--dry-run"])?;
+    assert!(
+        text(&dry.stdout).contains("nothing to do"),
+        "{}",
+        text(&dry.stdout)
+    );
+    Ok(())
+}
+
+#[test]
+fn a_retention_below_the_idempotency_lookback_is_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let out = annotable(dir.path(), &["maintain", "--expire"])
+        .env("ANNOTABLE_MAINTAIN_SNAPSHOT_RETENTION_SECS", "60")
+        .output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("maintain.snapshot_retention_secs") && err.contains("batch id"),
+        "{err}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_maintainer_is_refused_while_a_live_one_holds_the_lease() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = CatalogConfig::embedded(&dir.path().join("annotable-data"));
+    let catalog =
+        annotation_table::connect("annotable", &config, &StorageConfig::default()).await?;
+    let table = JournalTable::open(catalog, "s3_metadata", None).await?;
+    table
+        .append(Batch::new(Source::Notification, vec![row(0, 0)]))
+        .await?;
+    let maintainer =
+        annotation_table::Maintainer::new(table, &config, "annotable", &StorageConfig::default())
+            .await?;
+    // This test process is alive, so its lease is not taken over.
+    let holder = format!("test pid {} on this-host", std::process::id());
+    assert_eq!(
+        maintainer
+            .try_lease(&holder, Duration::from_secs(60))
+            .await?,
+        annotation_table::LeaseState::Granted
+    );
+    let out = run(dir.path(), &["maintain"])?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("being maintained by another process") && err.contains(&holder),
+        "{err}"
+    );
+    maintainer.release_lease(&holder).await?;
+    let out = run(dir.path(), &["maintain"])?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    Ok(())
+}
