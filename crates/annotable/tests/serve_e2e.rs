@@ -30,6 +30,43 @@ async fn the_view_converges_to_s3_after_a_random_workload() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_maintenance_on_compacts_while_it_commits_and_still_converges() -> TestResult {
+    let mut env = Env::start(30, 5).await;
+    let mut workload = Workload::new(0xc0de, 40);
+    let ops = workload.run(&env.stack.s3, 300).await;
+    assert!(ops >= 280);
+    // Small batches (many commits) and maintenance every second, in the same process.
+    let (status, log) = env.serve_until_idle(
+        "4",
+        &[
+            ("ANNOTABLE_SERVE_FLUSH_AGE_MS", "100"),
+            ("ANNOTABLE_SERVE_FLUSH_ROWS", "20"),
+            ("ANNOTABLE_MAINTAIN_SERVE_INTERVAL_SECS", "1"),
+        ],
+    );
+    assert!(status.success(), "serve failed: {status}\n{log}");
+    assert_converged(&env).await;
+    assert!(env.restated().await.is_empty(), "restating rows");
+    assert_eq!(env.queue_depth(&env.queue.clone()).await, (0, 0));
+    let compacted: Vec<_> = env_log_lines(&log, "maintained the table")
+        .into_iter()
+        .filter(|l| l["files_after"].as_u64() < l["files_before"].as_u64())
+        .collect();
+    assert!(
+        !compacted.is_empty(),
+        "no maintenance round compacted:\n{log}"
+    );
+    Ok(())
+}
+
+fn env_log_lines(log: &str, needle: &str) -> Vec<serde_json::Value> {
+    log.lines()
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_points_loses_and_restates_nothing() -> TestResult {
     // A visibility timeout short enough that what a killed process held comes back quickly.
     let mut env = Env::start(3, 50).await;

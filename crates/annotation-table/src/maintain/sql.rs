@@ -133,7 +133,11 @@ impl CatalogDb {
     pub(crate) async fn lock(&self, table: &TableIdent) -> Result<RowLock, TableError> {
         let namespace = table.namespace().join(".");
         let context = |e: sqlx::Error| {
-            db_error(&self.uri, &format!("locking the catalog row of {table}"), e.to_string())
+            db_error(
+                &self.uri,
+                &format!("locking the catalog row of {table}"),
+                e.to_string(),
+            )
         };
         let mut tx = self.pool.begin().await.map_err(context)?;
         let sql = self.sql(
