@@ -22,30 +22,66 @@ struct Fixture {
     _dir: tempfile::TempDir,
     db: PathBuf,
     warehouse: String,
+    namespace: String,
     config: CatalogConfig,
     catalog: Arc<dyn Catalog>,
     table: JournalTable,
 }
 
+/// The PostgreSQL every machine of this kind runs (trust auth, database `test`).
+const PG_URI: &str = "postgres://postgres@127.0.0.1:5432/test";
+
 impl Fixture {
+    /// A SQLite catalog in a temporary folder.
     async fn new() -> Result<Fixture, Box<dyn std::error::Error>> {
+        Self::with(None).await
+    }
+
+    /// A PostgreSQL catalog (`pg_uri`), in a namespace of its own.
+    async fn with(pg_uri: Option<&str>) -> Result<Fixture, Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         let db = dir.path().join("catalog.db");
         let warehouse = format!("file://{}", dir.path().join("warehouse").display());
+        let (uri, namespace) = match pg_uri {
+            Some(uri) => {
+                let nanos = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)?
+                    .as_nanos();
+                (
+                    uri.to_string(),
+                    format!("maintain_{}_{nanos}", std::process::id()),
+                )
+            }
+            None => (
+                format!("sqlite:{}", db.display()),
+                "s3_metadata".to_string(),
+            ),
+        };
         let config = CatalogConfig::Sql {
-            uri: format!("sqlite:{}", db.display()),
+            uri,
             warehouse: warehouse.clone(),
         };
         let catalog = connect("annotable", &config, &StorageConfig::default()).await?;
-        let table = JournalTable::open(catalog.clone(), "s3_metadata", None).await?;
+        let table = JournalTable::open(catalog.clone(), &namespace, None).await?;
         Ok(Fixture {
             _dir: dir,
             db,
             warehouse,
+            namespace,
             config,
             catalog,
             table,
         })
+    }
+
+    async fn session(&self) -> Result<QuerySession, Box<dyn std::error::Error>> {
+        Ok(QuerySession::new(
+            self.catalog.clone(),
+            "annotable",
+            &self.namespace,
+            "annotation_journal",
+        )
+        .await?)
     }
 
     async fn maintainer(&self) -> Result<Maintainer, Box<dyn std::error::Error>> {
@@ -79,13 +115,7 @@ impl Fixture {
 
     /// The journal and the `annotations` view, every row as NDJSON in a fixed order.
     async fn contents(&self) -> Result<(String, String), Box<dyn std::error::Error>> {
-        let session = QuerySession::new(
-            self.catalog.clone(),
-            "annotable",
-            "s3_metadata",
-            "annotation_journal",
-        )
-        .await?;
+        let session = self.session().await?;
         let mut out = Vec::new();
         for sql in [
             "SELECT * FROM annotation_journal ORDER BY request_id",
@@ -194,7 +224,32 @@ async fn five_hundred_commits_compact_to_one_file_per_partition_with_the_same_ro
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compaction_beside_a_committing_writer_loses_and_doubles_nothing() -> TestResult {
-    let f = Fixture::new().await?;
+    compaction_beside_a_writer(Fixture::new().await?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_compaction_beside_a_writer_and_the_lease_work_too() -> TestResult {
+    let f = Fixture::with(Some(PG_URI)).await?;
+    // One maintainer at a time: a second holder is told who has the lease.
+    let (a, b) = (f.maintainer().await?, f.maintainer().await?);
+    assert_eq!(
+        a.try_lease("a", Duration::from_secs(60)).await?,
+        annotation_table::LeaseState::Granted
+    );
+    assert!(matches!(
+        b.try_lease("b", Duration::from_secs(60)).await?,
+        annotation_table::LeaseState::Held { holder, .. } if holder == "a"
+    ));
+    a.release_lease("a").await?;
+    assert_eq!(
+        b.try_lease("b", Duration::from_secs(60)).await?,
+        annotation_table::LeaseState::Granted
+    );
+    b.release_lease("b").await?;
+    compaction_beside_a_writer(f).await
+}
+
+async fn compaction_beside_a_writer(f: Fixture) -> TestResult {
     let mut expected = f.commits(0, 40, 5).await?.len();
     // The writer commits until three compactions have landed beside it (or 600 commits).
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -236,13 +291,7 @@ async fn compaction_beside_a_committing_writer_loses_and_doubles_nothing() -> Te
     assert!(committed >= 3, "only {committed} compactions committed");
     // One more, now that the writer is done.
     maintainer.run(&options).await?;
-    let session = QuerySession::new(
-        f.catalog.clone(),
-        "annotable",
-        "s3_metadata",
-        "annotation_journal",
-    )
-    .await?;
+    let session = f.session().await?;
     let result = session
         .query("SELECT count(*) AS n, count(DISTINCT request_id) AS d FROM annotation_journal")
         .await?;
