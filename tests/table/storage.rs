@@ -164,3 +164,90 @@ async fn s3_tables_catalog_on_the_emulator() -> TestResult {
     )
     .await
 }
+
+/// Maintenance on an S3 warehouse: the orphan sweep lists the bucket (through OpenDAL) and
+/// must name files exactly as the metadata does. With a safety age of zero it deletes every
+/// unreferenced file at once, so a single mismatch would delete live data and the reads
+/// below would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_on_an_s3_warehouse_deletes_only_unreferenced_objects() -> TestResult {
+    use std::time::Duration;
+    let stack = Stack::start();
+    stack.bucket("lake", false).await;
+    let dir = tempfile::tempdir()?;
+    let catalog_config = CatalogConfig::Sql {
+        uri: format!("sqlite:{}", dir.path().join("catalog.db").display()),
+        warehouse: "s3://lake/warehouse".into(),
+    };
+    let storage = emulator_storage(&stack);
+    let catalog = connect("annotable", &catalog_config, &storage).await?;
+    let journal = JournalTable::open(catalog.clone(), "s3_metadata", None).await?;
+    let at = Utc::now();
+    for c in 0..12 {
+        journal
+            .append(Batch::new(
+                Source::Notification,
+                common::rows_from(c * 25, 25, at),
+            ))
+            .await?;
+    }
+    let orphan = "warehouse/s3_metadata/annotation_journal/data/orphan.parquet";
+    let outside = "elsewhere/keep.txt";
+    for key in [orphan, outside] {
+        stack
+            .s3
+            .put_object()
+            .bucket("lake")
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b"x"))
+            .send()
+            .await?;
+    }
+    let maintainer =
+        annotation_table::Maintainer::new(journal.clone(), &catalog_config, "annotable", &storage)
+            .await?;
+    let report = maintainer
+        .run(&annotation_table::MaintainOptions {
+            snapshot_retention: Duration::ZERO,
+            min_snapshots: 1,
+            orphan_age: Duration::ZERO,
+            ..Default::default()
+        })
+        .await?;
+    let stats = maintainer.stats().await?;
+    assert!(stats.data_files <= 2, "{stats:?}");
+    assert_eq!(report.orphans.map(|o| o.deleted), Some(1));
+
+    let keys = |prefix: &'static str| {
+        let s3 = stack.s3.clone();
+        async move {
+            let listed = s3
+                .list_objects_v2()
+                .bucket("lake")
+                .prefix(prefix)
+                .send()
+                .await?;
+            Ok::<Vec<String>, Box<dyn std::error::Error>>(
+                listed
+                    .contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string))
+                    .collect(),
+            )
+        }
+    };
+    let data = keys("warehouse/s3_metadata/annotation_journal/data/").await?;
+    assert_eq!(data.len(), stats.data_files, "{data:#?}");
+    assert_eq!(keys("elsewhere/").await?, vec![outside.to_string()]);
+
+    let session = QuerySession::new(catalog, "test", "s3_metadata", "annotation_journal").await?;
+    let result = session
+        .query("SELECT count(DISTINCT request_id) AS n FROM annotation_journal")
+        .await?;
+    let n = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
+        result.batches[0].column(0),
+    )
+    .value(0);
+    assert_eq!(n, 300);
+    Ok(())
+}
