@@ -264,7 +264,19 @@ impl Maintainer {
             }
         }
         if options.expire {
-            report.expiry = Some(self.expire(options).await?);
+            let mut expiry = self.expire(options).await?;
+            if options.compact
+                && !options.dry_run
+                && self.compaction_handed_off().is_none()
+                && self.drop_stale_deletes().await?
+            {
+                // The compaction snapshot may now be old enough to go as well.
+                let again = self.expire(options).await?;
+                expiry.snapshots_expired += again.snapshots_expired;
+                expiry.files_deleted += again.files_deleted;
+                expiry.bytes_deleted += again.bytes_deleted;
+            }
+            report.expiry = Some(expiry);
         }
         if options.orphans {
             match self.orphans_handed_off() {
@@ -362,6 +374,45 @@ impl Maintainer {
                 Err(e)
             }
         }
+    }
+
+    /// A compaction snapshot lists the files it replaced as DELETED entries, and every read of
+    /// it loads them. Once its parent has expired nobody can need them, so the manifest is
+    /// written again without them (a `replace` snapshot with no data change).
+    async fn drop_stale_deletes(&self) -> Result<bool, TableError> {
+        let Some(db) = &self.db else {
+            return Ok(false);
+        };
+        let table = self.table.load().await?;
+        let metadata = table.metadata();
+        let Some(current) = metadata.current_snapshot() else {
+            return Ok(false);
+        };
+        let parent_gone = current
+            .parent_snapshot_id()
+            .is_some_and(|p| metadata.snapshot_by_id(p).is_none());
+        if changes_rows(current) || !parent_gone {
+            return Ok(false);
+        }
+        let mut cache = ManifestCache::default();
+        let files = cache
+            .snapshot(&table, current)
+            .await
+            .map_err(|e| self.error("reading the manifests", e))?;
+        if !files
+            .manifests
+            .iter()
+            .any(|m| m.deleted_files_count.unwrap_or(0) > 0)
+        {
+            return Ok(false);
+        }
+        let rewrite = Rewrite {
+            removed: HashSet::new(),
+            added: Vec::new(),
+            kind: "manifest-rewrite",
+        };
+        self.commit_rewrite(db, &rewrite, &mut cache).await?;
+        Ok(true)
     }
 
     /// Stages and swaps in the rewrite, rebuilding it on the newest snapshot after each
