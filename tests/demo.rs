@@ -2,8 +2,8 @@
 //! create a bucket and a queue (with a dead-letter queue), point the bucket's notifications at
 //! the queue with `annotable setup notifications` (after backfilling three objects annotated
 //! before, with `annotable backfill`), write objects and annotations (puts,
-//! overwrites, deletes, an object delete), run `annotable serve` until the queue drains, print a
-//! few `annotable query` results, and clean up. Run it with `scripts/demo.sh`.
+//! overwrites, deletes, an object delete), run `annotable serve` until the queue drains, compact
+//! the table with `annotable maintain`, print a few `annotable query` results, and clean up. Run it with `scripts/demo.sh`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a demo: any failure ends it with the reason
 
@@ -276,6 +276,11 @@ async fn run(stack: &LocalStack, bin: &std::path::Path, work: &std::path::Path) 
 
     step("running serve until the queue drains (--exit-when-idle 3); its JSON log follows");
     if !annotable(&["serve", "--queue-url", &queue_url, "--exit-when-idle", "3"]) {
+        return false;
+    }
+
+    step("compacting the small files serve and backfill committed (annotable maintain --compact)");
+    if !annotable(&["maintain", "--compact"]) {
         return false;
     }
 
