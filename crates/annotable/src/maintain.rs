@@ -38,6 +38,17 @@ pub enum MaintainError {
     /// The catalog, the table, or a maintenance step.
     #[error(transparent)]
     Table(#[from] TableError),
+    /// There is no table to maintain.
+    #[error(
+        "table {table} does not exist in {catalog}: nothing to maintain; check --namespace, \
+         the table name and the catalog settings (serve or backfill create it)"
+    )]
+    NoTable {
+        /// Table.
+        table: String,
+        /// Catalog.
+        catalog: String,
+    },
     /// Another process is maintaining the table.
     #[error(
         "table {table} is being maintained by another process ({holder}, lease until {until}); \
@@ -97,9 +108,20 @@ pub fn options(config: &Config, request: MaintainRequest) -> Result<MaintainOpti
     })
 }
 
-/// Opens the table and a maintainer for it.
+/// Opens the table and a maintainer for it; a table that does not exist is an error (not
+/// created: maintaining nothing is a wrong configuration).
 pub async fn maintainer(config: &Config) -> Result<Maintainer, MaintainError> {
     let (catalog_config, catalog) = config.connect_catalog::<MaintainError>().await?;
+    let exists = match annotation_table::table_ident(config.namespace(), config.table()) {
+        Some(ident) => catalog.table_exists(&ident).await.unwrap_or(true),
+        None => true,
+    };
+    if !exists {
+        return Err(MaintainError::NoTable {
+            table: format!("{}.{}", config.namespace(), config.table()),
+            catalog: catalog_config.describe(),
+        });
+    }
     let table = JournalTable::open(catalog, config.namespace(), Some(config.table())).await?;
     Ok(Maintainer::new(
         table,

@@ -153,6 +153,29 @@ async fn a_killed_compaction_leaves_the_table_readable_and_the_next_run_complete
 }
 
 #[test]
+fn maintaining_a_table_that_does_not_exist_is_an_error_and_creates_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let out = annotable(dir.path(), &["maintain"]).output()?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("s3_metadata.annotation_journal does not exist"),
+        "{err}"
+    );
+    let out = annotable(
+        dir.path(),
+        &["query", "SELECT count(*) FROM annotation_journal"],
+    )
+    .output()?;
+    assert!(
+        text(&out.stderr).contains("does not exist yet"),
+        "{}",
+        text(&out.stderr)
+    );
+    Ok(())
+}
+
+#[test]
 fn a_retention_below_the_idempotency_lookback_is_refused() -> TestResult {
     let dir = tempfile::tempdir()?;
     let out = annotable(dir.path(), &["maintain", "--expire"])

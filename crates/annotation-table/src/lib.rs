@@ -33,5 +33,10 @@ pub use maintain::{
     CompactionReport, ExpiryReport, LeaseState, MaintainOptions, MaintainReport, Maintainer,
     OrphanReport, SUMMARY_MAINTENANCE, TableStats, changes_rows,
 };
+/// The identifier of `namespace.table` (`None` if the namespace is not a valid identifier).
+pub fn table_ident(namespace: &str, table: &str) -> Option<iceberg::TableIdent> {
+    let ns = iceberg::NamespaceIdent::from_strs(namespace.split('.')).ok()?;
+    Some(iceberg::TableIdent::new(ns, table.to_string()))
+}
 pub use row::{JournalRow, RecordType, Source};
 pub use spec::{JournalSpec, journal_spec};
