@@ -14,20 +14,19 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 
 use arrow::array::RecordBatch;
-use arrow::compute::{
-    SortColumn, SortOptions, concat_batches, lexsort_to_indices, take_record_batch,
-};
+use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use iceberg::spec::{
     DataFile, MAIN_BRANCH, ManifestEntryRef, ManifestListWriter, ManifestWriterBuilder, Operation,
-    Snapshot, SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, SortDirection,
-    Summary, TableMetadata, Transform,
+    Snapshot, SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary,
+    TableMetadata,
 };
 use iceberg::table::Table;
 use iceberg::{Error, ErrorKind, MetadataLocation};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use super::inventory::ManifestCache;
+use crate::encode::{sort_batch, sort_keys};
 use crate::journal::{WriteFailure, file_writer, write_partitioned};
 
 /// Summary key marking a snapshot as annotable's maintenance (its value says which).
@@ -99,11 +98,11 @@ pub(crate) async fn rewrite(
         batches.extend(read);
     }
     let schema = arrow_schema.clone();
-    let sort_columns = sort_columns(table.metadata(), arrow_schema);
+    let keys = sort_keys(table.metadata(), arrow_schema);
     let sorted = tokio::task::spawn_blocking(move || -> Result<RecordBatch, Error> {
         let all = concat_batches(&schema, &batches).map_err(arrow_error)?;
         drop(batches);
-        sort(&all, &sort_columns)
+        sort_batch(&all, &keys).map_err(arrow_error)
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))??;
@@ -164,43 +163,6 @@ fn read_parquet(
         out.push(RecordBatch::try_new(schema.clone(), columns).map_err(|e| context(&e))?);
     }
     Ok(out)
-}
-
-/// The sort keys of the table's default sort order (identity transforms; others are skipped).
-fn sort_columns(metadata: &TableMetadata, schema: &SchemaRef) -> Vec<(usize, SortOptions)> {
-    let table_schema = metadata.current_schema();
-    metadata
-        .default_sort_order()
-        .fields
-        .iter()
-        .filter(|f| f.transform == Transform::Identity)
-        .filter_map(|f| {
-            let name = table_schema.name_by_field_id(f.source_id)?;
-            let index = schema.index_of(name).ok()?;
-            Some((
-                index,
-                SortOptions {
-                    descending: f.direction == SortDirection::Descending,
-                    nulls_first: f.null_order == iceberg::spec::NullOrder::First,
-                },
-            ))
-        })
-        .collect()
-}
-
-fn sort(batch: &RecordBatch, keys: &[(usize, SortOptions)]) -> Result<RecordBatch, Error> {
-    if keys.is_empty() || batch.num_rows() < 2 {
-        return Ok(batch.clone());
-    }
-    let columns: Vec<SortColumn> = keys
-        .iter()
-        .map(|(i, options)| SortColumn {
-            values: batch.column(*i).clone(),
-            options: Some(*options),
-        })
-        .collect();
-    let indices = lexsort_to_indices(&columns, None).map_err(arrow_error)?;
-    take_record_batch(batch, &indices).map_err(arrow_error)
 }
 
 /// A rewrite ready to commit: the files it replaces and the files that replace them.
