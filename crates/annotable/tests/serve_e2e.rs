@@ -48,22 +48,15 @@ async fn serve_with_maintenance_on_compacts_while_it_commits_and_still_converges
     assert_converged(&env).await;
     assert!(env.restated().await.is_empty(), "restating rows");
     assert_eq!(env.queue_depth(&env.queue.clone()).await, (0, 0));
-    let compacted: Vec<_> = env_log_lines(&log, "maintained the table")
-        .into_iter()
-        .filter(|l| l["files_after"].as_u64() < l["files_before"].as_u64())
-        .collect();
-    assert!(
-        !compacted.is_empty(),
-        "no maintenance round compacted:\n{log}"
-    );
+    // Files before/after a round say little while serve keeps adding them; a committed
+    // compaction snapshot is the evidence.
+    let compacted = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "compaction committed")
+        .count();
+    assert!(compacted > 0, "no maintenance round compacted:\n{log}");
     Ok(())
-}
-
-fn env_log_lines(log: &str, needle: &str) -> Vec<serde_json::Value> {
-    log.lines()
-        .filter(|l| l.contains(needle))
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
