@@ -175,7 +175,6 @@ pub(crate) struct Rewrite {
 
 /// Files written for one commit attempt (deleted again if the attempt loses).
 pub(crate) struct Staged {
-    pub metadata: TableMetadata,
     pub location: String,
     pub snapshot_id: i64,
     pub written: Vec<String>,
@@ -320,7 +319,6 @@ pub(crate) async fn stage(
     let location = location.to_string();
     written.push(location.clone());
     Ok(Staged {
-        metadata: new_metadata,
         location,
         snapshot_id,
         written,

@@ -479,7 +479,6 @@ impl Maintainer {
             }
             // Another commit came first: this attempt's files are garbage.
             self.discard(&table, staged.written.into_iter()).await;
-            drop(staged.metadata);
             if attempt >= ATTEMPTS {
                 return Err(self.error(
                     "committing the compaction",
