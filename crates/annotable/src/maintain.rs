@@ -14,6 +14,7 @@ use annotation_table::{
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::backfill::Holder;
 use crate::config::{Config, ConfigError};
 
 /// Which steps to run.
@@ -139,8 +140,8 @@ pub async fn run(
 ) -> Result<MaintainReport, MaintainError> {
     let options = options(config, request)?;
     let maintainer = maintainer(config).await?;
-    let holder = holder_name("maintain");
-    match run_leased(&maintainer, &options, &holder).await? {
+    let me = Holder::this_process("maintain");
+    match run_leased(&maintainer, &options, &me).await? {
         Ok(report) => Ok(report),
         Err(Busy { holder, until_ms }) => Err(MaintainError::Held {
             table: maintainer.table().ident().to_string(),
@@ -151,27 +152,15 @@ pub async fn run(
     }
 }
 
-/// How a process names itself as a lease holder: `<role> pid <pid> on <host>`.
-pub(crate) fn holder_name(role: &str) -> String {
-    format!(
-        "{role} pid {} on {}",
-        std::process::id(),
-        crate::backfill::hostname()
-    )
+/// A lease holder as the catalog's lease row keeps it (JSON, so it reads back as a
+/// [`Holder`] and a dead holder can be recognised).
+fn stored(holder: &Holder) -> String {
+    serde_json::to_string(holder).unwrap_or_else(|_| holder.to_string())
 }
 
-/// Whether `holder` (a [`holder_name`]) is a process of this host that no longer exists.
-fn holder_is_gone(holder: &str) -> bool {
-    let Some((_, rest)) = holder.rsplit_once(" pid ") else {
-        return false;
-    };
-    let Some((pid, host)) = rest.split_once(" on ") else {
-        return false;
-    };
-    host == crate::backfill::hostname()
-        && pid.parse::<u32>().is_ok_and(|pid| {
-            pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        })
+/// A stored holder, for people: `pid N on HOST (writer W)`, or the text as stored.
+fn shown(stored: &str) -> String {
+    serde_json::from_str::<Holder>(stored).map_or_else(|_| stored.to_string(), |h| h.to_string())
 }
 
 /// The lease is held by someone else.
@@ -189,25 +178,28 @@ pub struct Busy {
 pub async fn run_leased(
     maintainer: &Maintainer,
     options: &MaintainOptions,
-    holder: &str,
+    me: &Holder,
 ) -> Result<Result<MaintainReport, Busy>, TableError> {
+    let holder = stored(me);
+    let holder = holder.as_str();
     match maintainer.try_lease(holder, LEASE_TTL).await? {
         LeaseState::Granted => {}
         LeaseState::Held {
             holder: previous,
             until_ms,
         } => {
-            let taken = holder_is_gone(&previous)
+            let gone = serde_json::from_str::<Holder>(&previous).is_ok_and(|h| h.is_gone(me));
+            let taken = gone
                 && maintainer
                     .take_over_lease(&previous, holder, LEASE_TTL)
                     .await?;
             if !taken {
                 return Ok(Err(Busy {
-                    holder: previous,
+                    holder: shown(&previous),
                     until_ms,
                 }));
             }
-            info!(table = %maintainer.table().ident(), previous = %previous, "took the maintenance lease over from a process that is gone");
+            info!(table = %maintainer.table().ident(), previous = %shown(&previous), "took the maintenance lease over from a process that is gone");
         }
     }
     let renewing = async {
@@ -240,7 +232,7 @@ pub(crate) async fn periodic(
     maintainer: Maintainer,
     options: MaintainOptions,
     interval: Duration,
-    holder: String,
+    me: Holder,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -248,7 +240,7 @@ pub(crate) async fn periodic(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
-        let run = run_leased(&maintainer, &options, &holder);
+        let run = run_leased(&maintainer, &options, &me);
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
             result = run => result,

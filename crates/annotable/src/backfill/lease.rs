@@ -249,10 +249,19 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// This process, running as `writer`.
+    pub fn this_process(writer: impl Into<String>) -> Holder {
+        Holder {
+            host: super::hostname(),
+            pid: std::process::id(),
+            writer: writer.into(),
+        }
+    }
+
     /// Whether this holder is a process of `me`'s host that no longer exists (a killed
-    /// backfill): its lease need not be waited out. Only decided where `/proc` exists; a pid
+    /// backfill or maintainer): its lease need not be waited out. Only decided where `/proc` exists; a pid
     /// reused by another process only means waiting for the expiry.
-    fn is_gone(&self, me: &Holder) -> bool {
+    pub(crate) fn is_gone(&self, me: &Holder) -> bool {
         self.host == me.host
             && self.pid != me.pid
             && std::path::Path::new("/proc/self").exists()

@@ -347,11 +347,7 @@ pub async fn run(
             &config.backfill_state_url()?,
             crate::aws::s3_client(config, &sdk),
         );
-        let holder = Holder {
-            host: hostname(),
-            pid: std::process::id(),
-            writer: table.writer_id().to_string(),
-        };
+        let holder = Holder::this_process(table.writer_id());
         let (lease, mut start) = Lease::acquire(
             store,
             &table.ident().to_string(),
@@ -748,7 +744,7 @@ async fn commit_loop(
     Ok(())
 }
 
-pub(crate) fn hostname() -> String {
+fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

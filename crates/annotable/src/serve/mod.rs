@@ -282,7 +282,8 @@ pub async fn run(
                 info!(note, "maintenance in serve: compaction is handed off");
             }
             info!(every_secs = secs, "maintenance in serve is on");
-            let holder = crate::maintain::holder_name(&format!("serve {}", shared.writer_id));
+            let holder =
+                crate::backfill::Holder::this_process(format!("serve {}", shared.writer_id));
             Some(tokio::spawn(crate::maintain::periodic(
                 maintainer,
                 maintain_options,
