@@ -244,8 +244,12 @@ impl Maintainer {
 
     /// The current snapshot's files and the number of snapshots.
     pub async fn stats(&self) -> Result<TableStats, TableError> {
+        self.stats_with(&mut ManifestCache::default()).await
+    }
+
+    async fn stats_with(&self, cache: &mut ManifestCache) -> Result<TableStats, TableError> {
         let table = self.table.load().await?;
-        stats(&table, &mut ManifestCache::default())
+        stats(&table, cache)
             .await
             .map_err(|e| self.error("reading the manifests", e))
     }
@@ -253,25 +257,27 @@ impl Maintainer {
     /// Runs the steps `options` asks for, in order: compaction, expiry, orphans.
     pub async fn run(&self, options: &MaintainOptions) -> Result<MaintainReport, TableError> {
         let started = Instant::now();
+        // Manifests never change once written: one cache serves every step of the run.
+        let mut cache = ManifestCache::default();
         let mut report = MaintainReport {
-            before: self.stats().await?,
+            before: self.stats_with(&mut cache).await?,
             ..MaintainReport::default()
         };
         if options.compact {
             match self.compaction_handed_off() {
                 Some(note) => report.notes.push(note),
-                None => report.compaction = Some(self.compact(options).await?),
+                None => report.compaction = Some(self.compact(options, &mut cache).await?),
             }
         }
         if options.expire {
-            let mut expiry = self.expire(options).await?;
+            let mut expiry = self.expire(options, &mut cache).await?;
             if options.compact
                 && !options.dry_run
                 && self.compaction_handed_off().is_none()
-                && self.drop_stale_deletes().await?
+                && self.drop_stale_deletes(&mut cache).await?
             {
                 // The compaction snapshot may now be old enough to go as well.
-                let again = self.expire(options).await?;
+                let again = self.expire(options, &mut cache).await?;
                 expiry.snapshots_expired += again.snapshots_expired;
                 expiry.files_deleted += again.files_deleted;
                 expiry.bytes_deleted += again.bytes_deleted;
@@ -281,10 +287,10 @@ impl Maintainer {
         if options.orphans {
             match self.orphans_handed_off() {
                 Some(note) => report.notes.push(note),
-                None => report.orphans = Some(self.sweep_orphans(options).await?),
+                None => report.orphans = Some(self.sweep_orphans(options, &mut cache).await?),
             }
         }
-        report.after = self.stats().await?;
+        report.after = self.stats_with(&mut cache).await?;
         report.took = started.elapsed();
         Ok(report)
     }
@@ -297,7 +303,11 @@ impl Maintainer {
         }
     }
 
-    async fn compact(&self, options: &MaintainOptions) -> Result<CompactionReport, TableError> {
+    async fn compact(
+        &self,
+        options: &MaintainOptions,
+        cache: &mut ManifestCache,
+    ) -> Result<CompactionReport, TableError> {
         let Some(db) = &self.db else {
             return Ok(CompactionReport::default());
         };
@@ -305,7 +315,6 @@ impl Maintainer {
         let Some(current) = table.metadata().current_snapshot().cloned() else {
             return Ok(CompactionReport::default());
         };
-        let mut cache = ManifestCache::default();
         let files = cache
             .snapshot(&table, &current)
             .await
@@ -363,7 +372,7 @@ impl Maintainer {
             added,
             kind: "compaction",
         };
-        match self.commit_rewrite(db, &rewrite, &mut cache).await {
+        match self.commit_rewrite(db, &rewrite, cache).await {
             Ok((snapshot_id, attempts)) => {
                 report.snapshot_id = Some(snapshot_id);
                 report.attempts = attempts;
@@ -379,7 +388,7 @@ impl Maintainer {
     /// A compaction snapshot lists the files it replaced as DELETED entries, and every read of
     /// it loads them. Once its parent has expired nobody can need them, so the manifest is
     /// written again without them (a `replace` snapshot with no data change).
-    async fn drop_stale_deletes(&self) -> Result<bool, TableError> {
+    async fn drop_stale_deletes(&self, cache: &mut ManifestCache) -> Result<bool, TableError> {
         let Some(db) = &self.db else {
             return Ok(false);
         };
@@ -394,7 +403,6 @@ impl Maintainer {
         if changes_rows(current) || !parent_gone {
             return Ok(false);
         }
-        let mut cache = ManifestCache::default();
         let files = cache
             .snapshot(&table, current)
             .await
@@ -411,7 +419,7 @@ impl Maintainer {
             added: Vec::new(),
             kind: "manifest-rewrite",
         };
-        self.commit_rewrite(db, &rewrite, &mut cache).await?;
+        self.commit_rewrite(db, &rewrite, cache).await?;
         Ok(true)
     }
 
@@ -508,7 +516,11 @@ impl Maintainer {
         }
     }
 
-    async fn expire(&self, options: &MaintainOptions) -> Result<ExpiryReport, TableError> {
+    async fn expire(
+        &self,
+        options: &MaintainOptions,
+        cache: &mut ManifestCache,
+    ) -> Result<ExpiryReport, TableError> {
         let mut report = ExpiryReport::default();
         let mut attempt: u32 = 0;
         let (before, after) = loop {
@@ -553,14 +565,13 @@ impl Maintainer {
             .cloned()
             .collect();
         report.snapshots_expired = expired.len();
-        let mut cache = ManifestCache::default();
         let mut doomed = HashSet::new();
         if !expired.is_empty() {
             let kept: Vec<SnapshotRef> = after.metadata().snapshots().cloned().collect();
-            let live = referenced_by(&after, &kept, &mut cache)
+            let live = referenced_by(&after, &kept, cache)
                 .await
                 .map_err(|e| self.error("reading the manifests of the kept snapshots", e))?;
-            let old = referenced_by(&before, &expired, &mut cache)
+            let old = referenced_by(&before, &expired, cache)
                 .await
                 .map_err(|e| self.error("reading the manifests of the expired snapshots", e))?;
             doomed.extend(old.into_iter().filter(|p| !live.contains(p)));
@@ -604,14 +615,18 @@ impl Maintainer {
         Ok(report)
     }
 
-    async fn sweep_orphans(&self, options: &MaintainOptions) -> Result<OrphanReport, TableError> {
+    async fn sweep_orphans(
+        &self,
+        options: &MaintainOptions,
+        cache: &mut ManifestCache,
+    ) -> Result<OrphanReport, TableError> {
         let table = self.table.load().await?;
         let metadata = table.metadata();
         let listed = files::list(metadata.location(), &self.storage)
             .await
             .map_err(|e| self.error("listing the table's files", e))?;
         let snapshots: Vec<SnapshotRef> = metadata.snapshots().cloned().collect();
-        let mut referenced = referenced_by(&table, &snapshots, &mut ManifestCache::default())
+        let mut referenced = referenced_by(&table, &snapshots, cache)
             .await
             .map_err(|e| self.error("reading the manifests", e))?;
         referenced.extend(table.metadata_location().map(str::to_string));
