@@ -64,17 +64,18 @@ async fn the_warehouse_lives_on_an_s3_compatible_store() -> TestResult {
     let result = session
         .query("SELECT count(*) AS n, count(DISTINCT bucket) AS buckets, sum(size) AS bytes FROM annotation_journal")
         .await?;
-    let batch = &result.batches[0];
-    let n = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(batch.column(0))
-        .value(0);
-    let buckets =
-        arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(batch.column(1))
-            .value(0);
-    let bytes = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(batch.column(2))
-        .value(0);
+    let (n, buckets, bytes) = (int(&result, 0), int(&result, 1), int(&result, 2));
     assert_eq!((n, buckets), (300, 2));
     assert_eq!(bytes, all.iter().filter_map(|r| r.size).sum::<i64>());
     Ok(())
+}
+
+/// The first row's value in integer column `column` of a query result.
+fn int(result: &annotation_sql::QueryResult, column: usize) -> i64 {
+    arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
+        result.batches[0].column(column),
+    )
+    .value(0)
 }
 
 fn emulator_storage(stack: &Stack) -> StorageConfig {
@@ -112,10 +113,7 @@ async fn round_trip(stack: &Stack, catalog_config: CatalogConfig) -> TestResult 
     let result = session
         .query("SELECT count(*) AS n FROM annotation_journal")
         .await?;
-    let n = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
-        result.batches[0].column(0),
-    )
-    .value(0);
+    let n = int(&result, 0);
     assert_eq!(n, 200);
     Ok(())
 }
@@ -244,10 +242,7 @@ async fn maintenance_on_an_s3_warehouse_deletes_only_unreferenced_objects() -> T
     let result = session
         .query("SELECT count(DISTINCT request_id) AS n FROM annotation_journal")
         .await?;
-    let n = arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(
-        result.batches[0].column(0),
-    )
-    .value(0);
+    let n = int(&result, 0);
     assert_eq!(n, 300);
     Ok(())
 }

@@ -141,10 +141,6 @@ async fn reads(dir: &std::path::Path) -> Result<()> {
             c.bytes_written as f64 / 1048576.0
         );
     }
-    println!(
-        "{:<22} {:>12} {:>16} {:>16} {:>10} {:>10}",
-        "query", "one commit", "500 commits", "after maintain", "before/1", "after/1"
-    );
     let one_stats = one.maintainer().await?.stats().await?;
     println!(
         "one commit: {} files ({:.1} MiB); after maintain: {} files ({:.1} MiB)",
@@ -152,6 +148,10 @@ async fn reads(dir: &std::path::Path) -> Result<()> {
         one_stats.data_bytes as f64 / 1048576.0,
         after.data_files,
         after.data_bytes as f64 / 1048576.0
+    );
+    println!(
+        "{:<22} {:>12} {:>16} {:>16} {:>10} {:>10}",
+        "query", "one commit", "500 commits", "after maintain", "before/1", "after/1"
     );
     for (label, first_one_s, many_s) in baseline {
         let sql = queries.iter().find(|q| q.0 == label).map_or("", |q| q.1);
