@@ -39,9 +39,6 @@ pub(crate) struct Bin {
 }
 
 impl Bin {
-    fn bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.file_size_in_bytes()).sum()
-    }
     fn rows(&self) -> u64 {
         self.files.iter().map(|f| f.record_count()).sum()
     }
@@ -66,10 +63,13 @@ pub(crate) fn plan(live: &[ManifestEntryRef], target: u64) -> Vec<Bin> {
     for (_, mut files) in by_partition {
         files.sort_by_key(|f| f.file_size_in_bytes());
         let mut bin = Bin { files: Vec::new() };
+        let mut bytes = 0;
         for file in files {
-            if !bin.files.is_empty() && bin.bytes() + file.file_size_in_bytes() > target {
+            if !bin.files.is_empty() && bytes + file.file_size_in_bytes() > target {
                 bins.push(std::mem::replace(&mut bin, Bin { files: Vec::new() }));
+                bytes = 0;
             }
+            bytes += file.file_size_in_bytes();
             bin.files.push(file);
         }
         bins.push(bin);
