@@ -103,36 +103,69 @@ async fn a_killed_compaction_leaves_the_table_readable_and_the_next_run_complete
     let (journal, view) = contents(dir.path())?;
     assert_eq!(journal.lines().count(), 1000);
 
-    // Kill compactions at different moments: while planning, rewriting, committing (a run
-    // that finishes before its moment leaves the later ones nothing to do, which is fine).
-    // Runs killed after they logged "compacting" (files being rewritten or committed).
+    // Kill compactions at different moments: one while it starts up and plans, the others a
+    // given time after it logged "compacting" (files being rewritten, then committed). Timed
+    // from that line, not from the start, so a loaded machine does not make every kill land
+    // before compaction begins.
     let mut killed_compacting = 0;
-    for delay_ms in [150u64, 500, 1000, 2000, 3500, 6000] {
+    for after_ms in [
+        None,
+        Some(0u64),
+        Some(100),
+        Some(300),
+        Some(700),
+        Some(1500),
+        Some(3000),
+    ] {
         let mut child = annotable(dir.path(), &["maintain", "--compact"]).spawn()?;
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_millis(delay_ms) {
-            if child.try_wait()?.is_some() {
-                break;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("compacting") {
+                    let _ = tx.send(());
+                }
             }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        });
+        let compacting = match after_ms {
+            None => {
+                std::thread::sleep(Duration::from_millis(150));
+                false
+            }
+            Some(after) => {
+                let seen = rx.recv_timeout(Duration::from_secs(120)).is_ok();
+                let started = Instant::now();
+                while seen
+                    && started.elapsed() < Duration::from_millis(after)
+                    && child.try_wait()?.is_none()
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                seen
+            }
+        };
         let killed = child.try_wait()?.is_none();
         if killed {
             child.kill()?; // SIGKILL
         }
-        let out = child.wait_with_output()?;
-        if killed && text(&out.stderr).contains("compacting") {
+        child.wait()?;
+        let _ = reader.join();
+        if killed && compacting {
             killed_compacting += 1;
         }
         let now = contents(dir.path())?;
         assert!(
             now.0 == journal && now.1 == view,
-            "the rows changed after a compaction was killed at {delay_ms} ms"
+            "the rows changed after a compaction was killed ({after_ms:?} ms after it began)"
         );
     }
     assert!(
         killed_compacting > 0,
-        "no run was killed while compacting: it finished too fast or was killed too early"
+        "no run was killed while compacting: every one finished first"
     );
 
     // The next run takes the dead holder's lease over and completes.
