@@ -12,6 +12,7 @@
 mod error;
 mod format;
 mod provider;
+mod scan;
 mod session;
 
 pub use error::SqlError;

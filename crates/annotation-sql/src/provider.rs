@@ -19,6 +19,9 @@ use datafusion::physical_plan::ExecutionPlan;
 use iceberg::arrow::schema_to_arrow_schema;
 use iceberg::{Catalog, ErrorKind, NamespaceIdent, TableIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
+use iceberg_datafusion::physical_plan::IcebergTableScan;
+
+use crate::scan::PartitionedScan;
 
 /// The name the views use for the journal, whatever the configured table is called.
 pub(crate) const JOURNAL_ALIAS: &str = "annotation_journal";
@@ -70,7 +73,17 @@ impl TableProvider for LiveTable {
                 self.ident
             )));
         }
-        current.scan(state, projection, filters, limit).await
+        let plan = current.scan(state, projection, filters, limit).await?;
+        match plan.as_any().downcast_ref::<IcebergTableScan>() {
+            Some(scan) => {
+                let config = state.config();
+                let scan =
+                    PartitionedScan::plan(scan, config.target_partitions(), config.batch_size())
+                        .await?;
+                Ok(Arc::new(scan))
+            }
+            None => Ok(plan),
+        }
     }
 
     fn supports_filters_pushdown(

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, StringBuilder, TimestampMicrosecondArray};
+use arrow::array::{Array, ArrayRef, Int64Array, StringBuilder, TimestampMicrosecondArray};
 use arrow::compute::{SortColumn, SortOptions, lexsort_to_indices, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
@@ -15,15 +15,6 @@ use crate::JournalRow;
 /// Encodes rows into a batch of `schema` (the table's Arrow schema, with Iceberg field ids),
 /// columns matched by name, in the order given.
 pub fn encode_rows(schema: &SchemaRef, rows: &[JournalRow]) -> Result<RecordBatch, ArrowError> {
-    encode_refs(schema, &rows.iter().collect::<Vec<_>>())
-}
-
-/// [`encode_rows`] over references, so rows can be put in order without moving them (a
-/// `JournalRow` is ~500 bytes; sorting references is several times cheaper).
-pub(crate) fn encode_refs(
-    schema: &SchemaRef,
-    rows: &[&JournalRow],
-) -> Result<RecordBatch, ArrowError> {
     let columns = schema
         .fields()
         .iter()
@@ -32,19 +23,36 @@ pub(crate) fn encode_refs(
     RecordBatch::try_new(schema.clone(), columns)
 }
 
-/// Rows in the table's sort order: (bucket, object_key, name), nulls first. Sorting references
-/// and encoding from them measured faster than encoding in arrival order and sorting the Arrow
-/// columns (`lexsort_to_indices` + `take`) in the ingest bench.
-pub(crate) fn sorted(rows: &[JournalRow]) -> Vec<&JournalRow> {
-    let mut refs: Vec<&JournalRow> = rows.iter().collect();
-    refs.sort_unstable_by(|a, b| {
-        (a.bucket.as_str(), a.object_key.as_str(), a.name.as_deref()).cmp(&(
-            b.bucket.as_str(),
-            b.object_key.as_str(),
-            b.name.as_deref(),
-        ))
+/// [`encode_rows`] in the table's sort order (bucket, object_key, name; nulls first): encoded in
+/// arrival order (rows are read front to back), then row indices are sorted on the encoded
+/// string columns (contiguous buffers) and the rows taken in that order. Sorting references
+/// to the rows and encoding from them instead chases pointers into ~20 heap strings per row
+/// in random order: the ingest bench measured it 1.7x slower on one core (443k against 768k
+/// rows/s in the same run).
+pub fn encode_sorted(schema: &SchemaRef, rows: &[JournalRow]) -> Result<RecordBatch, ArrowError> {
+    let batch = encode_rows(schema, rows)?;
+    let string = |name: &str| -> Result<&arrow::array::StringArray, ArrowError> {
+        batch
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+            .ok_or_else(|| ArrowError::SchemaError(format!("no string column `{name}`")))
+    };
+    let (bucket, key, name) = (string("bucket")?, string("object_key")?, string("name")?);
+    let n = u32::try_from(batch.num_rows())
+        .map_err(|_| ArrowError::ComputeError("batch too large".into()))?;
+    let mut order: Vec<u32> = (0..n).collect();
+    order.sort_unstable_by(|&a, &b| {
+        let (a, b) = (a as usize, b as usize);
+        bucket
+            .value(a)
+            .cmp(bucket.value(b))
+            .then_with(|| key.value(a).cmp(key.value(b)))
+            .then_with(|| {
+                let name_of = |i: usize| name.is_valid(i).then(|| name.value(i));
+                name_of(a).cmp(&name_of(b))
+            })
     });
-    refs
+    take_record_batch(&batch, &arrow::array::UInt32Array::from(order))
 }
 
 /// The sort keys of the table's default sort order: column index and direction per field
@@ -90,7 +98,7 @@ pub(crate) fn sort_batch(
 }
 
 /// A string column, its buffers sized up front (one allocation each, no regrowth).
-fn strings<'a>(rows: &[&'a JournalRow], f: impl Fn(&'a JournalRow) -> Option<&'a str>) -> ArrayRef {
+fn strings<'a>(rows: &'a [JournalRow], f: impl Fn(&'a JournalRow) -> Option<&'a str>) -> ArrayRef {
     let bytes = rows.iter().map(|r| f(r).map_or(0, str::len)).sum();
     let mut builder = StringBuilder::with_capacity(rows.len(), bytes);
     for row in rows {
@@ -103,7 +111,7 @@ fn micros_utc(t: &DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn column(name: &str, rows: &[&JournalRow]) -> Result<ArrayRef, ArrowError> {
+fn column(name: &str, rows: &[JournalRow]) -> Result<ArrayRef, ArrowError> {
     let utc = |f: fn(&JournalRow) -> Option<i64>| -> ArrayRef {
         Arc::new(
             rows.iter()

@@ -14,8 +14,9 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::RecordBatch;
 use iceberg::arrow::{RecordBatchPartitionSplitter, schema_to_arrow_schema};
-use iceberg::spec::{DataFile, DataFileFormat};
+use iceberg::spec::{DataFile, DataFileFormat, PartitionKey};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
@@ -31,7 +32,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use tracing::{debug, warn};
 
-use crate::encode::{encode_refs, sorted};
+use crate::encode::encode_sorted;
 use crate::error::is_transient;
 use crate::{JournalRow, Source, TableError, journal_spec};
 
@@ -542,13 +543,14 @@ async fn write_data_files(
     let per_file = (rows.len() / cores).max(MIN_ROWS_PER_FILE);
 
     // Few partitions per batch: find each row's group by a linear scan, without allocating.
+    // A table whose partition spec was changed by another tool is split by iceberg instead.
+    let by_journal_spec = has_journal_partitioning(table);
     let mut groups: Vec<Vec<JournalRow>> = Vec::new();
     for row in rows {
         let day = row.ingested_at.date_naive();
-        match groups
-            .iter_mut()
-            .find(|g| g[0].bucket == row.bucket && g[0].ingested_at.date_naive() == day)
-        {
+        match groups.iter_mut().find(|g| {
+            !by_journal_spec || (g[0].bucket == row.bucket && g[0].ingested_at.date_naive() == day)
+        }) {
             Some(group) => group.push(row),
             None => groups.push(vec![row]),
         }
@@ -561,14 +563,19 @@ async fn write_data_files(
         tasks.spawn(async move {
             let (batch, cpu) = tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
-                let batch = encode_refs(&arrow_schema, &sorted(&group));
+                let batch = encode_sorted(&arrow_schema, &group);
                 drop(group);
                 batch.map(|b| (b, started.elapsed()))
             })
             .await
             .map_err(task_failed)?
             .map_err(WriteFailure::Encode)?;
-            let files = write_partitioned(&builder, &splitter, &batch, per_file).await?;
+            let parts = if by_journal_spec {
+                single_partition(&splitter, batch)?
+            } else {
+                splitter.split(&batch)?
+            };
+            let files = write_partitioned(&builder, parts, per_file).await?;
             Ok::<_, WriteFailure>((files, cpu))
         });
     }
@@ -580,6 +587,21 @@ async fn write_data_files(
         cpu += took;
     }
     Ok((files, cpu))
+}
+
+/// Whether the table is partitioned as `schemas/annotation_journal.json` says, by
+/// identity(bucket) and day(ingested_at), which is how [`write_data_files`] groups rows.
+fn has_journal_partitioning(table: &Table) -> bool {
+    let Ok(spec) = journal_spec() else {
+        return false;
+    };
+    let current = table.metadata().default_partition_spec().fields();
+    let expected = spec.partition_spec.fields();
+    current.len() == expected.len()
+        && current
+            .iter()
+            .zip(expected)
+            .all(|(c, e)| c.source_id == e.source_id && c.transform == e.transform)
 }
 
 /// The writer of one table's data files: Parquet with the table's settings, named
@@ -616,18 +638,39 @@ pub(crate) fn file_writer(
     Ok((Arc::new(DataFileWriterBuilder::new(rolling)), splitter))
 }
 
-/// Writes a sorted batch as data files, one partition at a time, cutting each partition into
-/// files of about `per_file` rows written in parallel (slices of a sorted batch stay sorted).
+/// The partition key of a batch whose rows all lie in one partition, computed from its first
+/// row: the splitter converts every row's partition values and copies the batch per
+/// partition, work that is wasted when the rows were grouped by partition already.
+pub(crate) fn single_partition(
+    splitter: &RecordBatchPartitionSplitter,
+    batch: RecordBatch,
+) -> Result<Vec<(PartitionKey, RecordBatch)>, iceberg::Error> {
+    if batch.num_rows() == 0 {
+        return Ok(Vec::new());
+    }
+    let key = splitter
+        .split(&batch.slice(0, 1))?
+        .into_iter()
+        .next()
+        .map(|(key, _)| key)
+        .ok_or_else(|| {
+            iceberg::Error::new(
+                ErrorKind::Unexpected,
+                "no partition key for a non-empty batch",
+            )
+        })?;
+    Ok(vec![(key, batch)])
+}
+
+/// Writes sorted batches, each with its partition key, as data files, cutting each into files
+/// of about `per_file` rows written in parallel (slices of a sorted batch stay sorted).
 pub(crate) async fn write_partitioned(
     builder: &Arc<FileWriterBuilder>,
-    splitter: &RecordBatchPartitionSplitter,
-    batch: &arrow::array::RecordBatch,
+    parts: Vec<(PartitionKey, RecordBatch)>,
     per_file: usize,
 ) -> Result<Vec<DataFile>, WriteFailure> {
     let mut writes = tokio::task::JoinSet::new();
-    // Normally one partition; the splitter computes its key (and splits a batch that spans
-    // several).
-    for (key, part) in splitter.split(batch)? {
+    for (key, part) in parts {
         let n = part.num_rows();
         let len = n.div_ceil(n.div_ceil(per_file.max(1)).max(1)).max(1);
         for offset in (0..n).step_by(len) {

@@ -21,7 +21,7 @@ mod row;
 mod spec;
 
 pub use catalog::{CatalogConfig, StorageConfig, connect};
-pub use encode::encode_rows;
+pub use encode::{encode_rows, encode_sorted};
 pub use error::TableError;
 /// The catalog handle [`connect`] returns (iceberg's trait, re-exported so callers need not
 /// depend on `iceberg` to hold one).
