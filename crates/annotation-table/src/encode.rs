@@ -115,7 +115,7 @@ fn column(name: &str, rows: &[JournalRow]) -> Result<ArrayRef, ArrowError> {
     let utc = |f: fn(&JournalRow) -> Option<i64>| -> ArrayRef {
         Arc::new(
             rows.iter()
-                .map(|r| f(r))
+                .map(f)
                 .collect::<TimestampMicrosecondArray>()
                 .with_timezone("+00:00"),
         )

@@ -139,7 +139,10 @@ async fn child(dir: &Path, sql: &str) -> Result<()> {
     let seconds = secs(start);
     if std::env::var_os("ANNOTABLE_BENCH_PRINT").is_some() {
         // For looking into a plan: `--child 'EXPLAIN ANALYZE ...'`.
-        eprintln!("{}", arrow::util::pretty::pretty_format_batches(&result.batches)?);
+        eprintln!(
+            "{}",
+            arrow::util::pretty::pretty_format_batches(&result.batches)?
+        );
     }
     let first = result
         .batches
