@@ -12,59 +12,42 @@
 -- for unversioned objects, so version comparisons go through COALESCE(object_version_id, '').
 -- It is a group-by + join rather than row_number(): on 5M rows DataFusion runs the window
 -- several times slower and with several times the memory.
---
--- The join order is chosen for DataFusion, which builds a hash join's table from its left
--- input when it cannot estimate sizes: the aggregate `latest` (one row per annotation) is
--- the left side of the join back to the journal, and the few resets are the left side of a
--- RIGHT JOIN rather than the right side of a LEFT JOIN (which hashed every current
--- annotation: 610 MB for 5M journal rows). The reset's maximum is named
--- reset_sequence_number on purpose: with two inputs' columns both called sequence_number,
--- DataFusion 53.1 pushed the final filter into the journal scan as
--- `sequence_number <= sequence_number` and returned wrong rows.
 CREATE VIEW annotations AS
-WITH latest AS (
+SELECT
+    j.bucket,
+    j.object_key,
+    j.object_version_id,
+    j.object_join_key,
+    j.name,
+    j.sequence_number,
+    j.last_modified_date,
+    j.size,
+    j.e_tag,
+    j.checksum_algorithm,
+    j.replication_status,
+    j.text_value
+FROM annotation_journal j
+JOIN (
     SELECT bucket, object_key, COALESCE(object_version_id, '') AS version_key, name,
            MAX(sequence_number) AS sequence_number
     FROM annotation_journal
     WHERE name IS NOT NULL
     GROUP BY bucket, object_key, COALESCE(object_version_id, ''), name
-),
-reset AS (
+) latest
+  ON  j.bucket = latest.bucket
+  AND j.object_key = latest.object_key
+  AND COALESCE(j.object_version_id, '') = latest.version_key
+  AND j.name = latest.name
+  AND j.sequence_number = latest.sequence_number
+LEFT JOIN (
     SELECT bucket, object_key, COALESCE(object_version_id, '') AS version_key,
-           MAX(sequence_number) AS reset_sequence_number
+           MAX(sequence_number) AS sequence_number
     FROM annotation_journal
     WHERE record_type = 'OBJECT_RESET'
     GROUP BY bucket, object_key, COALESCE(object_version_id, '')
-),
-put_rows AS (
-    SELECT j.bucket, j.object_key, j.object_version_id, j.object_join_key, j.name,
-           j.sequence_number, j.last_modified_date, j.size, j.e_tag, j.checksum_algorithm,
-           j.replication_status, j.text_value
-    FROM latest
-    JOIN annotation_journal j
-      ON  j.bucket = latest.bucket
-      AND j.object_key = latest.object_key
-      AND COALESCE(j.object_version_id, '') = latest.version_key
-      AND j.name = latest.name
-      AND j.sequence_number = latest.sequence_number
-    WHERE j.record_type = 'PUT'
-)
-SELECT
-    p.bucket,
-    p.object_key,
-    p.object_version_id,
-    p.object_join_key,
-    p.name,
-    p.sequence_number,
-    p.last_modified_date,
-    p.size,
-    p.e_tag,
-    p.checksum_algorithm,
-    p.replication_status,
-    p.text_value
-FROM reset
-RIGHT JOIN put_rows p
-  ON  p.bucket = reset.bucket
-  AND p.object_key = reset.object_key
-  AND COALESCE(p.object_version_id, '') = reset.version_key
-WHERE reset.reset_sequence_number IS NULL OR reset.reset_sequence_number <= p.sequence_number
+) reset
+  ON  j.bucket = reset.bucket
+  AND j.object_key = reset.object_key
+  AND COALESCE(j.object_version_id, '') = reset.version_key
+WHERE j.record_type = 'PUT'
+  AND (reset.sequence_number IS NULL OR reset.sequence_number <= j.sequence_number)
