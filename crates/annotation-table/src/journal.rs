@@ -32,7 +32,7 @@ use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use tracing::{debug, warn};
 
-use crate::encode::encode_sorted;
+use crate::encode::{encode_sorted, sort_keys};
 use crate::error::is_transient;
 use crate::{JournalRow, Source, TableError, journal_spec};
 
@@ -539,6 +539,7 @@ async fn write_data_files(
     rows: Vec<JournalRow>,
 ) -> Result<(Vec<DataFile>, Duration), WriteFailure> {
     let (builder, splitter) = file_writer(table, id.as_str(), None)?;
+    let keys: Arc<[_]> = sort_keys(table.metadata(), arrow_schema).into();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per_file = (rows.len() / cores).max(MIN_ROWS_PER_FILE);
 
@@ -560,10 +561,11 @@ async fn write_data_files(
     for group in groups {
         let (builder, splitter, arrow_schema) =
             (builder.clone(), splitter.clone(), arrow_schema.clone());
+        let keys = keys.clone();
         tasks.spawn(async move {
             let (batch, cpu) = tokio::task::spawn_blocking(move || {
                 let started = Instant::now();
-                let batch = encode_sorted(&arrow_schema, &group);
+                let batch = encode_sorted(&arrow_schema, &group, &keys);
                 drop(group);
                 batch.map(|b| (b, started.elapsed()))
             })

@@ -8,7 +8,8 @@
 //! is run 3 times and the median reported.
 //!
 //! `cargo bench -p annotable-bench --bench current_state` (ANNOTABLE_BENCH_ROWS to change
-//! 5,000,000; the journal is built once and kept under the target dir).
+//! 5,000,000; the journal is built once and kept under the target dir). To look into a plan:
+//! `ANNOTABLE_BENCH_PRINT=1 <bench binary> --bench --child 'EXPLAIN ANALYZE SELECT ...'`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
