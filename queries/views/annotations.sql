@@ -12,42 +12,66 @@
 -- for unversioned objects, so version comparisons go through COALESCE(object_version_id, '').
 -- It is a group-by + join rather than row_number(): on 5M rows DataFusion runs the window
 -- several times slower and with several times the memory.
+--
+-- Join order, for DataFusion, which builds a hash join's table from its left input: the
+-- aggregate `latest` (one row per annotation) is the left side of the join back to the
+-- journal, and the few resets are the left side of a RIGHT JOIN rather than the right side of
+-- a LEFT JOIN (which hashed every current annotation).
+--
+-- Every column of `latest` and `reset` has a name of its own (latest_*, reset_*), on purpose.
+-- With same-named columns on both sides, DataFusion 53.1's leaf-expression pushdown (the rule
+-- that moves json_get_str(text_value, ...) down to the scan) rewrote the RIGHT JOIN's output
+-- p.bucket, p.object_key as reset.bucket, reset.object_key, which are NULL for objects never
+-- reset: queries/objects_by_annotation_value.sql returned NULL keys.
 CREATE VIEW annotations AS
-SELECT
-    j.bucket,
-    j.object_key,
-    j.object_version_id,
-    j.object_join_key,
-    j.name,
-    j.sequence_number,
-    j.last_modified_date,
-    j.size,
-    j.e_tag,
-    j.checksum_algorithm,
-    j.replication_status,
-    j.text_value
-FROM annotation_journal j
-JOIN (
-    SELECT bucket, object_key, COALESCE(object_version_id, '') AS version_key, name,
-           MAX(sequence_number) AS sequence_number
+WITH latest AS (
+    SELECT bucket AS latest_bucket,
+           object_key AS latest_object_key,
+           COALESCE(object_version_id, '') AS latest_version_key,
+           name AS latest_name,
+           MAX(sequence_number) AS latest_sequence_number
     FROM annotation_journal
     WHERE name IS NOT NULL
     GROUP BY bucket, object_key, COALESCE(object_version_id, ''), name
-) latest
-  ON  j.bucket = latest.bucket
-  AND j.object_key = latest.object_key
-  AND COALESCE(j.object_version_id, '') = latest.version_key
-  AND j.name = latest.name
-  AND j.sequence_number = latest.sequence_number
-LEFT JOIN (
-    SELECT bucket, object_key, COALESCE(object_version_id, '') AS version_key,
-           MAX(sequence_number) AS sequence_number
+),
+reset AS (
+    SELECT bucket AS reset_bucket,
+           object_key AS reset_object_key,
+           COALESCE(object_version_id, '') AS reset_version_key,
+           MAX(sequence_number) AS reset_sequence_number
     FROM annotation_journal
     WHERE record_type = 'OBJECT_RESET'
     GROUP BY bucket, object_key, COALESCE(object_version_id, '')
-) reset
-  ON  j.bucket = reset.bucket
-  AND j.object_key = reset.object_key
-  AND COALESCE(j.object_version_id, '') = reset.version_key
-WHERE j.record_type = 'PUT'
-  AND (reset.sequence_number IS NULL OR reset.sequence_number <= j.sequence_number)
+),
+current_put AS (
+    SELECT j.bucket, j.object_key, j.object_version_id, j.object_join_key, j.name,
+           j.sequence_number, j.last_modified_date, j.size, j.e_tag, j.checksum_algorithm,
+           j.replication_status, j.text_value
+    FROM latest
+    JOIN annotation_journal j
+      ON  j.bucket = latest.latest_bucket
+      AND j.object_key = latest.latest_object_key
+      AND COALESCE(j.object_version_id, '') = latest.latest_version_key
+      AND j.name = latest.latest_name
+      AND j.sequence_number = latest.latest_sequence_number
+    WHERE j.record_type = 'PUT'
+)
+SELECT
+    p.bucket,
+    p.object_key,
+    p.object_version_id,
+    p.object_join_key,
+    p.name,
+    p.sequence_number,
+    p.last_modified_date,
+    p.size,
+    p.e_tag,
+    p.checksum_algorithm,
+    p.replication_status,
+    p.text_value
+FROM reset
+RIGHT JOIN current_put p
+  ON  p.bucket = reset.reset_bucket
+  AND p.object_key = reset.reset_object_key
+  AND COALESCE(p.object_version_id, '') = reset.reset_version_key
+WHERE reset.reset_sequence_number IS NULL OR reset.reset_sequence_number <= p.sequence_number

@@ -9,7 +9,8 @@
 //!
 //! `cargo bench -p annotable-bench --bench current_state` (ANNOTABLE_BENCH_ROWS to change
 //! 5,000,000; the journal is built once and kept under the target dir). To look into a plan:
-//! `ANNOTABLE_BENCH_PRINT=1 <bench binary> --bench --child 'EXPLAIN ANALYZE SELECT ...'`.
+//! `ANNOTABLE_BENCH_PRINT=1 <bench binary> --bench --child 'EXPLAIN ANALYZE SELECT ...'`, and
+//! to try a DataFusion setting, `ANNOTABLE_BENCH_SET='datafusion.optimizer.x=false'` with it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,11 +26,7 @@ const RUNS: usize = 3;
 
 /// `(label, annotable SQL, DuckDB SQL over the view `annotations`)`.
 const QUERIES: [(&str, &str, &str); 3] = [
-    (
-        "count(*) FROM annotations",
-        "SELECT count(*) FROM annotations",
-        "SELECT count(*) FROM annotations",
-    ),
+    ("count(*) FROM annotations", COUNT, COUNT),
     (
         "counts_and_sizes_by_name",
         include_str!("../../../queries/counts_and_sizes_by_name.sql"),
@@ -41,6 +38,29 @@ const QUERIES: [(&str, &str, &str); 3] = [
         "SELECT bucket, object_key, object_version_id, json_extract_string(text_value, '$.reviewer') AS reviewer FROM annotations WHERE name = 'review' AND json_extract_string(text_value, '$.status') = 'approved' ORDER BY bucket, object_key",
     ),
 ];
+
+const COUNT: &str = "SELECT count(*) FROM annotations";
+
+/// One row that pins down each query's answer (untimed, run once per engine and formulation
+/// before timing, and compared digit for digit): a wrong join order or a mis-pushed filter
+/// changes which rows come back long before it changes how many.
+fn fingerprint(label: &str, query: &str) -> String {
+    if label == QUERIES[0].0 {
+        return "SELECT count(*), count(object_key), count(object_version_id), count(DISTINCT object_key), \
+                count(DISTINCT name), sum(size), sum(length(text_value)), sum(length(e_tag)), \
+                min(sequence_number), max(sequence_number) FROM annotations"
+            .into();
+    }
+    if label == QUERIES[1].0 {
+        return format!(
+            "SELECT count(*), sum(annotations), sum(total_bytes), max(largest_bytes) FROM ({query}\n) q"
+        );
+    }
+    format!(
+        "SELECT count(*), count(object_key), count(DISTINCT object_key), count(object_version_id), \
+         count(reviewer), sum(length(reviewer)) FROM ({query}\n) q"
+    )
+}
 
 const DUCKDB: &str = r#"
 import json, sys, time, duckdb
@@ -73,7 +93,7 @@ start = time.perf_counter()
 rows = con.execute(query).fetchall()
 elapsed = time.perf_counter() - start
 peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
-print(json.dumps({"seconds": elapsed, "rows": len(rows), "first": str(rows[0]) if rows else None, "peak_mib": peak}))
+print(json.dumps({"seconds": elapsed, "rows": len(rows), "first": ", ".join(str(v) for v in rows[0]) if rows else None, "peak_mib": peak}))
 "#;
 
 const FORMULATIONS: [&str; 3] = ["portable view (same SQL)", "row_number() window", "arg_max"];
@@ -135,6 +155,15 @@ async fn child(dir: &Path, sql: &str) -> Result<()> {
     )
     .await?;
     let session = QuerySession::new(catalog, "bench", "s3_metadata", "annotation_journal").await?;
+    // For trying DataFusion settings: ANNOTABLE_BENCH_SET='datafusion.x.y=v;datafusion.z=w'.
+    if let Ok(settings) = std::env::var("ANNOTABLE_BENCH_SET") {
+        let state = session.context().state_ref();
+        let mut state = state.write();
+        for setting in settings.split(';').filter(|s| !s.is_empty()) {
+            let (key, value) = setting.split_once('=').ok_or("ANNOTABLE_BENCH_SET: key=value")?;
+            state.config_mut().options_mut().set(key.trim(), value.trim())?;
+        }
+    }
     let start = Instant::now();
     let result = session.query(sql).await?;
     let seconds = secs(start);
@@ -145,11 +174,14 @@ async fn child(dir: &Path, sql: &str) -> Result<()> {
             arrow::util::pretty::pretty_format_batches(&result.batches)?
         );
     }
-    let first = result
-        .batches
-        .iter()
-        .find(|b| b.num_rows() > 0)
-        .and_then(|b| arrow::util::display::array_value_to_string(b.column(0), 0).ok());
+    // The first row, every column (the count, or a fingerprint's figures).
+    let first = result.batches.iter().find(|b| b.num_rows() > 0).map(|b| {
+        b.columns()
+            .iter()
+            .map(|c| arrow::util::display::array_value_to_string(c, 0).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
     println!(
         "{}",
         serde_json::json!({"seconds": seconds, "rows": result.num_rows(), "first": first, "peak_mib": peak_rss_mib()})
@@ -210,21 +242,43 @@ async fn main() -> Result<()> {
         "\n{:<30} {:<34} {:>9} {:>10} {:>8}",
         "query", "engine", "seconds", "peak MiB", "rows"
     );
+    let ours_cmd = |sql: &str| {
+        let mut cmd = Command::new(&me);
+        cmd.arg("--bench")
+            .arg("--child")
+            .arg(sql)
+            .env("ANNOTABLE_BENCH_DIR", &dir);
+        cmd
+    };
+    let duckdb_cmd = |formulation: &str, sql: &str| {
+        let mut cmd = Command::new(&python);
+        cmd.args(["-c", DUCKDB])
+            .arg(&files)
+            .arg(formulation)
+            .arg(view_sql)
+            .arg(sql);
+        cmd
+    };
     for (label, ours, theirs) in QUERIES {
+        // Same answer first: annotable against every DuckDB formulation.
+        let (_, v) = run_json(&mut ours_cmd(&fingerprint(label, ours)))?;
+        let answer = digits(&v["first"]);
+        for formulation in FORMULATIONS {
+            let (_, d) = run_json(&mut duckdb_cmd(formulation, &fingerprint(label, theirs)))?;
+            if digits(&d["first"]) != answer {
+                return Err(format!(
+                    "{label}: annotable answers {} but DuckDB ({formulation}) answers {}",
+                    v["first"], d["first"]
+                )
+                .into());
+            }
+        }
         let mut runs = Vec::new();
         let mut rows = serde_json::Value::Null;
-        let mut answer = String::new();
         for _ in 0..RUNS {
-            let (run, v) = run_json(
-                Command::new(&me)
-                    .arg("--bench")
-                    .arg("--child")
-                    .arg(ours)
-                    .env("ANNOTABLE_BENCH_DIR", &dir),
-            )?;
+            let (run, v) = run_json(&mut ours_cmd(ours))?;
             runs.push(run);
             rows = v["rows"].clone();
-            answer = digits(&v["first"]);
         }
         let ours_run = median(runs);
         println!(
@@ -236,22 +290,8 @@ async fn main() -> Result<()> {
             let mut runs = Vec::new();
             let mut rows = serde_json::Value::Null;
             for _ in 0..RUNS {
-                let (run, v) = run_json(
-                    Command::new(&python)
-                        .args(["-c", DUCKDB])
-                        .arg(&files)
-                        .arg(formulation)
-                        .arg(view_sql)
-                        .arg(theirs),
-                )?;
+                let (run, v) = run_json(&mut duckdb_cmd(formulation, theirs))?;
                 runs.push(run);
-                if label == QUERIES[0].0 && digits(&v["first"]) != answer {
-                    return Err(format!(
-                        "DuckDB ({formulation}) counts {} annotations, annotable {answer}",
-                        v["first"]
-                    )
-                    .into());
-                }
                 rows = v["rows"].clone();
             }
             let run = median(runs);
