@@ -160,8 +160,13 @@ async fn child(dir: &Path, sql: &str) -> Result<()> {
         let state = session.context().state_ref();
         let mut state = state.write();
         for setting in settings.split(';').filter(|s| !s.is_empty()) {
-            let (key, value) = setting.split_once('=').ok_or("ANNOTABLE_BENCH_SET: key=value")?;
-            state.config_mut().options_mut().set(key.trim(), value.trim())?;
+            let (key, value) = setting
+                .split_once('=')
+                .ok_or("ANNOTABLE_BENCH_SET: key=value")?;
+            state
+                .config_mut()
+                .options_mut()
+                .set(key.trim(), value.trim())?;
         }
     }
     let start = Instant::now();
