@@ -24,43 +24,33 @@ type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>
 
 const RUNS: usize = 3;
 
-/// `(label, annotable SQL, DuckDB SQL over the view `annotations`)`.
-const QUERIES: [(&str, &str, &str); 3] = [
-    ("count(*) FROM annotations", COUNT, COUNT),
+/// `(label, annotable SQL, DuckDB SQL over the view `annotations`, check)`. The check is one
+/// row that pins down the query's answer, `{q}` standing for the query: it runs untimed, once
+/// per engine and formulation, and must agree digit for digit (a wrong join order or a
+/// mis-pushed filter changes which rows come back long before it changes how many).
+const QUERIES: [(&str, &str, &str, &str); 3] = [
+    (
+        "count(*) FROM annotations",
+        "SELECT count(*) FROM annotations",
+        "SELECT count(*) FROM annotations",
+        "SELECT count(*), count(object_key), count(object_version_id), count(DISTINCT object_key), \
+         count(DISTINCT name), sum(size), sum(length(text_value)), sum(length(e_tag)), \
+         min(sequence_number), max(sequence_number) FROM annotations",
+    ),
     (
         "counts_and_sizes_by_name",
         include_str!("../../../queries/counts_and_sizes_by_name.sql"),
         include_str!("../../../queries/counts_and_sizes_by_name.sql"),
+        "SELECT count(*), sum(annotations), sum(total_bytes), max(largest_bytes) FROM ({q}\n) q",
     ),
     (
         "objects_by_annotation_value",
         include_str!("../../../queries/objects_by_annotation_value.sql"),
         "SELECT bucket, object_key, object_version_id, json_extract_string(text_value, '$.reviewer') AS reviewer FROM annotations WHERE name = 'review' AND json_extract_string(text_value, '$.status') = 'approved' ORDER BY bucket, object_key",
+        "SELECT count(*), count(object_key), count(DISTINCT object_key), count(object_version_id), \
+         count(reviewer), sum(length(reviewer)) FROM ({q}\n) q",
     ),
 ];
-
-const COUNT: &str = "SELECT count(*) FROM annotations";
-
-/// One row that pins down each query's answer (untimed, run once per engine and formulation
-/// before timing, and compared digit for digit): a wrong join order or a mis-pushed filter
-/// changes which rows come back long before it changes how many.
-fn fingerprint(label: &str, query: &str) -> String {
-    if label == QUERIES[0].0 {
-        return "SELECT count(*), count(object_key), count(object_version_id), count(DISTINCT object_key), \
-                count(DISTINCT name), sum(size), sum(length(text_value)), sum(length(e_tag)), \
-                min(sequence_number), max(sequence_number) FROM annotations"
-            .into();
-    }
-    if label == QUERIES[1].0 {
-        return format!(
-            "SELECT count(*), sum(annotations), sum(total_bytes), max(largest_bytes) FROM ({query}\n) q"
-        );
-    }
-    format!(
-        "SELECT count(*), count(object_key), count(DISTINCT object_key), count(object_version_id), \
-         count(reviewer), sum(length(reviewer)) FROM ({query}\n) q"
-    )
-}
 
 const DUCKDB: &str = r#"
 import json, sys, time, duckdb
@@ -179,7 +169,7 @@ async fn child(dir: &Path, sql: &str) -> Result<()> {
             arrow::util::pretty::pretty_format_batches(&result.batches)?
         );
     }
-    // The first row, every column (the count, or a fingerprint's figures).
+    // The first row, every column (the count, or a check's figures).
     let first = result.batches.iter().find(|b| b.num_rows() > 0).map(|b| {
         b.columns()
             .iter()
@@ -264,12 +254,12 @@ async fn main() -> Result<()> {
             .arg(sql);
         cmd
     };
-    for (label, ours, theirs) in QUERIES {
+    for (label, ours, theirs, check) in QUERIES {
         // Same answer first: annotable against every DuckDB formulation.
-        let (_, v) = run_json(&mut ours_cmd(&fingerprint(label, ours)))?;
+        let (_, v) = run_json(&mut ours_cmd(&check.replace("{q}", ours)))?;
         let answer = digits(&v["first"]);
         for formulation in FORMULATIONS {
-            let (_, d) = run_json(&mut duckdb_cmd(formulation, &fingerprint(label, theirs)))?;
+            let (_, d) = run_json(&mut duckdb_cmd(formulation, &check.replace("{q}", theirs)))?;
             if digits(&d["first"]) != answer {
                 return Err(format!(
                     "{label}: annotable answers {} but DuckDB ({formulation}) answers {}",

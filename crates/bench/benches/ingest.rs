@@ -7,8 +7,8 @@
 //!       partition spec, in 100k-row appends.
 //!
 //! `cargo bench -p annotable-bench --bench ingest` (ANNOTABLE_BENCH_ROWS to change 1,000,000;
-//! ANNOTABLE_BENCH_ONLY=annotable runs only annotable at 100k-row commits, for profiling).
 //! annotable and pyiceberg run in fresh processes, alternating, 3 times each; medians reported.
+//! For profiling one annotable run: `<bench binary> --bench --child 100000`.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -54,6 +54,19 @@ for offset in range(0, rows.num_rows, chunk):
 elapsed = time.perf_counter() - start
 print(json.dumps({"rows": rows.num_rows, "seconds": elapsed}))
 "#;
+
+/// Runs a child (annotable's `--child` or the pyiceberg script) and parses the JSON line it
+/// prints last (annotable's child prints its phase times before it).
+fn child_json(cmd: &mut Command, what: &str) -> Result<serde_json::Value> {
+    let out = cmd.output()?;
+    if !out.status.success() {
+        return Err(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Ok(serde_json::from_str(
+        stdout.lines().last().unwrap_or_default(),
+    )?)
+}
 
 fn props() -> WriterProperties {
     WriterProperties::builder()
@@ -193,12 +206,6 @@ async fn main() -> Result<()> {
         n as f64 / secs(start),
     ));
 
-    // annotable
-    if std::env::var("ANNOTABLE_BENCH_ONLY").is_ok_and(|v| v == "annotable") {
-        let (seconds, _, _) = annotable_ingest(&rows, 100_000).await?;
-        println!("annotable only: {:.0} rows/s", n as f64 / seconds);
-        return Ok(());
-    }
     drop(rows);
     // pyiceberg's input: the same rows as one Parquet file.
     let input = dir.path().join("input.parquet");
@@ -220,21 +227,12 @@ async fn main() -> Result<()> {
     };
     for round in 0..RUNS {
         for commit_rows in [10_000, 100_000] {
-            let out = Command::new(&me)
-                .args(["--bench", "--child", &commit_rows.to_string()])
-                .env("ANNOTABLE_BENCH_ROWS", n.to_string())
-                .output()?;
-            if !out.status.success() {
-                return Err(format!(
-                    "annotable child failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-                .into());
-            }
-            // The child prints its phase times, then one JSON line.
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let v: serde_json::Value =
-                serde_json::from_str(stdout.lines().last().unwrap_or_default())?;
+            let v = child_json(
+                Command::new(&me)
+                    .args(["--bench", "--child", &commit_rows.to_string()])
+                    .env("ANNOTABLE_BENCH_ROWS", n.to_string()),
+                "annotable child",
+            )?;
             record(
                 format!(
                     "annotable append, {commit_rows}-row commits ({} commits, {} files)",
@@ -246,20 +244,14 @@ async fn main() -> Result<()> {
         if let Ok(python) = &python {
             let py_root = dir.path().join(format!("pyiceberg-{round}"));
             std::fs::create_dir_all(&py_root)?;
-            let out = Command::new(python)
-                .args(["-c", PYICEBERG])
-                .arg(&input)
-                .arg(&py_root)
-                .arg("100000")
-                .output()?;
-            if !out.status.success() {
-                return Err(format!(
-                    "pyiceberg baseline failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                )
-                .into());
-            }
-            let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            let v = child_json(
+                Command::new(python)
+                    .args(["-c", PYICEBERG])
+                    .arg(&input)
+                    .arg(&py_root)
+                    .arg("100000"),
+                "pyiceberg baseline",
+            )?;
             record(
                 "pyiceberg 0.12 append, 100000-row appends".to_string(),
                 v["rows"].as_f64().unwrap_or(0.0) / v["seconds"].as_f64().unwrap_or(f64::NAN),
