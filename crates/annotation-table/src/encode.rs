@@ -1,5 +1,6 @@
 //! [`JournalRow`]s → Arrow [`RecordBatch`] in the table's schema and sort order.
 
+use std::borrow::Borrow;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, StringBuilder, TimestampMicrosecondArray, UInt32Array};
@@ -13,9 +14,12 @@ use iceberg::spec::{NullOrder, SortDirection, TableMetadata, Transform};
 
 use crate::JournalRow;
 
-/// Encodes rows into a batch of `schema` (the table's Arrow schema, with Iceberg field ids),
-/// columns matched by name, in the order given.
-pub fn encode_rows(schema: &SchemaRef, rows: &[JournalRow]) -> Result<RecordBatch, ArrowError> {
+/// Encodes rows (owned, or references to rows held elsewhere) into a batch of `schema` (the
+/// table's Arrow schema, with Iceberg field ids), columns matched by name, in the order given.
+pub fn encode_rows<R: Borrow<JournalRow>>(
+    schema: &SchemaRef,
+    rows: &[R],
+) -> Result<RecordBatch, ArrowError> {
     let columns = schema
         .fields()
         .iter()
@@ -26,9 +30,9 @@ pub fn encode_rows(schema: &SchemaRef, rows: &[JournalRow]) -> Result<RecordBatc
 
 /// [`encode_rows`] in the order of `keys` ([`sort_keys`] of the table): encoded in arrival
 /// order (rows are read front to back), then sorted with [`sort_batch`].
-pub fn encode_sorted(
+pub fn encode_sorted<R: Borrow<JournalRow>>(
     schema: &SchemaRef,
-    rows: &[JournalRow],
+    rows: &[R],
     keys: &[(usize, SortOptions)],
 ) -> Result<RecordBatch, ArrowError> {
     sort_batch(&encode_rows(schema, rows)?, keys)
@@ -87,11 +91,14 @@ pub(crate) fn sort_batch(
 }
 
 /// A string column, its buffers sized up front (one allocation each, no regrowth).
-fn strings<'a>(rows: &'a [JournalRow], f: impl Fn(&'a JournalRow) -> Option<&'a str>) -> ArrayRef {
-    let bytes = rows.iter().map(|r| f(r).map_or(0, str::len)).sum();
+fn strings<'a, R: Borrow<JournalRow>>(
+    rows: &'a [R],
+    f: impl Fn(&'a JournalRow) -> Option<&'a str>,
+) -> ArrayRef {
+    let bytes = rows.iter().map(|r| f(r.borrow()).map_or(0, str::len)).sum();
     let mut builder = StringBuilder::with_capacity(rows.len(), bytes);
     for row in rows {
-        builder.append_option(f(row));
+        builder.append_option(f(row.borrow()));
     }
     Arc::new(builder.finish())
 }
@@ -100,11 +107,11 @@ fn micros_utc(t: &DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn column(name: &str, rows: &[JournalRow]) -> Result<ArrayRef, ArrowError> {
+fn column<R: Borrow<JournalRow>>(name: &str, rows: &[R]) -> Result<ArrayRef, ArrowError> {
     let utc = |f: fn(&JournalRow) -> Option<i64>| -> ArrayRef {
         Arc::new(
             rows.iter()
-                .map(f)
+                .map(|r| f(r.borrow()))
                 .collect::<TimestampMicrosecondArray>()
                 .with_timezone("+00:00"),
         )
@@ -119,10 +126,14 @@ fn column(name: &str, rows: &[JournalRow]) -> Result<ArrayRef, ArrowError> {
         "sequence_number" => strings(rows, |r| Some(&r.sequence_number)),
         "last_modified_date" => Arc::new(
             rows.iter()
-                .map(|r| r.last_modified_date.map(|t| t.and_utc().timestamp_micros()))
+                .map(|r| {
+                    r.borrow()
+                        .last_modified_date
+                        .map(|t| t.and_utc().timestamp_micros())
+                })
                 .collect::<TimestampMicrosecondArray>(),
         ),
-        "size" => Arc::new(rows.iter().map(|r| r.size).collect::<Int64Array>()),
+        "size" => Arc::new(rows.iter().map(|r| r.borrow().size).collect::<Int64Array>()),
         "e_tag" => strings(rows, |r| r.e_tag.as_deref()),
         "checksum_algorithm" => strings(rows, |r| r.checksum_algorithm.as_deref()),
         "replication_status" => strings(rows, |r| r.replication_status.as_deref()),

@@ -237,6 +237,65 @@ async fn every_column_round_trips_through_parquet() {
     );
 }
 
+/// A batch of one partition large enough to be cut into several files (one per core): every
+/// file is sorted by the table's sort order (bucket, object_key, name; nulls first), and every
+/// row is read back exactly once.
+#[tokio::test]
+async fn a_large_batch_is_written_as_sorted_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = JournalTable::open(sqlite(dir.path()).await, "s3_metadata", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // One (bucket, day) partition, object keys arriving in descending order.
+    let n = 60_000;
+    let rows: Vec<JournalRow> = (0..n)
+        .map(|i| {
+            let mut r = row(n - i);
+            r.bucket = "bucket-a".into();
+            r.ingested_at = Utc.timestamp_opt(1_763_725_000, 0).unwrap();
+            r
+        })
+        .collect();
+    let report = journal
+        .append(Batch::new(Source::Notification, rows.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let per_file = (n / cores).max(25_000);
+    assert_eq!(
+        report.data_files,
+        n.div_ceil(per_file),
+        "one file per core, of 25k rows at least"
+    );
+
+    let files: Vec<_> = walk(dir.path())
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert_eq!(files.len(), report.data_files);
+    for file in &files {
+        let batches: Vec<RecordBatch> =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(
+                std::fs::File::open(file).unwrap(),
+                8192,
+            )
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let keys: Vec<(String, String, Option<String>)> = decode(&batches)
+            .into_iter()
+            .map(|r| (r.bucket, r.object_key, r.name))
+            .collect();
+        assert!(
+            keys.is_sorted(),
+            "{} is not sorted by bucket, object_key, name",
+            file.display()
+        );
+    }
+    let table = journal.load().await.unwrap();
+    assert_eq!(sorted(decode(&read_all(&table).await)), sorted(rows));
+}
+
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
