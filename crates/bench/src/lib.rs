@@ -46,6 +46,16 @@ const NAMES: [&str; 8] = [
 ];
 const STATUSES: [&str; 4] = ["approved", "pending", "rejected", "needs-changes"];
 
+/// How many buckets the rows are spread over: 4, or `ANNOTABLE_BENCH_BUCKETS` (1 shows how an
+/// append of one partition, a single-bucket deployment's every batch, uses the cores).
+pub fn buckets() -> u64 {
+    std::env::var("ANNOTABLE_BENCH_BUCKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&b| b > 0)
+        .unwrap_or(4)
+}
+
 /// `n` journal rows over `n / 5` objects (so each annotation has a history), in sequence order.
 pub fn realistic_rows(n: usize, seed: u64) -> Vec<JournalRow> {
     realistic_rows_range(0..n, n, seed)
@@ -56,12 +66,13 @@ pub fn realistic_rows(n: usize, seed: u64) -> Vec<JournalRow> {
 pub fn realistic_rows_range(range: std::ops::Range<usize>, n: usize, seed: u64) -> Vec<JournalRow> {
     let objects = (n / 5).max(1) as u64;
     let start: DateTime<Utc> = Utc::now() - Duration::hours(2);
+    let buckets = buckets();
     range
         .map(|i| {
             let mut rng = Rng::new(seed ^ (i as u64).wrapping_mul(0xd6e8_feb8_6659_fd93));
             rng.below(2);
             let object = rng.below(objects);
-            let bucket = format!("media-archive-{}", object % 4);
+            let bucket = format!("media-archive-{}", object % buckets);
             // ~70-byte keys: a tenant, a date path, a file name
             let key = format!(
                 "tenant-{:04}/uploads/2026/{:02}/{:02}/images/IMG_{:012}_original.jpeg",
