@@ -119,7 +119,7 @@ pub(crate) async fn rewrite(
     }
     let target = usize::try_from(target).unwrap_or(usize::MAX);
     let (builder, splitter) = file_writer(table, prefix, Some(target))?;
-    write_partitioned(&builder, splitter.split(&sorted)?, usize::MAX)
+    write_partitioned(&builder, splitter.split(&sorted)?)
         .await
         .map_err(|e| match e {
             WriteFailure::Write(e) => e,
