@@ -72,6 +72,21 @@ async fn sqlite(dir: &std::path::Path) -> Arc<dyn Catalog> {
     .unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The journal table in the SQLite catalog under `dir` (created on first open).
+async fn journal(dir: &std::path::Path) -> JournalTable {
+    JournalTable::open(sqlite(dir).await, "s3_metadata", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Every Parquet file under `dir`.
+fn parquet_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    walk(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect()
+}
+
 async fn read_all(table: &Table) -> Vec<RecordBatch> {
     table
         .scan()
@@ -176,9 +191,7 @@ fn sorted(mut rows: Vec<JournalRow>) -> Vec<JournalRow> {
 #[tokio::test]
 async fn every_column_round_trips_through_parquet() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = JournalTable::open(sqlite(dir.path()).await, "s3_metadata", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let journal = journal(dir.path()).await;
     let mut rows: Vec<JournalRow> = (0..200).map(row).collect();
     // A 1 MiB payload (the S3 maximum), with multi-byte characters.
     rows[2].text_value = Some("é".repeat(512 * 1024));
@@ -220,10 +233,7 @@ async fn every_column_round_trips_through_parquet() {
     );
 
     // The files are real zstd Parquet under the local warehouse.
-    let parquet_files: Vec<_> = walk(dir.path())
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect();
+    let parquet_files = parquet_files(dir.path());
     assert_eq!(parquet_files.len(), 4);
     let reader = parquet::file::reader::SerializedFileReader::new(
         std::fs::File::open(&parquet_files[0]).unwrap(),
@@ -243,9 +253,7 @@ async fn every_column_round_trips_through_parquet() {
 #[tokio::test]
 async fn a_large_batch_is_written_as_sorted_files() {
     let dir = tempfile::tempdir().unwrap();
-    let journal = JournalTable::open(sqlite(dir.path()).await, "s3_metadata", None)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    let journal = journal(dir.path()).await;
     // One (bucket, day) partition, object keys arriving in descending order.
     let n = 60_000;
     let rows: Vec<JournalRow> = (0..n)
@@ -268,10 +276,7 @@ async fn a_large_batch_is_written_as_sorted_files() {
         "one file per core, of 25k rows at least"
     );
 
-    let files: Vec<_> = walk(dir.path())
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect();
+    let files = parquet_files(dir.path());
     assert_eq!(files.len(), report.data_files);
     for file in &files {
         let batches: Vec<RecordBatch> =
@@ -312,16 +317,12 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test]
 async fn reopening_finds_the_same_table_and_an_empty_batch_commits_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let first = JournalTable::open(sqlite(dir.path()).await, "s3_metadata", None)
-        .await
-        .unwrap();
+    let first = journal(dir.path()).await;
     first
         .append(Batch::new(Source::Backfill, vec![row(1)]))
         .await
         .unwrap();
-    let again = JournalTable::open(sqlite(dir.path()).await, "s3_metadata", None)
-        .await
-        .unwrap();
+    let again = journal(dir.path()).await;
     let report = again
         .append(Batch::new(Source::Backfill, vec![]))
         .await
