@@ -84,6 +84,9 @@ def rows(scan):
     for r in scan.to_arrow().to_pylist():
         for k in ("last_modified_date", "event_time", "ingested_at"):
             r[k] = micros(r[k])
+        # decimal(38, 0) identities, as decimal strings (JSON numbers would lose digits)
+        for k in ("annotation_hash", "object_version_hash"):
+            r[k] = None if r[k] is None else str(r[k])
         out.append(r)
     return out
 print(json.dumps({
@@ -135,6 +138,8 @@ pub fn as_pyiceberg_rows(rows: &[JournalRow]) -> BTreeSet<String> {
                 "source": r.source.as_str(), "requester": r.requester,
                 "source_ip_address": r.source_ip_address, "request_id": r.request_id,
                 "ingested_at": r.ingested_at.timestamp_micros(),
+                "annotation_hash": r.annotation_hash().map(|h| h.to_string()),
+                "object_version_hash": r.object_version_hash().to_string(),
             })
             .to_string()
         })

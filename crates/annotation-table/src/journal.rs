@@ -491,6 +491,8 @@ fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> 
         "object_join_key",
         "request_id",
         "e_tag",
+        "annotation_hash",
+        "object_version_hash",
     ] {
         builder = builder.set_column_dictionary_enabled(ColumnPath::from(column), false);
     }

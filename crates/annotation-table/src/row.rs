@@ -68,3 +68,17 @@ pub struct JournalRow {
     pub request_id: Option<String>,
     pub ingested_at: DateTime<Utc>,
 }
+
+impl JournalRow {
+    /// The row's `annotation_hash` column: the identity of (bucket, object_key,
+    /// object_version_id, name) as written to the table; `None` on object-level rows.
+    pub fn annotation_hash(&self) -> Option<i128> {
+        crate::encode::annotation_hash(&mut Default::default(), self)
+    }
+
+    /// The row's `object_version_hash` column: the identity of (bucket, object_key,
+    /// object_version_id) as written to the table.
+    pub fn object_version_hash(&self) -> i128 {
+        crate::encode::object_version_hash(&mut Default::default(), self)
+    }
+}

@@ -139,7 +139,9 @@ mod tests {
                 "requester",
                 "source_ip_address",
                 "request_id",
-                "ingested_at"
+                "ingested_at",
+                "annotation_hash",
+                "object_version_hash"
             ]
         );
         assert_eq!(spec.format_version, FormatVersion::V2);

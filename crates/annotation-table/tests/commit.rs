@@ -12,7 +12,7 @@ use annotation_table::{
     StorageConfig, TableError, connect,
 };
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+use arrow::datatypes::{Decimal128Type, Int64Type, TimestampMicrosecondType};
 use chrono::{DateTime, TimeZone, Utc};
 use futures::TryStreamExt;
 use iceberg::table::Table;
@@ -138,6 +138,14 @@ fn decode(batches: &[RecordBatch]) -> Vec<JournalRow> {
             s("request_id"),
         );
         let (lm, et, ing) = (t("last_modified_date"), t("event_time"), t("ingested_at"));
+        let hash = |name: &str| {
+            b.column_by_name(name)
+                .unwrap()
+                .as_primitive::<Decimal128Type>()
+                .clone()
+        };
+        let (annotation_hash, object_version_hash) =
+            (hash("annotation_hash"), hash("object_version_hash"));
         let size = b
             .column_by_name("size")
             .unwrap()
@@ -147,7 +155,7 @@ fn decode(batches: &[RecordBatch]) -> Vec<JournalRow> {
             |a: &arrow::array::StringArray, i: usize| a.is_valid(i).then(|| a.value(i).to_string());
         let utc = |micros: i64| DateTime::<Utc>::from_timestamp_micros(micros).unwrap();
         for i in 0..b.num_rows() {
-            out.push(JournalRow {
+            let row = JournalRow {
                 bucket: bucket.value(i).into(),
                 object_key: key.value(i).into(),
                 object_version_id: opt(&ver, i),
@@ -177,7 +185,22 @@ fn decode(batches: &[RecordBatch]) -> Vec<JournalRow> {
                 source_ip_address: opt(&ip, i),
                 request_id: opt(&rid, i),
                 ingested_at: utc(ing.value(i)),
-            });
+            };
+            // The identity columns are derived from the row, so they round-trip as the
+            // row's own hashes.
+            assert_eq!(
+                annotation_hash
+                    .is_valid(i)
+                    .then(|| annotation_hash.value(i)),
+                row.annotation_hash(),
+                "annotation_hash of {row:?}"
+            );
+            assert_eq!(
+                object_version_hash.value(i),
+                row.object_version_hash(),
+                "object_version_hash of {row:?}"
+            );
+            out.push(row);
         }
     }
     out
