@@ -76,6 +76,14 @@ pub(crate) fn sort_batch(
     batch: &RecordBatch,
     keys: &[(usize, SortOptions)],
 ) -> Result<RecordBatch, ArrowError> {
+    // A key that is the same on every row orders nothing: the bucket, in every batch of one
+    // partition (all appends and compactions are cut by partition). Leaving it out makes the
+    // row format shorter and every comparison start at the object key.
+    let keys: Vec<(usize, SortOptions)> = keys
+        .iter()
+        .copied()
+        .filter(|(i, _)| !is_constant(batch.column(*i)))
+        .collect();
     if keys.is_empty() || batch.num_rows() < 2 {
         return Ok(batch.clone());
     }
@@ -92,6 +100,15 @@ pub(crate) fn sort_batch(
     let mut order: Vec<u32> = (0..n).collect();
     order.sort_unstable_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
     take_record_batch(batch, &UInt32Array::from(order))
+}
+
+/// Whether every value of `column` equals the first (nulls equal to nulls).
+fn is_constant(column: &ArrayRef) -> bool {
+    if column.len() < 2 {
+        return true;
+    }
+    let first = Scalar::new(column.slice(0, 1));
+    not_distinct(column, &first).is_ok_and(|same| same.true_count() == column.len())
 }
 
 /// A string column, its buffers sized up front (one allocation each, no regrowth).
@@ -217,6 +234,18 @@ fn column<R: Borrow<JournalRow>>(name: &str, rows: &[R]) -> Result<ArrayRef, Arr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow::array::StringArray;
+
+    #[test]
+    fn constant_columns_are_found_nulls_included() {
+        let c = |v: Vec<Option<&str>>| -> ArrayRef { Arc::new(StringArray::from(v)) };
+        assert!(is_constant(&c(vec![Some("b"), Some("b"), Some("b")])));
+        assert!(is_constant(&c(vec![None, None])));
+        assert!(is_constant(&c(vec![Some("b")])));
+        assert!(!is_constant(&c(vec![Some("b"), Some("b"), Some("c")])));
+        assert!(!is_constant(&c(vec![Some("b"), None])));
+        assert!(!is_constant(&c(vec![None, Some("b")])));
+    }
 
     const MAX: i128 = 10i128.pow(38) - 1;
 
