@@ -3,9 +3,9 @@
 use std::borrow::Borrow;
 use std::sync::Arc;
 
-use arrow::array::Scalar;
 use arrow::array::{
-    ArrayRef, Decimal128Array, Int64Array, StringBuilder, TimestampMicrosecondArray, UInt32Array,
+    ArrayRef, Decimal128Array, Int64Array, Scalar, StringBuilder, TimestampMicrosecondArray,
+    UInt32Array,
 };
 use arrow::compute::kernels::cmp::not_distinct;
 use arrow::compute::{SortOptions, take_record_batch};

@@ -498,8 +498,8 @@ fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> 
     }
     // Payloads are up to 1 MiB: chunk-level min/max suffices (nobody prunes on them) and page
     // statistics would compare every value.
-    // So are the identity hashes (random 126-bit numbers: a page's min/max prunes nothing),
-    // which Parquet stores as 16-byte fixed-length arrays compared byte by byte.
+    // The identity hashes are random 126-bit numbers: a page's min/max of them prunes
+    // nothing, so only the chunk's is kept (for Iceberg's column metrics).
     for column in ["text_value", "annotation_hash", "object_version_hash"] {
         builder = builder
             .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::Chunk);
