@@ -14,7 +14,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use annotable_bench::{py_tools_python, realistic_rows, secs};
+use annotable_bench::{process_cpu_secs, py_tools_python, realistic_rows, secs};
 use annotation_table::{
     Batch, CatalogConfig, JournalRow, JournalTable, Source, StorageConfig, connect, encode_rows,
     encode_sorted, journal_spec,
@@ -87,6 +87,50 @@ fn arrow_writer(batches: &[RecordBatch], path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+#[derive(Clone, Copy)]
+enum HashColumns {
+    Dropped,
+    Int64Pairs,
+}
+
+/// `batch` with its decimal(38, 0) identity columns left out or split into int64 halves.
+fn hash_columns(batch: &RecordBatch, variant: HashColumns) -> Result<RecordBatch> {
+    use arrow::array::{Array, ArrayRef, AsArray, Int64Array};
+    use arrow::datatypes::{DataType, Decimal128Type, Field, Schema};
+    let mut fields = Vec::new();
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if !matches!(field.data_type(), DataType::Decimal128(..)) {
+            fields.push(field.as_ref().clone());
+            columns.push(column.clone());
+            continue;
+        }
+        if let HashColumns::Int64Pairs = variant {
+            let values = column.as_primitive::<Decimal128Type>();
+            let half = |shift: u32| -> ArrayRef {
+                Arc::new(
+                    values
+                        .iter()
+                        .map(|v| v.map(|v| (v >> shift) as i64))
+                        .collect::<Int64Array>(),
+                )
+            };
+            for (suffix, shift) in [("hi", 64), ("lo", 0)] {
+                fields.push(Field::new(
+                    format!("{}_{suffix}", field.name()),
+                    DataType::Int64,
+                    values.is_nullable(),
+                ));
+                columns.push(half(shift));
+            }
+        }
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
+}
+
 async fn annotable_ingest(rows: &[JournalRow], commit_rows: usize) -> Result<(f64, usize, usize)> {
     let dir = tempfile::tempdir()?;
     let catalog = connect(
@@ -101,6 +145,7 @@ async fn annotable_ingest(rows: &[JournalRow], commit_rows: usize) -> Result<(f6
         .map(<[JournalRow]>::to_vec)
         .collect();
     let start = Instant::now();
+    let cpu = process_cpu_secs();
     let (mut commits, mut files) = (0, 0);
     let (mut encode, mut write, mut commit) = (0.0, 0.0, 0.0);
     for chunk in batches {
@@ -113,10 +158,14 @@ async fn annotable_ingest(rows: &[JournalRow], commit_rows: usize) -> Result<(f6
         write += report.write_time.as_secs_f64();
         commit += report.commit_time.as_secs_f64();
     }
+    let elapsed = secs(start);
+    let (user, system) = process_cpu_secs();
     println!(
-        "  {commit_rows}-row commits: sort+encode {encode:.2} s, write {write:.2} s, commit {commit:.2} s"
+        "  {commit_rows}-row commits: sort+encode {encode:.2} s, write {write:.2} s, commit {commit:.2} s; CPU user {:.2} s, system {:.2} s",
+        user - cpu.0,
+        system - cpu.1
     );
-    Ok((secs(start), commits, files))
+    Ok((elapsed, commits, files))
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -205,6 +254,26 @@ async fn main() -> Result<()> {
         "ArrowWriter zstd(3), 2 writers".to_string(),
         n as f64 / secs(start),
     ));
+    // What the identity columns cost the writer, in the schema's representation and in the
+    // alternatives: without them, and each as two int64 halves.
+    for (what, variant) in [
+        (
+            "ArrowWriter zstd(3), 1 writer, no identity columns",
+            HashColumns::Dropped,
+        ),
+        (
+            "ArrowWriter zstd(3), 1 writer, identities as int64 pairs",
+            HashColumns::Int64Pairs,
+        ),
+    ] {
+        let variant: Vec<RecordBatch> = batches
+            .iter()
+            .map(|b| hash_columns(b, variant))
+            .collect::<Result<_>>()?;
+        let start = Instant::now();
+        arrow_writer(&variant, &dir.path().join("variant.parquet"))?;
+        report.push((what.to_string(), n as f64 / secs(start)));
+    }
 
     drop(rows);
     // pyiceberg's input: the same rows as one Parquet file.

@@ -180,3 +180,23 @@ pub fn env_usize(key: &str, default: usize) -> usize {
 pub fn secs(t: Instant) -> f64 {
     t.elapsed().as_secs_f64()
 }
+
+/// CPU seconds (user, system) this process has used so far, from `/proc/self/stat` (Linux;
+/// NaN elsewhere). CPU time is steadier than wall time on a noisy machine: it tells whether
+/// a change saved work even when the wall clock cannot.
+pub fn process_cpu_secs() -> (f64, f64) {
+    // Clock ticks per second: 100 on every Linux this runs on (USER_HZ).
+    const TICKS: f64 = 100.0;
+    let fields = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which is in parentheses and may hold spaces.
+            let rest = s.rsplit_once(')')?.1.split_whitespace().collect::<Vec<_>>();
+            // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+            Some((
+                rest.get(11)?.parse::<f64>().ok()?,
+                rest.get(12)?.parse::<f64>().ok()?,
+            ))
+        });
+    fields.map_or((f64::NAN, f64::NAN), |(u, s)| (u / TICKS, s / TICKS))
+}
