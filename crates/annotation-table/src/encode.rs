@@ -354,4 +354,44 @@ mod tests {
             30098467500958538404585518675417495127
         );
     }
+
+    /// The same pinned values through `identities`, which is what writes the columns (the
+    /// other tests compare the columns with `JournalRow`'s helpers, which call it too).
+    #[test]
+    fn rows_get_the_pinned_identities() {
+        let at = DateTime::<Utc>::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        let row = JournalRow {
+            bucket: "photos".into(),
+            object_key: "cats/tom.jpg".into(),
+            object_version_id: None,
+            object_join_key: "photos/cats/tom.jpg/null".into(),
+            name: Some("review".into()),
+            record_type: crate::RecordType::Put,
+            sequence_number: "00000000000000000001-0001".into(),
+            last_modified_date: None,
+            size: None,
+            e_tag: None,
+            checksum_algorithm: None,
+            replication_status: None,
+            text_value: Some("ok".into()),
+            event_name: None,
+            event_time: None,
+            source: crate::Source::Backfill,
+            requester: None,
+            source_ip_address: None,
+            request_id: None,
+            ingested_at: at,
+        };
+        let mut h = IdentityHasher::default();
+        // Twice over one hasher: the buffer must not carry the previous row.
+        for _ in 0..2 {
+            let ids = h.identities(&row);
+            assert_eq!(ids.annotation, Some(50709753617739396696238676461331153449));
+            assert_eq!(ids.object_version, 30098467500958538404585518675417495127);
+        }
+        let reset = JournalRow { name: None, ..row };
+        let ids = h.identities(&reset);
+        assert_eq!(ids.annotation, None);
+        assert_eq!(ids.object_version, 30098467500958538404585518675417495127);
+    }
 }
