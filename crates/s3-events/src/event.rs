@@ -53,7 +53,9 @@ pub enum EventKind {
     ObjectCreated(String),
     /// `ObjectRemoved:Delete` or `LifecycleExpiration:Delete`: a version is permanently gone.
     ObjectRemoved,
-    /// `ObjectRemoved:DeleteMarkerCreated` or `LifecycleExpiration:DeleteMarkerCreated`.
+    /// `ObjectRemoved:DeleteMarkerCreated` or `LifecycleExpiration:DeleteMarkerCreated`: the
+    /// versions below the marker keep their annotations, except a null version that a
+    /// versioning-suspended bucket replaced with the marker.
     DeleteMarkerCreated,
     /// Any other event name (as received, without the `s3:` prefix).
     Other(String),
@@ -69,13 +71,15 @@ pub enum ResetCause {
     /// An annotation event that names no annotation, or of an unknown kind: the version's
     /// annotation set must be re-read.
     AnnotationsChanged,
+    /// A delete marker was created. With versioning *suspended* the same DELETE permanently
+    /// removed the key's null version (the marker takes its place), and the event cannot say
+    /// which case it was: the null version is re-read (gone: every annotation on it is gone).
+    NullVersionReplaced,
 }
 
 /// Why an event needs no table change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IgnoreReason {
-    /// A delete marker was created: the versions below it keep their annotations.
-    DeleteMarker,
     /// The event type says nothing about annotations (tagging, restore, replication, …).
     Unrelated(String),
 }
@@ -107,11 +111,12 @@ pub struct EventContext {
     pub event_name: String,
     /// `eventVersion` as received, e.g. `2.6`.
     pub event_version: String,
-    /// `eventTime`: when S3 finished the request.
+    /// `eventTime`: when S3 finished the request (`None` when absent or unreadable).
     pub event_time: Option<DateTime<Utc>>,
     /// `awsRegion`.
     pub region: Option<String>,
-    /// `s3.object.sequencer`, when present (object events; annotation events may lack it).
+    /// `s3.object.sequencer`, when present and hexadecimal (object events; annotation events
+    /// may lack it).
     pub sequencer: Option<Sequencer>,
     /// `s3.object.size`: the object's size.
     pub object_size: Option<u64>,

@@ -16,6 +16,15 @@ pub enum Notification {
     /// One or more events, in the order of the message's `Records` (a record that names several
     /// annotations yields one event per annotation).
     Events(Vec<Event>),
+    /// Some records parsed and some did not: the events of the good ones, and why each bad one
+    /// was rejected. One bad record does not hold its siblings back; the consumer processes
+    /// the events and reports every rejected record with the message's id.
+    Partial {
+        /// The events of the records that parsed.
+        events: Vec<Event>,
+        /// One error per rejected record (each names its record index).
+        rejected: Vec<ParseError>,
+    },
 }
 
 /// The flat `s3:TestEvent` message.
@@ -67,7 +76,7 @@ fn parse_value(value: &Value, allow_envelope: bool) -> Result<Notification, Pars
         });
     };
     if let Some(records) = top.get("Records") {
-        return parse_records(records).map(Notification::Events);
+        return parse_records(records);
     }
     if top.get("Event").and_then(Value::as_str) == Some("s3:TestEvent") {
         return Ok(Notification::Test(TestEvent {
@@ -101,7 +110,9 @@ fn sns_message(top: &Map<String, Value>) -> Option<&str> {
     is_sns.then_some(message)
 }
 
-fn parse_records(records: &Value) -> Result<Vec<Event>, ParseError> {
+/// Every record on its own: a message whose records all fail is an error (the first record's),
+/// one with some good records is [`Notification::Partial`].
+fn parse_records(records: &Value) -> Result<Notification, ParseError> {
     let Value::Array(records) = records else {
         return Err(ParseError::NotS3Notification {
             detail: format!("Records is {}, expected an array", json_type(records)),
@@ -111,10 +122,19 @@ fn parse_records(records: &Value) -> Result<Vec<Event>, ParseError> {
         return Err(ParseError::EmptyRecords);
     }
     let mut events = Vec::with_capacity(records.len());
+    let mut rejected = Vec::new();
     for (index, record) in records.iter().enumerate() {
-        RecordParser { index, record }.parse_into(&mut events)?;
+        let mut record_events = Vec::new();
+        match (RecordParser { index, record }).parse_into(&mut record_events) {
+            Ok(()) => events.extend(record_events),
+            Err(e) => rejected.push(e),
+        }
     }
-    Ok(events)
+    match (events.is_empty(), rejected.is_empty()) {
+        (_, true) => Ok(Notification::Events(events)),
+        (true, false) => Err(rejected.swap_remove(0)),
+        (false, false) => Ok(Notification::Partial { events, rejected }),
+    }
 }
 
 struct RecordParser<'a> {
@@ -159,18 +179,14 @@ impl<'a> RecordParser<'a> {
             .filter(|v| !v.is_empty())
             .map(str::to_string);
 
-        let sequencer = match self.optional_str(object.get("sequencer"), "s3.object.sequencer")? {
-            None | Some("") => None,
-            Some(raw) => Some(Sequencer::parse(raw).ok_or_else(|| {
-                self.invalid("s3.object.sequencer", format!("{raw:?} is not hexadecimal"))
-            })?),
-        };
-        let event_time = match self.optional_str(record.get("eventTime"), "eventTime")? {
-            None => None,
-            Some(raw) => Some(parse_time(raw).ok_or_else(|| {
-                self.invalid("eventTime", format!("{raw:?} is not an ISO-8601 timestamp"))
-            })?),
-        };
+        // Neither field decides what is written (rows are ordered by observation), so an odd
+        // value is dropped rather than failing the record.
+        let sequencer = self
+            .lenient_str(object.get("sequencer"))
+            .and_then(|raw| Sequencer::parse(&raw));
+        let event_time = self
+            .lenient_str(record.get("eventTime"))
+            .and_then(|raw| parse_time(&raw));
         let has_object_annotation = match object.get("hasObjectAnnotation") {
             None | Some(Value::Null) => None,
             Some(Value::Bool(b)) => Some(*b),
@@ -205,7 +221,7 @@ impl<'a> RecordParser<'a> {
 
         let kind = classify(event_name);
         let annotations = self.annotations(record, s3)?;
-        let mut push = |action: Action| {
+        let mut push_for = |object: &ObjectRef, action: Action| {
             out.push(Event {
                 object: object.clone(),
                 kind: kind.clone(),
@@ -213,6 +229,7 @@ impl<'a> RecordParser<'a> {
                 context: context.clone(),
             })
         };
+        let mut push = |action: Action| push_for(&object, action);
         match &kind {
             EventKind::AnnotationPut | EventKind::AnnotationDelete if !annotations.is_empty() => {
                 let put = kind == EventKind::AnnotationPut;
@@ -243,7 +260,21 @@ impl<'a> RecordParser<'a> {
                 cause: ResetCause::ObjectRemoved,
                 relist: false,
             }),
-            EventKind::DeleteMarkerCreated => push(Action::Ignore(IgnoreReason::DeleteMarker)),
+            EventKind::DeleteMarkerCreated => {
+                // The marker's own version id says nothing about the null version it may have
+                // replaced: re-read that one.
+                let null_version = ObjectRef {
+                    version_id: Some("null".to_string()),
+                    ..object.clone()
+                };
+                push_for(
+                    &null_version,
+                    Action::Reset {
+                        cause: ResetCause::NullVersionReplaced,
+                        relist: true,
+                    },
+                )
+            }
             EventKind::Other(name) => push(Action::Ignore(IgnoreReason::Unrelated(name.clone()))),
         }
         Ok(())

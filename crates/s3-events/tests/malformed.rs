@@ -203,16 +203,6 @@ fn invalid_values() {
         &["s3.object.key", "UTF-8"],
     );
     fails(
-        &record(|r| r["s3"]["object"]["sequencer"] = "xyz".into()),
-        "invalid_field",
-        &["sequencer", "hexadecimal"],
-    );
-    fails(
-        &record(|r| r["eventTime"] = "yesterday".into()),
-        "invalid_field",
-        &["eventTime"],
-    );
-    fails(
         &record(|r| r["s3"]["object"]["size"] = (-1).into()),
         "invalid_field",
         &["s3.object.size"],
@@ -286,6 +276,22 @@ fn lenient_where_the_spec_allows() {
     assert_eq!(e[0].context.object_e_tag, None);
     assert_eq!(e[0].context.sequencer, None);
     assert_eq!(e[0].context.requester, None);
+    // Fields that decide nothing are dropped when odd, never fatal.
+    let e = events(record(|r| {
+        r["s3"]["object"]["sequencer"] = "xyz".into();
+        r["eventTime"] = "yesterday".into();
+    }));
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].context.sequencer, None);
+    assert_eq!(e[0].context.event_time, None);
+    let e = events(record(|r| {
+        r["s3"]["object"]["sequencer"] = 12.into();
+        r["eventTime"] = serde_json::json!({"at": 1});
+    }));
+    assert_eq!(
+        (e[0].context.sequencer.clone(), e[0].context.event_time),
+        (None, None)
+    );
     // "s3:" prefix on the event name; an empty annotation array means "re-list".
     let e = events(record(|r| {
         r["eventName"] = "s3:ObjectAnnotation:Put".into();
@@ -333,4 +339,33 @@ fn lenient_where_the_spec_allows() {
             relist: true
         }
     );
+}
+
+#[test]
+fn one_bad_record_does_not_poison_its_siblings() {
+    use s3_events::Notification;
+    let good: serde_json::Value =
+        serde_json::from_slice::<serde_json::Value>(&record(|_| {})).unwrap()["Records"][0].clone();
+    let mut bad = good.clone();
+    bad.as_object_mut().unwrap().remove("s3");
+    let body = serde_json::json!({ "Records": [good.clone(), bad, good] }).to_string();
+    match parse_message(body.as_bytes()).unwrap() {
+        Notification::Partial { events, rejected } => {
+            assert_eq!(events.len(), 2, "both good records are kept");
+            assert_eq!(rejected.len(), 1);
+            assert_eq!(rejected[0].kind(), "missing_field");
+            assert!(
+                rejected[0].to_string().contains("record 1"),
+                "{}",
+                rejected[0]
+            );
+        }
+        other => panic!("expected Partial, got {other:?}"),
+    }
+    // Every record bad: the message is rejected as a whole (the dead-letter path).
+    let mut bad = good.clone();
+    bad.as_object_mut().unwrap().remove("eventName");
+    let body = serde_json::json!({ "Records": [bad.clone(), bad] }).to_string();
+    let err = parse_message(body.as_bytes()).unwrap_err();
+    assert_eq!(err.kind(), "missing_field");
 }

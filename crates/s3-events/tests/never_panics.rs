@@ -32,8 +32,15 @@ fn fixtures() -> &'static [Vec<u8>] {
 
 /// Parses and checks the invariants of an accepted message.
 fn check(body: &[u8]) -> Result<(), TestCaseError> {
-    match parse_message(body) {
-        Ok(Notification::Events(events)) => {
+    let parsed = parse_message(body);
+    if let Ok(Notification::Partial { events, rejected }) = &parsed {
+        prop_assert!(
+            !events.is_empty() && !rejected.is_empty(),
+            "a partial message with no events or nothing rejected"
+        );
+    }
+    match parsed {
+        Ok(Notification::Events(events) | Notification::Partial { events, .. }) => {
             prop_assert!(!events.is_empty(), "accepted a message with no events");
             for e in events {
                 prop_assert!(!e.object.bucket.is_empty(), "event with an empty bucket");
