@@ -86,6 +86,19 @@ pub struct Observed<T> {
     pub at_nanos: u64,
     /// The answer.
     pub value: T,
+    /// The object version S3 said it answered for (`x-amz-object-version-id`), when it said:
+    /// a read that named no version addressed the current one, and this is its id.
+    pub version_id: Option<String>,
+}
+
+impl<T> Observed<T> {
+    fn new(at_nanos: u64, value: T) -> Self {
+        Observed {
+            at_nanos,
+            value,
+            version_id: None,
+        }
+    }
 }
 
 /// How the source calls S3.
@@ -224,7 +237,7 @@ impl AnnotationSource {
                 outcome.map(|a| (at_nanos, a))
             };
             let reason = match outcome {
-                Ok((at_nanos, Attempt::Done(value))) => return Ok(Observed { at_nanos, value }),
+                Ok((at_nanos, Attempt::Done(value))) => return Ok(Observed::new(at_nanos, value)),
                 Ok((_, Attempt::Retry(reason))) => reason,
                 Err(e) => return Err(e),
             };
@@ -257,61 +270,75 @@ impl AnnotationSource {
         name: &str,
     ) -> Result<Observed<AnnotationState>, SourceError> {
         self.check_bucket(object)?;
-        self.with_retries(Op::GetAnnotation, object, || async {
-            let response = self
-                .s3
-                .get_object_annotation()
-                .bucket(&object.bucket)
-                .key(&object.key)
-                .annotation_name(name)
-                .set_version_id(object.api_version_id().map(str::to_string))
-                .set_expected_bucket_owner(self.options.expected_bucket_owner.clone())
-                .send()
-                .await;
-            let output = match response {
-                Ok(output) => output,
-                Err(e) => {
-                    return match classify(&e) {
-                        Class::Gone => Ok(Attempt::Done(AnnotationState::VersionGone)),
-                        Class::NoSuchAnnotation => Ok(Attempt::Done(AnnotationState::Absent)),
-                        Class::Transient(reason) => Ok(Attempt::Retry(reason)),
-                        Class::Permanent { code, message } => Err(SourceError::from_service(
-                            Op::GetAnnotation,
-                            object,
-                            Some(name),
-                            code,
-                            message,
-                        )),
-                    };
-                }
-            };
-            let e_tag = output.e_tag().map(strip_quotes);
-            let last_modified = output.last_modified().and_then(to_naive);
-            let replication_status = output.replication_status().map(|s| s.as_str().to_string());
-            let checksum_algorithm = checksum_algorithm(&output);
-            let body = match output.annotation_payload.collect().await {
-                Ok(body) => body.into_bytes(),
-                Err(e) => return Ok(Attempt::Retry(format!("reading the payload: {e}"))),
-            };
-            let size = i64::try_from(body.len()).unwrap_or(i64::MAX);
-            let text_value =
-                String::from_utf8(body.to_vec()).map_err(|e| SourceError::NotUtf8 {
-                    bucket: object.bucket.clone(),
-                    key: object.key.clone(),
-                    name: name.to_string(),
-                    offset: e.utf8_error().valid_up_to(),
-                })?;
-            Ok(Attempt::Done(AnnotationState::Present(Annotation {
-                name: name.to_string(),
-                text_value,
-                size,
-                e_tag,
-                last_modified,
-                checksum_algorithm,
-                replication_status,
-            })))
+        let read = self
+            .with_retries(Op::GetAnnotation, object, || async {
+                let response = self
+                    .s3
+                    .get_object_annotation()
+                    .bucket(&object.bucket)
+                    .key(&object.key)
+                    .annotation_name(name)
+                    .set_version_id(object.api_version_id().map(str::to_string))
+                    .set_expected_bucket_owner(self.options.expected_bucket_owner.clone())
+                    .send()
+                    .await;
+                let output = match response {
+                    Ok(output) => output,
+                    Err(e) => {
+                        return match classify(&e) {
+                            Class::Gone => Ok(Attempt::Done((AnnotationState::VersionGone, None))),
+                            Class::NoSuchAnnotation => {
+                                Ok(Attempt::Done((AnnotationState::Absent, None)))
+                            }
+                            Class::Transient(reason) => Ok(Attempt::Retry(reason)),
+                            Class::Permanent { code, message } => Err(SourceError::from_service(
+                                Op::GetAnnotation,
+                                object,
+                                Some(name),
+                                code,
+                                message,
+                            )),
+                        };
+                    }
+                };
+                let version_id = output.object_version_id().map(str::to_string);
+                let e_tag = output.e_tag().map(strip_quotes);
+                let last_modified = output.last_modified().and_then(to_naive);
+                let replication_status =
+                    output.replication_status().map(|s| s.as_str().to_string());
+                let checksum_algorithm = checksum_algorithm(&output);
+                let body = match output.annotation_payload.collect().await {
+                    Ok(body) => body.into_bytes(),
+                    Err(e) => return Ok(Attempt::Retry(format!("reading the payload: {e}"))),
+                };
+                let size = i64::try_from(body.len()).unwrap_or(i64::MAX);
+                let text_value =
+                    String::from_utf8(body.to_vec()).map_err(|e| SourceError::NotUtf8 {
+                        bucket: object.bucket.clone(),
+                        key: object.key.clone(),
+                        name: name.to_string(),
+                        offset: e.utf8_error().valid_up_to(),
+                    })?;
+                Ok(Attempt::Done((
+                    AnnotationState::Present(Annotation {
+                        name: name.to_string(),
+                        text_value,
+                        size,
+                        e_tag,
+                        last_modified,
+                        checksum_algorithm,
+                        replication_status,
+                    }),
+                    version_id,
+                )))
+            })
+            .await?;
+        let (value, version_id) = read.value;
+        Ok(Observed {
+            at_nanos: read.at_nanos,
+            value,
+            version_id,
         })
-        .await
     }
 
     /// The names of every annotation of an object version (ListObjectAnnotations, all pages),
@@ -324,6 +351,7 @@ impl AnnotationSource {
         let mut names = Vec::new();
         let mut token: Option<String> = None;
         let mut first_at = None;
+        let mut version_id = None;
         loop {
             let page = self
                 .with_retries(Op::ListAnnotations, object, || async {
@@ -356,11 +384,11 @@ impl AnnotationSource {
                 .await?;
             let at = *first_at.get_or_insert(page.at_nanos);
             let Some(output) = page.value else {
-                return Ok(Observed {
-                    at_nanos: at,
-                    value: None,
-                });
+                return Ok(Observed::new(at, None));
             };
+            if version_id.is_none() {
+                version_id = output.object_version_id().map(str::to_string);
+            }
             names.extend(
                 output
                     .annotations()
@@ -375,6 +403,7 @@ impl AnnotationSource {
                     return Ok(Observed {
                         at_nanos: at,
                         value: Some(names),
+                        version_id,
                     });
                 }
             }
@@ -390,12 +419,18 @@ impl AnnotationSource {
     ) -> Result<Observed<VersionState>, SourceError> {
         let listed = self.list_names(object).await?;
         let Some(names) = listed.value else {
-            return Ok(Observed {
-                at_nanos: listed.at_nanos,
-                value: VersionState::Gone,
-            });
+            return Ok(Observed::new(listed.at_nanos, VersionState::Gone));
         };
-        let reads = names.iter().map(|name| self.get(object, name));
+        // Every name is read from the version the listing answered for: a read naming no
+        // version could otherwise land on a newer current version.
+        let answered = match (&object.version_id, &listed.version_id) {
+            (None, Some(v)) if v != "null" => ObjectRef {
+                version_id: Some(v.clone()),
+                ..object.clone()
+            },
+            _ => object.clone(),
+        };
+        let reads = names.iter().map(|name| self.get(&answered, name));
         let mut annotations = Vec::with_capacity(names.len());
         for read in futures::future::join_all(reads).await {
             match read?.value {
@@ -403,8 +438,8 @@ impl AnnotationSource {
                 AnnotationState::Absent => {}
                 AnnotationState::VersionGone => {
                     return Ok(Observed {
-                        at_nanos: listed.at_nanos,
-                        value: VersionState::Gone,
+                        version_id: listed.version_id,
+                        ..Observed::new(listed.at_nanos, VersionState::Gone)
                     });
                 }
             }
@@ -413,6 +448,7 @@ impl AnnotationSource {
         Ok(Observed {
             at_nanos: listed.at_nanos,
             value: VersionState::Present(annotations),
+            version_id: listed.version_id,
         })
     }
 }
@@ -449,6 +485,9 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
 fn classify_code(code: &str, status: u16, message: String) -> Class {
     match code {
         "NoSuchKey" | "NoSuchVersion" | "NoSuchBucket" => Class::Gone,
+        // Reading a version that is a delete marker: a marker carries no annotations (a
+        // versioning-suspended DELETE puts one in the null version's place).
+        "MethodNotAllowed" if status == 405 => Class::Gone,
         "NoSuchAnnotation" => Class::NoSuchAnnotation,
         "SlowDown"
         | "Throttling"
@@ -520,6 +559,10 @@ mod tests {
         ));
         assert!(matches!(
             classify_code("NoSuchBucket", 404, String::new()),
+            Class::Gone
+        ));
+        assert!(matches!(
+            classify_code("MethodNotAllowed", 405, String::new()),
             Class::Gone
         ));
         assert!(matches!(
