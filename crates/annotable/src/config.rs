@@ -174,6 +174,9 @@ pub struct ServeSection {
     pub dedup_versions: Option<usize>,
     /// How far back (seconds) the start-up warm-up of that memory reads the journal.
     pub dedup_lookback_secs: Option<u64>,
+    /// How far (milliseconds) a host's clock may be from S3's: an absence is only taken as
+    /// already recorded when it was observed this long after the event.
+    pub max_clock_skew_ms: Option<u64>,
 }
 
 /// `[catalog]`.
@@ -364,6 +367,11 @@ impl Config {
             &get,
             "serve.dedup_lookback_secs",
             &mut self.serve.dedup_lookback_secs,
+        )?;
+        parse_num(
+            &get,
+            "serve.max_clock_skew_ms",
+            &mut self.serve.max_clock_skew_ms,
         )?;
         Ok(())
     }

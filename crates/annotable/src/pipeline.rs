@@ -1,5 +1,5 @@
 //! What `serve` and `backfill` share: an [`Observation`] of S3 becomes journal rows, minus the
-//! rows that would restate the last written state (design.md §3.3).
+//! rows that would restate the last written state (docs/correctness.md).
 //!
 //! **sequence_number** is `<observation time in ns, 20 digits>-<writer id>`: fixed width, so
 //! lexicographic order is time order, and the writer id breaks ties between processes. The
@@ -8,18 +8,34 @@
 //! their clocks agree to within the time between two writes of one annotation (ECS hosts run
 //! NTP; skew is in milliseconds).
 //!
-//! **object_join_key** is the first 16 bytes of SHA-256 over `bucket \n key \n version \n etag`
-//! in hex, `version` being the version id or `null`, and `etag` the object's ETag as the event
-//! gave it (empty when unknown). Versioned objects get one key per version; the null version gets
-//! one per write of the object (its ETag changes with its content).
+//! **object_join_key** is the first 16 bytes of SHA-256 over `bucket \n key \n version` in
+//! hex, `version` being the version id or `null`. It depends on nothing an event may leave empty
+//! (a removal's ETag) or carry stale (an overwrite's), so every row of one object version has
+//! the same key. The writes of an unversioned key (its null version) share one key; each write
+//! resets the version's annotations (`OBJECT_RESET`), so the current state never holds two.
 //!
-//! **Suppression.** [`StateCache`] remembers, per object version, the last written state of
-//! each annotation (a digest of its content fields) and whether the whole annotation set is
-//! known (after an `OBJECT_RESET`). A redelivered message, or two events observed after the same
-//! final write, would otherwise add rows that restate it. The cache only changes when a commit
-//! succeeds ([`Overlay`] holds a batch's changes until then), is warmed at start from the recent
-//! journal, and is cleared when another writer commits to the table (it could be stale then);
-//! suppression is an optimisation of the journal, never a condition of the view's correctness.
+//! **Suppression.** [`StateCache`] remembers, per object version, the last *committed* row of
+//! each annotation (a digest of its content fields, its sequence number and the event behind
+//! it) and the last full observation (`OBJECT_RESET`). An observation is left out only when the
+//! rows already committed make it redundant *whatever any other writer commits later* — the
+//! cache may not know another writer's rows, and another writer may commit a row observed
+//! before ours after we acknowledged our message. The argument: the view ends equal to S3 if,
+//! for the last event that changed an annotation, some committed row observed the annotation
+//! *after* that event (every later observation sees the same final state, and rows observed
+//! earlier sort below it). So an observation of event `E` is suppressed only when
+//! - a committed row with a larger sequence number covers it (it would lose anyway); or
+//! - it sees the annotation present with exactly the content, ETag and Last-Modified of the
+//!   latest committed row: the same S3 write, so that row was observed after the write, and any
+//!   event about the annotation after that write would have changed its Last-Modified; or
+//! - it sees an absence (a delete, a gone version, a listing) that the latest committed row
+//!   already states, and that row was observed after `E` — it was written for the same event
+//!   (a redelivery), or its observation time is later than `E`'s `eventTime` by more than
+//!   `serve.max_clock_skew_ms` (host and S3 clocks may disagree by that much).
+//!
+//! Nothing else is suppressed, so no acknowledgement depends on rows that are not yet committed
+//! or on what the cache does not know: a process killed at any point loses nothing.
+//! The residual assumption (beyond the ordering's): S3 does not rewrite an annotation to
+//! another value and back to the same payload within one tick of its Last-Modified clock.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -52,8 +68,6 @@ pub enum Observed {
 pub struct Observation {
     /// The object version.
     pub object: ObjectRef,
-    /// The object's ETag when known (from the event).
-    pub object_e_tag: Option<String>,
     /// The sequence number (see the module doc).
     pub sequence_number: String,
     /// What was seen.
@@ -93,7 +107,12 @@ pub async fn commit_batch(table: &JournalTable, batch: Batch) -> Result<CommitRe
 
 /// Every row `obs` states, with nothing suppressed (what a writer with no memory writes).
 pub fn all_rows(obs: &Observation, source: Source, ingested_at: DateTime<Utc>) -> Vec<JournalRow> {
-    StateCache::new(1).rows_for(&mut Overlay::default(), obs, source, ingested_at)
+    StateCache::new(1, std::time::Duration::ZERO).rows_for(
+        &mut Overlay::default(),
+        obs,
+        source,
+        ingested_at,
+    )
 }
 
 /// Formats a sequence number: observation time (ns) and writer id.
@@ -107,17 +126,61 @@ pub fn new_writer_id() -> String {
 }
 
 /// The documented object_join_key derivation (see the module doc).
-pub fn object_join_key(object: &ObjectRef, object_e_tag: Option<&str>) -> String {
+pub fn object_join_key(object: &ObjectRef) -> String {
     let mut h = Sha256::new();
     h.update(object.bucket.as_bytes());
     h.update(b"\n");
     h.update(object.key.as_bytes());
     h.update(b"\n");
     h.update(object.table_version_id().unwrap_or("null").as_bytes());
-    h.update(b"\n");
-    h.update(object_e_tag.unwrap_or("").as_bytes());
     let digest = h.finalize();
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The identity of the notification behind a row or an observation: equal for a message's
+/// redeliveries, different for two S3 requests. `None` when the event says too little to tell
+/// (no time and no request id), and for backfill.
+fn event_identity(
+    event_name: Option<&str>,
+    event_time: Option<DateTime<Utc>>,
+    request_id: Option<&str>,
+) -> Option<u64> {
+    if event_time.is_none() && request_id.is_none() {
+        return None;
+    }
+    let mut h = DefaultHasher::new();
+    (
+        event_name,
+        event_time.map(|t| t.timestamp_micros()),
+        request_id,
+    )
+        .hash(&mut h);
+    Some(h.finish())
+}
+
+/// The observation time (ns) a sequence number starts with.
+fn seq_nanos(seq: &str) -> Option<i64> {
+    seq.get(..20)?.parse().ok()
+}
+
+/// What the suppression rule knows of the event behind an observation.
+struct EventMark {
+    id: Option<u64>,
+    time_nanos: Option<i64>,
+}
+
+impl EventMark {
+    fn of(obs: &Observation) -> Self {
+        let ctx = obs.context.as_ref();
+        EventMark {
+            id: ctx.and_then(|c| {
+                event_identity(Some(&c.event_name), c.event_time, c.request_id.as_deref())
+            }),
+            time_nanos: ctx
+                .and_then(|c| c.event_time)
+                .and_then(|t| t.timestamp_nanos_opt()),
+        }
+    }
 }
 
 /// Identifies an object version in the cache.
@@ -146,41 +209,53 @@ impl VersionKey {
     }
 }
 
+/// A committed row as the cache keeps it: when it was observed and for which event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct RowMark {
+    seq: String,
+    event: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct NameState {
-    seq: String,
+    mark: RowMark,
     /// `None`: absent.
     digest: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default)]
 struct VersionEntry {
-    /// Sequence number of the last full observation (OBJECT_RESET): every name not in `names`
-    /// is known absent.
-    full_seq: Option<String>,
+    /// The last full observation (OBJECT_RESET): every name not in `names` is known absent.
+    full: Option<RowMark>,
     names: HashMap<String, NameState>,
 }
 
 impl VersionEntry {
-    fn apply_reset(&mut self, seq: &str) {
-        if self.full_seq.as_deref().is_some_and(|f| f > seq) {
-            return;
-        }
-        self.full_seq = Some(seq.to_string());
-        self.names.retain(|_, n| n.seq.as_str() >= seq);
+    fn full_seq(&self) -> Option<&str> {
+        self.full.as_ref().map(|m| m.seq.as_str())
     }
 
-    fn apply_name(&mut self, name: &str, seq: &str, digest: Option<u64>) {
-        if self.full_seq.as_deref().is_some_and(|f| f > seq) {
+    fn apply_reset(&mut self, mark: &RowMark) {
+        let seq = mark.seq.as_str();
+        if self.full_seq().is_some_and(|f| f > seq) {
+            return;
+        }
+        self.full = Some(mark.clone());
+        self.names.retain(|_, n| n.mark.seq.as_str() >= seq);
+    }
+
+    fn apply_name(&mut self, name: &str, mark: &RowMark, digest: Option<u64>) {
+        let seq = mark.seq.as_str();
+        if self.full_seq().is_some_and(|f| f > seq) {
             return;
         }
         match self.names.get(name) {
-            Some(n) if n.seq.as_str() > seq => {}
+            Some(n) if n.mark.seq.as_str() > seq => {}
             _ => {
                 self.names.insert(
                     name.to_string(),
                     NameState {
-                        seq: seq.to_string(),
+                        mark: mark.clone(),
                         digest,
                     },
                 );
@@ -188,22 +263,23 @@ impl VersionEntry {
         }
     }
 
-    /// `Some(state)` when the name's state is known, `None` when not.
-    fn known(&self, name: &str) -> Option<Option<u64>> {
-        match self.names.get(name) {
-            Some(n) => Some(n.digest),
-            None if self.full_seq.is_some() => Some(None),
-            None => None,
+    /// The latest committed statement about `name`: its digest (`None`: absent) and the row
+    /// that made it; `None` when nothing is known.
+    fn known(&self, name: &str) -> Option<(Option<u64>, &RowMark)> {
+        match (self.names.get(name), &self.full) {
+            (Some(n), _) => Some((n.digest, &n.mark)),
+            (None, Some(full)) => Some((None, full)),
+            (None, None) => None,
         }
     }
 
     /// Whether an observation at `seq` of `name` is older than what is known.
     fn is_stale(&self, name: Option<&str>, seq: &str) -> bool {
-        if self.full_seq.as_deref().is_some_and(|f| f > seq) {
+        if self.full_seq().is_some_and(|f| f > seq) {
             return true;
         }
         name.and_then(|n| self.names.get(n))
-            .is_some_and(|n| n.seq.as_str() > seq)
+            .is_some_and(|n| n.mark.seq.as_str() > seq)
     }
 
     fn present(&self) -> HashMap<&str, u64> {
@@ -259,11 +335,13 @@ fn row_digest(r: &JournalRow) -> u64 {
     )
 }
 
-/// The last written state per object version, bounded (least recently used versions are
+/// The last committed state per object version, bounded (least recently used versions are
 /// forgotten; forgetting only costs a possible restating row).
 #[derive(Debug)]
 pub struct StateCache {
     map: lru::LruCache<VersionKey, VersionEntry>,
+    /// How far a host's clock may be from S3's (see the module doc).
+    max_skew_nanos: i64,
 }
 
 /// The changes of one batch, applied to the cache only once the batch is committed.
@@ -281,17 +359,29 @@ impl Overlay {
 }
 
 impl StateCache {
-    /// A cache of at most `versions` object versions.
-    pub fn new(versions: usize) -> Self {
+    /// A cache of at most `versions` object versions; `max_clock_skew` is how far any
+    /// writer's clock may be from S3's.
+    pub fn new(versions: usize, max_clock_skew: std::time::Duration) -> Self {
         let cap = NonZeroUsize::new(versions.max(1)).unwrap_or(NonZeroUsize::MIN);
         StateCache {
             map: lru::LruCache::new(cap),
+            max_skew_nanos: i64::try_from(max_clock_skew.as_nanos()).unwrap_or(i64::MAX),
         }
     }
 
-    /// Forgets everything (another writer changed the table).
-    pub fn clear(&mut self) {
-        self.map.clear();
+    /// Whether the committed row `mark` was observed after the event behind an observation: it
+    /// was written for the same event, or its observation time is past the event's time by
+    /// more than the clock skew allowed.
+    fn settles(&self, mark: &RowMark, event: &EventMark) -> bool {
+        if mark.event.is_some() && mark.event == event.id {
+            return true;
+        }
+        match (seq_nanos(&mark.seq), event.time_nanos) {
+            (Some(observed), Some(happened)) => {
+                observed > happened.saturating_add(self.max_skew_nanos)
+            }
+            _ => false,
+        }
     }
 
     /// Versions remembered.
@@ -328,6 +418,7 @@ impl StateCache {
         ingested_at: DateTime<Utc>,
     ) -> Vec<JournalRow> {
         let key = VersionKey::of(&obs.object);
+        let event = EventMark::of(obs);
         let entry = match overlay.map.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -336,15 +427,26 @@ impl StateCache {
             }
         };
         let seq = obs.sequence_number.as_str();
+        let mark = RowMark {
+            seq: seq.to_string(),
+            event: event.id,
+        };
         let base = RowBase::new(obs, source, ingested_at);
         match &obs.observed {
             Observed::Annotation { name, state } => {
                 let digest = state.as_ref().map(annotation_digest);
-                if entry.is_stale(Some(name), seq) || entry.known(name) == Some(digest) {
+                let redundant = match entry.known(name) {
+                    // The same S3 write as the committed row (see the module doc).
+                    Some((Some(known), _)) => digest == Some(known),
+                    // An absence: only if the committed absence was observed after the event.
+                    Some((None, row)) => digest.is_none() && self.settles(row, &event),
+                    None => false,
+                };
+                if entry.is_stale(Some(name), seq) || redundant {
                     overlay.suppressed += 1;
                     return Vec::new();
                 }
-                entry.apply_name(name, seq, digest);
+                entry.apply_name(name, &mark, digest);
                 vec![match state {
                     Some(a) => base.put(a),
                     None => base.delete(name),
@@ -356,9 +458,14 @@ impl StateCache {
                     .flatten()
                     .map(|a| (a.name.as_str(), annotation_digest(a)))
                     .collect();
-                if entry.is_stale(None, seq)
-                    || (entry.full_seq.is_some() && entry.present() == listed)
-                {
+                // A listing also states every unlisted name's absence: the committed full
+                // observation must have been made after the event.
+                let redundant = entry
+                    .full
+                    .as_ref()
+                    .is_some_and(|full| self.settles(full, &event))
+                    && entry.present() == listed;
+                if entry.is_stale(None, seq) || redundant {
                     overlay.suppressed += 1;
                     return Vec::new();
                 }
@@ -370,13 +477,13 @@ impl StateCache {
                     .filter(|a| entry.is_stale(Some(&a.name), seq))
                     .map(|a| a.name.as_str())
                     .collect();
-                entry.apply_reset(seq);
+                entry.apply_reset(&mark);
                 let mut rows = vec![base.reset()];
                 for a in set.iter().flatten() {
                     if newer.contains(&a.name.as_str()) {
                         continue;
                     }
-                    entry.apply_name(&a.name, seq, Some(annotation_digest(a)));
+                    entry.apply_name(&a.name, &mark, Some(annotation_digest(a)));
                     rows.push(base.put(a));
                 }
                 rows
@@ -386,11 +493,18 @@ impl StateCache {
 }
 
 fn apply_row_to(entry: &mut VersionEntry, row: &JournalRow) {
-    let seq = row.sequence_number.as_str();
+    let mark = RowMark {
+        seq: row.sequence_number.clone(),
+        event: event_identity(
+            row.event_name.as_deref(),
+            row.event_time,
+            row.request_id.as_deref(),
+        ),
+    };
     match (row.record_type, row.name.as_deref()) {
-        (RecordType::ObjectReset, _) => entry.apply_reset(seq),
-        (RecordType::Put, Some(name)) => entry.apply_name(name, seq, Some(row_digest(row))),
-        (RecordType::Delete, Some(name)) => entry.apply_name(name, seq, None),
+        (RecordType::ObjectReset, _) => entry.apply_reset(&mark),
+        (RecordType::Put, Some(name)) => entry.apply_name(name, &mark, Some(row_digest(row))),
+        (RecordType::Delete, Some(name)) => entry.apply_name(name, &mark, None),
         (_, None) => {}
     }
 }
@@ -407,7 +521,7 @@ impl<'a> RowBase<'a> {
     fn new(obs: &'a Observation, source: Source, ingested_at: DateTime<Utc>) -> Self {
         RowBase {
             obs,
-            join_key: object_join_key(&obs.object, obs.object_e_tag.as_deref()),
+            join_key: object_join_key(&obs.object),
             source,
             ingested_at,
         }
@@ -480,6 +594,7 @@ pub fn approx_row_bytes(row: &JournalRow) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn obj(version: Option<&str>) -> ObjectRef {
         ObjectRef {
@@ -504,7 +619,6 @@ mod tests {
     fn obs(seq: u64, observed: Observed) -> Observation {
         Observation {
             object: obj(Some("v1")),
-            object_e_tag: None,
             sequence_number: sequence_number(seq, "w"),
             observed,
             context: None,
@@ -535,65 +649,202 @@ mod tests {
     }
 
     #[test]
-    fn join_key_is_stable_and_distinguishes_versions_and_null_version_writes() {
-        let k1 = object_join_key(&obj(Some("v1")), None);
-        assert_eq!(k1, object_join_key(&obj(Some("v1")), None));
+    fn join_key_is_one_per_object_version_whatever_the_event_says() {
+        let k1 = object_join_key(&obj(Some("v1")));
         assert_eq!(k1.len(), 32);
-        assert_ne!(k1, object_join_key(&obj(Some("v2")), None));
+        assert_ne!(k1, object_join_key(&obj(Some("v2"))));
         assert_eq!(
-            object_join_key(&obj(None), Some("e")),
-            object_join_key(&obj(Some("null")), Some("e"))
+            object_join_key(&obj(None)),
+            object_join_key(&obj(Some("null")))
         );
-        assert_ne!(
-            object_join_key(&obj(None), Some("e1")),
-            object_join_key(&obj(None), Some("e2"))
+        // Pinned: the derivation is documented, and other engines may recompute it.
+        assert_eq!(
+            object_join_key(&ObjectRef {
+                bucket: "b".into(),
+                key: "k".into(),
+                version_id: None
+            }),
+            sha256_prefix("b\nk\nnull")
+        );
+        // Rows of one version carry one key whatever their events said of the object's ETag
+        // (empty on removals, stale on overwrites): the ETag is not an input.
+        let with_context = |etag: &str| {
+            let mut o = obs(1, one("a", Some("x")));
+            o.context = Some(EventContext {
+                object_e_tag: Some(etag.into()),
+                ..EventContext::default()
+            });
+            all_rows(&o, Source::Notification, Utc::now())[0]
+                .object_join_key
+                .clone()
+        };
+        assert_eq!(with_context(""), with_context("etag-1"));
+    }
+
+    fn sha256_prefix(s: &str) -> String {
+        Sha256::digest(s.as_bytes())[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// An observation made for the event `request` that happened at `event_at` (ns).
+    fn for_event(seq: u64, observed: Observed, event_at: u64, request: &str) -> Observation {
+        Observation {
+            context: Some(EventContext {
+                event_name: "ObjectAnnotation:Put".into(),
+                event_time: DateTime::from_timestamp_nanos(event_at as i64).into(),
+                request_id: Some(request.into()),
+                ..EventContext::default()
+            }),
+            ..obs(seq, observed)
+        }
+    }
+
+    fn set(xs: &[(&str, &str)]) -> Observed {
+        Observed::Version(Some(xs.iter().map(|(n, t)| ann(n, t)).collect()))
+    }
+
+    #[test]
+    fn the_same_s3_write_observed_again_writes_nothing() {
+        let mut c = StateCache::new(10, Duration::ZERO);
+        assert_eq!(write(&mut c, &obs(1, one("a", Some("x")))).len(), 1);
+        // No event information needed: equal content, ETag and Last-Modified is one write.
+        assert!(write(&mut c, &obs(2, one("a", Some("x")))).is_empty());
+        assert_eq!(write(&mut c, &obs(3, one("a", Some("y")))).len(), 1);
+        let mut later = ann("a", "y");
+        later.last_modified = chrono::DateTime::from_timestamp(9, 0).map(|d| d.naive_utc());
+        let rewritten = Observed::Annotation {
+            name: "a".into(),
+            state: Some(later),
+        };
+        assert_eq!(
+            write(&mut c, &obs(4, rewritten)).len(),
+            1,
+            "the same payload written again is another write"
         );
     }
 
     #[test]
-    fn restating_the_last_state_writes_nothing() {
-        let mut c = StateCache::new(10);
-        assert_eq!(write(&mut c, &obs(1, one("a", Some("x")))).len(), 1);
-        assert!(write(&mut c, &obs(2, one("a", Some("x")))).is_empty());
-        assert_eq!(write(&mut c, &obs(3, one("a", Some("y")))).len(), 1);
-        assert_eq!(write(&mut c, &obs(4, one("a", None))).len(), 1);
-        assert!(write(&mut c, &obs(5, one("a", None))).is_empty());
+    fn a_redelivered_absence_writes_nothing() {
+        let mut c = StateCache::new(10, Duration::from_secs(1));
+        let delete = |seq| for_event(seq, one("a", None), 1_000, "req-1");
+        assert_eq!(write(&mut c, &delete(2_000)).len(), 1);
+        assert!(write(&mut c, &delete(9_000)).is_empty(), "redelivery");
+        let gone = |seq| for_event(seq, Observed::Version(None), 10_000, "req-2");
+        assert_eq!(write(&mut c, &gone(11_000)).len(), 1);
+        assert!(write(&mut c, &gone(12_000)).is_empty(), "redelivery");
+    }
+
+    #[test]
+    fn an_absence_is_suppressed_only_when_the_committed_one_was_observed_after_the_event() {
+        let skew = Duration::from_millis(100);
+        let ms = 1_000_000;
+        let mut c = StateCache::new(10, skew);
+        write(
+            &mut c,
+            &for_event(1_000 * ms, one("a", None), 500 * ms, "req-1"),
+        );
+        // Another delete event, older than that observation by more than the skew: the
+        // committed row already reflects it.
+        assert!(
+            write(
+                &mut c,
+                &for_event(2_000 * ms, one("a", None), 800 * ms, "req-2")
+            )
+            .is_empty()
+        );
+        // Within the skew, or after the observation: written.
+        assert_eq!(
+            write(
+                &mut c,
+                &for_event(3_000 * ms, one("a", None), 950 * ms, "req-3")
+            )
+            .len(),
+            1
+        );
+        assert_eq!(
+            write(
+                &mut c,
+                &for_event(5_000 * ms, one("a", None), 4_000 * ms, "req-4")
+            )
+            .len(),
+            1
+        );
+        // No event time and another event: nothing proves it, so it is written.
+        assert_eq!(write(&mut c, &obs(6_000 * ms, one("a", None))).len(), 1);
+    }
+
+    /// The two-writer loss of issue 19: this process's cache knows the version's listing
+    /// (no `a`); another writer committed `PUT a` that this process never saw; `a` is then
+    /// deleted and the delete event reaches this process. Its observation (absent) restates
+    /// what the cache knows, but it must be written: the other writer's PUT outranks every
+    /// committed row this process has, and nothing else would ever say `a` is gone.
+    #[test]
+    fn an_absence_after_an_unseen_foreign_put_is_written() {
+        let mut c = StateCache::new(10, Duration::ZERO);
+        write(&mut c, &for_event(10, set(&[("b", "1")]), 5, "req-create"));
+        // (other writer: PUT a observed at 20, committed; unknown to this cache)
+        let rows = write(&mut c, &for_event(40, one("a", None), 30, "req-delete-a"));
+        assert_eq!(rows, vec![(RecordType::Delete, Some("a".into()))]);
     }
 
     #[test]
     fn a_stale_observation_writes_nothing() {
-        let mut c = StateCache::new(10);
+        let mut c = StateCache::new(10, Duration::ZERO);
         write(&mut c, &obs(5, one("a", Some("new"))));
         assert!(write(&mut c, &obs(3, one("a", Some("old")))).is_empty());
+        assert!(write(&mut c, &obs(4, one("a", None))).is_empty());
     }
 
     #[test]
-    fn a_full_observation_is_suppressed_only_when_the_set_is_the_same() {
-        let mut c = StateCache::new(10);
-        let set = |xs: &[(&str, &str)]| {
-            Observed::Version(Some(xs.iter().map(|(n, t)| ann(n, t)).collect()))
-        };
+    fn a_listing_is_suppressed_only_for_the_same_set_observed_after_its_event() {
+        let mut c = StateCache::new(10, Duration::ZERO);
+        let listing = |seq, xs: &[(&str, &str)], req| for_event(seq, set(xs), seq - 1, req);
         assert_eq!(
-            write(&mut c, &obs(1, set(&[("a", "1"), ("b", "2")]))).len(),
+            write(&mut c, &listing(10, &[("a", "1"), ("b", "2")], "r1")).len(),
             3
         );
-        assert!(write(&mut c, &obs(2, set(&[("a", "1"), ("b", "2")]))).is_empty());
-        // A single put that the cache learns about, then the same full set again.
-        write(&mut c, &obs(3, one("c", Some("3"))));
+        // Redelivered: nothing.
+        assert!(
+            write(
+                &mut c,
+                &for_event(20, set(&[("a", "1"), ("b", "2")]), 9, "r1")
+            )
+            .is_empty()
+        );
+        // An older event whose listing the committed one already covers: nothing.
+        assert!(
+            write(
+                &mut c,
+                &for_event(21, set(&[("a", "1"), ("b", "2")]), 8, "r0")
+            )
+            .is_empty()
+        );
+        // A later event, same set: written (the committed listing predates the event).
         assert_eq!(
-            write(&mut c, &obs(4, set(&[("a", "1"), ("b", "2")]))).len(),
+            write(&mut c, &listing(30, &[("a", "1"), ("b", "2")], "r2")).len(),
             3
         );
-        // Known absent after a full observation: a delete of an unlisted name restates it.
-        assert!(write(&mut c, &obs(5, one("zzz", None))).is_empty());
-        assert_eq!(write(&mut c, &obs(6, Observed::Version(None))).len(), 1);
-        assert!(write(&mut c, &obs(7, Observed::Version(None))).is_empty());
-        assert!(write(&mut c, &obs(8, Observed::Version(Some(vec![])))).is_empty());
+        // A name the cache learns about, then the same full set again: written.
+        write(&mut c, &obs(31, one("c", Some("3"))));
+        assert_eq!(
+            write(
+                &mut c,
+                &for_event(40, set(&[("a", "1"), ("b", "2")]), 5, "r0")
+            )
+            .len(),
+            3
+        );
+        // Gone, redelivered.
+        let gone = |seq| for_event(seq, Observed::Version(None), 45, "r3");
+        assert_eq!(write(&mut c, &gone(50)).len(), 1);
+        assert!(write(&mut c, &gone(60)).is_empty());
     }
 
     #[test]
     fn a_listing_older_than_a_name_observation_does_not_restate_that_name() {
-        let mut c = StateCache::new(10);
+        let mut c = StateCache::new(10, Duration::ZERO);
         write(&mut c, &obs(5, one("a", Some("x"))));
         let listing = Observed::Version(Some(vec![ann("a", "x"), ann("b", "y")]));
         let rows = write(&mut c, &obs(3, listing));
@@ -608,7 +859,7 @@ mod tests {
 
     #[test]
     fn an_uncommitted_overlay_changes_nothing() {
-        let mut c = StateCache::new(10);
+        let mut c = StateCache::new(10, Duration::ZERO);
         let mut overlay = Overlay::default();
         let rows = c.rows_for(
             &mut overlay,
@@ -623,28 +874,28 @@ mod tests {
 
     #[test]
     fn warm_up_from_rows_matches_writing_them() {
-        let mut written = StateCache::new(10);
+        let mut written = StateCache::new(10, Duration::ZERO);
         let mut rows = Vec::new();
-        for (seq, o) in [
-            (1, one("a", Some("x"))),
-            (2, one("b", Some("y"))),
-            (3, one("a", None)),
+        for o in [
+            for_event(10, one("a", Some("x")), 5, "r1"),
+            for_event(20, one("b", Some("y")), 15, "r2"),
+            for_event(30, one("a", None), 25, "r3"),
         ] {
             let mut overlay = Overlay::default();
-            rows.extend(written.rows_for(
-                &mut overlay,
-                &obs(seq, o),
-                Source::Notification,
-                Utc::now(),
-            ));
+            rows.extend(written.rows_for(&mut overlay, &o, Source::Notification, Utc::now()));
             written.commit(overlay);
         }
-        let mut warmed = StateCache::new(10);
+        let mut warmed = StateCache::new(10, Duration::ZERO);
         for r in &rows {
             warmed.apply_row(r);
         }
-        assert!(write(&mut warmed, &obs(4, one("b", Some("y")))).is_empty());
-        assert!(write(&mut warmed, &obs(5, one("a", None))).is_empty());
-        assert_eq!(write(&mut warmed, &obs(6, one("a", Some("x")))).len(), 1);
+        assert!(write(&mut warmed, &obs(40, one("b", Some("y")))).is_empty());
+        // The redelivered delete is recognised from the row's own event fields.
+        assert!(write(&mut warmed, &for_event(50, one("a", None), 25, "r3")).is_empty());
+        assert_eq!(
+            write(&mut warmed, &for_event(60, one("a", None), 55, "r4")).len(),
+            1
+        );
+        assert_eq!(write(&mut warmed, &obs(70, one("a", Some("x")))).len(), 1);
     }
 }

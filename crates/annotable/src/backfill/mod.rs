@@ -674,7 +674,6 @@ async fn read_one(
     };
     let observation = Observation {
         object: listed.object.clone(),
-        object_e_tag: listed.e_tag.clone(),
         sequence_number: sequence_number(read.at_nanos, writer),
         observed,
         context: None,

@@ -70,6 +70,8 @@ pub struct ServeOptions {
     pub dedup_versions: usize,
     /// Warm-up lookback.
     pub dedup_lookback: Duration,
+    /// How far a host's clock may be from S3's (suppression of absences).
+    pub max_clock_skew: Duration,
 }
 
 /// Default address of `/metrics`, `/healthz`, `/readyz`.
@@ -111,6 +113,7 @@ impl ServeOptions {
             dead_letter_queue_url: s.dead_letter_queue_url.clone(),
             dedup_versions: s.dedup_versions.unwrap_or(200_000),
             dedup_lookback: Duration::from_secs(s.dedup_lookback_secs.unwrap_or(3_600)),
+            max_clock_skew: Duration::from_millis(s.max_clock_skew_ms.unwrap_or(50)),
         })
     }
 }
@@ -212,7 +215,7 @@ pub async fn run(
     let (catalog_config, catalog) = config.connect_catalog::<ServeError>().await?;
     let table =
         JournalTable::open(catalog.clone(), config.namespace(), Some(config.table())).await?;
-    let mut cache = StateCache::new(options.dedup_versions);
+    let mut cache = StateCache::new(options.dedup_versions, options.max_clock_skew);
     match stages::warm_up(
         &table,
         &catalog_config,

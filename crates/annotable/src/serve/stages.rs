@@ -7,18 +7,17 @@ use annotation_source::{AnnotationState, SourceError, VersionState};
 use annotation_table::{Batch, CatalogConfig, JournalRow, JournalTable, Source, TableError};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageAttributeValue};
 use chrono::Utc;
-use s3_events::{Action, Event, Notification};
+use s3_events::{Action, Event, Notification, ObjectRef};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
 use super::Shared;
 use super::intake::Inbound;
 use super::visibility::{Held, release, retry_backoff};
 use crate::config::Config;
 use crate::pipeline::{
-    Observation, Observed, Overlay, StateCache, all_rows, approx_row_bytes, commit_batch,
-    sequence_number,
+    Observation, Observed, Overlay, StateCache, approx_row_bytes, commit_batch, sequence_number,
 };
 
 /// A message after its S3 reads.
@@ -77,6 +76,15 @@ async fn resolve_message(shared: &Shared, inbound: Inbound) -> Resolved {
             };
         }
         Ok(Notification::Events(events)) => events,
+        Ok(Notification::Partial { events, rejected }) => {
+            // The good records go on; each bad one is reported with the message, which is
+            // deleted once the good ones are committed (retrying cannot mend a bad record).
+            for e in &rejected {
+                shared.metrics.poisoned.inc();
+                error!(message_id = %msg.message_id, kind = e.kind(), reason = %e, "a record of this message cannot be parsed and is skipped; the message's other records are processed");
+            }
+            events
+        }
     };
     let mut observations = Vec::with_capacity(events.len());
     for event in events {
@@ -111,7 +119,7 @@ async fn resolve_message(shared: &Shared, inbound: Inbound) -> Resolved {
 /// held at its sequence number.
 async fn resolve_event(shared: &Shared, event: &Event) -> Result<Option<Observation>, SourceError> {
     let source = &shared.source;
-    let (at_nanos, observed) = match &event.action {
+    let (at_nanos, observed, answered) = match &event.action {
         Action::FetchAnnotation(a) | Action::DeleteAnnotation(a) => {
             let got = source.get(&event.object, &a.name).await?;
             let observed = match got.value {
@@ -125,7 +133,7 @@ async fn resolve_event(shared: &Shared, event: &Event) -> Result<Option<Observat
                 },
                 AnnotationState::VersionGone => Observed::Version(None),
             };
-            (got.at_nanos, observed)
+            (got.at_nanos, observed, got.version_id)
         }
         Action::Reset { .. } => {
             let read = source.read_version(&event.object).await?;
@@ -133,13 +141,21 @@ async fn resolve_event(shared: &Shared, event: &Event) -> Result<Option<Observat
                 VersionState::Present(list) => Observed::Version(Some(list)),
                 VersionState::Gone => Observed::Version(None),
             };
-            (read.at_nanos, observed)
+            (read.at_nanos, observed, read.version_id)
         }
         Action::Ignore(_) => return Ok(None),
     };
+    // An event without a versionId addressed the current version: the rows belong to the
+    // version S3 answered for, never to a null version it was not.
+    let object = match (&event.object.version_id, answered) {
+        (None, Some(v)) if v != "null" => ObjectRef {
+            version_id: Some(v),
+            ..event.object.clone()
+        },
+        _ => event.object.clone(),
+    };
     Ok(Some(Observation {
-        object: event.object.clone(),
-        object_e_tag: event.context.object_e_tag.clone().filter(|e| !e.is_empty()),
+        object,
         sequence_number: sequence_number(at_nanos, &shared.writer_id),
         observed,
         context: Some(event.context.clone()),
@@ -275,65 +291,11 @@ fn truncate(s: &str, max: usize) -> String {
     s[..end].to_string()
 }
 
-/// Observations whose rows were suppressed as restatements, kept for a while: if another
-/// writer (a second `serve`, a `backfill`) commits rows stamped between the suppressed
-/// observation and the row it restated, the suppressed row would have been the newest and the
-/// view would show the other writer's older state. Such rows reach the table some seconds after
-/// their stamp (a batch's age plus the commit), so when a foreign snapshot appears, every
-/// observation suppressed within [`HELD_BACK_WINDOW`] is written after all.
-struct HeldBack {
-    entries: std::collections::VecDeque<(Instant, usize, Observation)>,
-    bytes: usize,
-}
-
-/// How long suppressed observations are kept for re-emission.
-const HELD_BACK_WINDOW: Duration = Duration::from_secs(15 * 60);
-/// At most this many payload bytes are kept (the oldest go first).
-const HELD_BACK_BYTES: usize = 64 << 20;
-
-impl HeldBack {
-    fn push(&mut self, obs: Observation) {
-        let bytes = 300
-            + match &obs.observed {
-                Observed::Annotation { state, .. } => {
-                    state.as_ref().map_or(0, |a| a.text_value.len())
-                }
-                Observed::Version(set) => {
-                    set.iter().flatten().map(|a| a.text_value.len() + 100).sum()
-                }
-            };
-        self.bytes += bytes;
-        self.entries.push_back((Instant::now(), bytes, obs));
-        self.prune();
-    }
-
-    fn prune(&mut self) {
-        while let Some((at, bytes, _)) = self.entries.front() {
-            if at.elapsed() <= HELD_BACK_WINDOW && self.bytes <= HELD_BACK_BYTES {
-                break;
-            }
-            self.bytes -= bytes;
-            self.entries.pop_front();
-        }
-    }
-
-    /// The rows of every held-back observation, with nothing suppressed.
-    fn rows(&mut self) -> Vec<JournalRow> {
-        self.prune();
-        let now = Utc::now();
-        self.entries
-            .iter()
-            .flat_map(|(_, _, o)| all_rows(o, Source::Notification, now))
-            .collect()
-    }
-
-    fn clear(&mut self) {
-        self.entries.clear();
-        self.bytes = 0;
-    }
-}
-
 /// Commits batches one at a time; hands their messages to the acker once committed.
+///
+/// Suppression needs no check of other writers here: a row is left out only when rows already
+/// committed make it redundant whatever another writer commits (see `pipeline`), so a
+/// message is acknowledged as soon as the commit holding its rows landed.
 pub(crate) async fn commit_loop(
     shared: Arc<Shared>,
     table: JournalTable,
@@ -341,66 +303,24 @@ pub(crate) async fn commit_loop(
     mut rx: mpsc::Receiver<PendingBatch>,
     ack: mpsc::Sender<Vec<Held>>,
 ) {
-    let mut seen_sequence: Option<i64> = None;
-    let mut held_back = HeldBack {
-        entries: Default::default(),
-        bytes: 0,
-    };
-    loop {
-        let next = tokio::select! {
-            batch = rx.recv() => batch,
-            // Idle: still watch for other writers, so held-back rows are not left out.
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {
-                reemit_if_others_wrote(&shared, &table, &mut seen_sequence, &mut cache, &mut held_back).await;
-                continue;
-            }
-        };
-        let Some(mut batch) = next else {
-            reemit_if_others_wrote(
-                &shared,
-                &table,
-                &mut seen_sequence,
-                &mut cache,
-                &mut held_back,
-            )
-            .await;
-            return;
-        };
+    while let Some(mut batch) = rx.recv().await {
         // Resolves finish out of order; rows are decided in observation order.
         batch
             .observations
             .sort_by(|a, b| a.sequence_number.cmp(&b.sequence_number));
-        let foreign = match forget_if_others_wrote(&table, &mut seen_sequence, &mut cache).await {
-            Ok(foreign) => foreign,
-            Err(e) => {
-                debug!(error = %e, "could not check for other writers; clearing the suppression memory");
-                cache.clear();
-                true
-            }
-        };
-        let mut rows: Vec<JournalRow> = if foreign {
-            held_back.rows()
-        } else {
-            Vec::new()
-        };
-        let reemitted = rows.len();
         let mut overlay = Overlay::default();
         let now = Utc::now();
-        let mut suppressed = Vec::new();
-        for o in &batch.observations {
-            let before = overlay.suppressed();
-            rows.extend(cache.rows_for(&mut overlay, o, Source::Notification, now));
-            if overlay.suppressed() > before {
-                suppressed.push(o.clone());
-            }
-        }
+        let rows: Vec<JournalRow> = batch
+            .observations
+            .iter()
+            .flat_map(|o| cache.rows_for(&mut overlay, o, Source::Notification, now))
+            .collect();
         shared
             .metrics
             .rows_suppressed
             .inc_by(overlay.suppressed() as u64);
         if rows.is_empty() {
             cache.commit(overlay);
-            suppressed.into_iter().for_each(|o| held_back.push(o));
             let _ = ack.send(batch.messages).await;
             continue;
         }
@@ -409,11 +329,6 @@ pub(crate) async fn commit_loop(
         match commit_with_retries(&shared, &table, rows).await {
             Ok(()) => {
                 cache.commit(overlay);
-                if reemitted > 0 {
-                    info!(table = %table.ident(), rows = reemitted, "another writer committed: wrote the recently suppressed rows after all");
-                    held_back.clear();
-                }
-                suppressed.into_iter().for_each(|o| held_back.push(o));
                 let committed_at = Utc::now();
                 shared
                     .metrics
@@ -432,39 +347,6 @@ pub(crate) async fn commit_loop(
     }
 }
 
-/// The idle and final form of the check above: when another writer committed, write the
-/// held-back rows in a commit of their own.
-async fn reemit_if_others_wrote(
-    shared: &Shared,
-    table: &JournalTable,
-    seen: &mut Option<i64>,
-    cache: &mut StateCache,
-    held_back: &mut HeldBack,
-) {
-    held_back.prune();
-    if held_back.entries.is_empty() {
-        // Nothing to re-emit: the next batch's own check clears the memory if need be.
-        return;
-    }
-    let foreign = forget_if_others_wrote(table, seen, cache)
-        .await
-        .unwrap_or(true);
-    if !foreign {
-        return;
-    }
-    let rows = held_back.rows();
-    let n = rows.len();
-    match commit_with_retries(shared, table, rows).await {
-        Ok(()) => {
-            info!(table = %table.ident(), rows = n, "another writer committed: wrote the recently suppressed rows after all");
-            held_back.clear();
-        }
-        Err(e) => {
-            warn!(table = %table.ident(), rows = n, error = %e, "could not write the held-back rows; retrying at the next check");
-        }
-    }
-}
-
 async fn commit_with_retries(
     shared: &Shared,
     table: &JournalTable,
@@ -478,35 +360,6 @@ async fn commit_with_retries(
         .observe(started.elapsed().as_secs_f64());
     debug!(batch_id = %report.batch_id, rows = report.rows, attempts = report.attempts, "committed");
     Ok(())
-}
-
-/// Clears the suppression memory when a snapshot by another writer appeared since the last
-/// check (that writer's rows are not in it, so it could be stale); says whether one did.
-async fn forget_if_others_wrote(
-    table: &JournalTable,
-    seen: &mut Option<i64>,
-    cache: &mut StateCache,
-) -> Result<bool, TableError> {
-    let loaded = table.load().await?;
-    let metadata = loaded.metadata();
-    let newest = metadata.last_sequence_number();
-    let since = seen.unwrap_or(i64::MIN);
-    // Maintenance snapshots (compaction) rewrite files but no rows: not another writer.
-    let foreign = metadata.snapshots().any(|s| {
-        s.sequence_number() > since
-            && annotation_table::changes_rows(s)
-            && s.summary()
-                .additional_properties
-                .get(annotation_table::SUMMARY_WRITER)
-                .is_none_or(|w| w != table.writer_id())
-    });
-    let foreign = foreign && seen.is_some();
-    if foreign {
-        debug!(table = %table.ident(), "another writer committed; clearing the suppression memory");
-        cache.clear();
-    }
-    *seen = Some(newest);
-    Ok(foreign)
 }
 
 /// Deletes committed messages (DeleteMessageBatch, 10 at a time, every per-entry failure
@@ -599,7 +452,8 @@ pub(crate) async fn warm_up(
     let since = Utc::now() - chrono::Duration::from_std(lookback)?;
     let sql = format!(
         "SELECT bucket, object_key, object_version_id, name, record_type, sequence_number, \
-         last_modified_date, size, e_tag, checksum_algorithm, replication_status, text_value \
+         last_modified_date, size, e_tag, checksum_algorithm, replication_status, text_value, \
+         event_name, event_time, request_id \
          FROM {} WHERE ingested_at >= TIMESTAMP '{}' \
          ORDER BY sequence_number, CASE WHEN record_type = 'OBJECT_RESET' THEN 0 ELSE 1 END",
         config.table(),
@@ -621,6 +475,12 @@ pub(crate) async fn warm_up(
             s(10)?,
             s(11)?,
         );
+        let (event_name, request_id) = (s(12)?, s(14)?);
+        let event_time = arrow::compute::cast(
+            batch.column(13),
+            &DataType::Timestamp(TimeUnit::Microsecond, None),
+        )?;
+        let event_time = event_time.as_primitive::<TimestampMicrosecondType>();
         let lm = arrow::compute::cast(
             batch.column(6),
             &DataType::Timestamp(TimeUnit::Microsecond, None),
@@ -636,7 +496,9 @@ pub(crate) async fn warm_up(
             let record_type = match str_at(&kind, i).as_deref() {
                 Some("PUT") => annotation_table::RecordType::Put,
                 Some("DELETE") => annotation_table::RecordType::Delete,
-                _ => annotation_table::RecordType::ObjectReset,
+                Some("OBJECT_RESET") => annotation_table::RecordType::ObjectReset,
+                // Not a row this version writes: it must not shape what is suppressed.
+                _ => continue,
             };
             let row = JournalRow {
                 bucket: str_at(&bucket, i).unwrap_or_default(),
@@ -656,12 +518,14 @@ pub(crate) async fn warm_up(
                 checksum_algorithm: str_at(&checksum, i),
                 replication_status: str_at(&repl, i),
                 text_value: str_at(&text, i),
-                event_name: None,
-                event_time: None,
+                event_name: str_at(&event_name, i),
+                event_time: (!event_time.is_null(i))
+                    .then(|| chrono::DateTime::from_timestamp_micros(event_time.value(i)))
+                    .flatten(),
                 source: Source::Notification,
                 requester: None,
                 source_ip_address: None,
-                request_id: None,
+                request_id: str_at(&request_id, i),
                 ingested_at: Utc::now(),
             };
             cache.apply_row(&row);
