@@ -36,6 +36,7 @@ pub async fn run(config: &Config, buckets: &[String]) -> Vec<Check> {
         result: creds,
     });
 
+    let mut queue_arn = None;
     if let Some(url) = &config.serve.queue_url {
         let sqs = crate::aws::sqs_client(&sdk);
         let mut dlq_check = None;
@@ -50,6 +51,7 @@ pub async fn run(config: &Config, buckets: &[String]) -> Vec<Check> {
                 let a = out.attributes().cloned().unwrap_or_default();
                 let get = |k: QueueAttributeName| a.get(&k).cloned().unwrap_or_else(|| "?".into());
                 let redrive = a.get(&QueueAttributeName::RedrivePolicy).cloned();
+                queue_arn = a.get(&QueueAttributeName::QueueArn).cloned();
                 let detail = format!(
                     "visibility timeout {} s, ~{} messages waiting, ~{} in flight",
                     get(QueueAttributeName::VisibilityTimeout),
@@ -94,18 +96,12 @@ pub async fn run(config: &Config, buckets: &[String]) -> Vec<Check> {
                 .send()
                 .await
             {
-                Ok(n) => {
-                    let queues: Vec<&str> = n
-                        .queue_configurations()
-                        .iter()
-                        .map(|q| q.queue_arn())
-                        .collect();
-                    if queues.is_empty() {
-                        Err("reachable, but sends no notifications to any queue; run `annotable setup notifications`".into())
-                    } else {
-                        Ok(format!("reachable; notifies {}", queues.join(", ")))
-                    }
-                }
+                Ok(n) => notification_check(
+                    bucket,
+                    n.queue_configurations(),
+                    queue_arn.as_deref(),
+                    config.serve.queue_url.as_deref(),
+                ),
                 Err(e) => Err(format!(
                     "reachable, but its notification configuration cannot be read: {}",
                     aws_sdk_s3::error::DisplayErrorContext(&e)
@@ -168,4 +164,57 @@ pub async fn run(config: &Config, buckets: &[String]) -> Vec<Check> {
         }),
     }
     checks
+}
+
+/// Whether `bucket`'s queue configurations send every event `serve` needs to this queue; the
+/// fix when they do not.
+fn notification_check(
+    bucket: &str,
+    queues: &[aws_sdk_s3::types::QueueConfiguration],
+    queue_arn: Option<&str>,
+    queue_url: Option<&str>,
+) -> Result<String, String> {
+    let fix = format!(
+        "run `annotable setup notifications --bucket {bucket} --queue-url {}` (it merges with the bucket's other configurations)",
+        queue_url.unwrap_or("<serve.queue_url>")
+    );
+    let targets: Vec<&str> = queues.iter().map(|q| q.queue_arn()).collect();
+    let Some(arn) = queue_arn else {
+        return if targets.is_empty() {
+            Err(format!(
+                "reachable, but sends no notifications to any queue; {fix}"
+            ))
+        } else {
+            Ok(format!(
+                "reachable; notifies {} (serve.queue_url is not set, so which one serve reads is unknown)",
+                targets.join(", ")
+            ))
+        };
+    };
+    let ours: Vec<&aws_sdk_s3::types::QueueConfiguration> =
+        queues.iter().filter(|q| q.queue_arn() == arn).collect();
+    if ours.is_empty() {
+        return Err(if targets.is_empty() {
+            format!("reachable, but sends no notifications to any queue; {fix}")
+        } else {
+            format!(
+                "notifies {} but not this queue ({arn}); {fix}",
+                targets.join(", ")
+            )
+        });
+    }
+    let events: Vec<&str> = ours
+        .iter()
+        .flat_map(|q| q.events().iter().map(|e| e.as_str()))
+        .collect();
+    let missing = crate::setup::missing_events(events.iter().copied());
+    if missing.is_empty() {
+        Ok(format!("reachable; sends {} to {arn}", events.join(", ")))
+    } else {
+        Err(format!(
+            "sends {} to {arn} but not {}: those changes would never reach the table; {fix}",
+            events.join(", "),
+            missing.join(", ")
+        ))
+    }
 }

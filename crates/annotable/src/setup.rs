@@ -13,12 +13,47 @@ use aws_sdk_s3::types::{
 use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::{Value, json};
 
-/// The events annotable needs.
-pub const EVENTS: [&str; 3] = [
+/// The events annotable needs. Lifecycle expirations arrive only under their own name (never
+/// as `ObjectRemoved`), and they remove versions and their annotations like a DELETE does.
+pub const EVENTS: [&str; 4] = [
     "s3:ObjectAnnotation:*",
     "s3:ObjectCreated:*",
     "s3:ObjectRemoved:*",
+    "s3:LifecycleExpiration:*",
 ];
+
+/// The events of [`EVENTS`] that `configured` (the event names of every configuration sending
+/// to the queue) does not cover. A family is covered by its wildcard or, where the family has
+/// a known closed set of subtypes, by all of them.
+pub fn missing_events<'a>(
+    configured: impl IntoIterator<Item = &'a str> + Clone,
+) -> Vec<&'static str> {
+    let covers = |family: &str, subtypes: &[&str]| {
+        let has = |e: &str| configured.clone().into_iter().any(|c| c == e);
+        has(&format!("s3:{family}:*"))
+            || (!subtypes.is_empty() && subtypes.iter().all(|t| has(&format!("s3:{family}:{t}"))))
+    };
+    let families: [(&str, &[&str], &'static str); 4] = [
+        ("ObjectAnnotation", &["Put", "Delete"], EVENTS[0]),
+        // New creation subtypes appear over time: only the wildcard is safe.
+        ("ObjectCreated", &[], EVENTS[1]),
+        (
+            "ObjectRemoved",
+            &["Delete", "DeleteMarkerCreated"],
+            EVENTS[2],
+        ),
+        (
+            "LifecycleExpiration",
+            &["Delete", "DeleteMarkerCreated"],
+            EVENTS[3],
+        ),
+    ];
+    families
+        .into_iter()
+        .filter(|(family, subtypes, _)| !covers(family, subtypes))
+        .map(|(_, _, wanted)| wanted)
+        .collect()
+}
 
 /// What `setup notifications` does.
 #[derive(Debug, Clone)]
@@ -300,5 +335,29 @@ mod tests {
         // A Deny does not.
         let deny = r#"{"Statement":[{"Effect":"Deny","Principal":"*","Action":"sqs:*"}]}"#;
         assert!(policy_with_bucket(Some(deny), q, b).is_some());
+    }
+
+    #[test]
+    fn missing_events_names_each_uncovered_family() {
+        assert!(missing_events(EVENTS).is_empty());
+        // The configuration `setup` wrote before lifecycle expirations were subscribed.
+        assert_eq!(
+            missing_events(EVENTS[..3].iter().copied()),
+            vec!["s3:LifecycleExpiration:*"]
+        );
+        let specific = [
+            "s3:ObjectAnnotation:Put",
+            "s3:ObjectAnnotation:Delete",
+            "s3:ObjectCreated:*",
+            "s3:ObjectRemoved:Delete",
+            "s3:LifecycleExpiration:Delete",
+            "s3:LifecycleExpiration:DeleteMarkerCreated",
+        ];
+        assert_eq!(missing_events(specific), vec!["s3:ObjectRemoved:*"]);
+        assert_eq!(
+            missing_events(["s3:ObjectCreated:Put"]),
+            EVENTS.to_vec(),
+            "one creation subtype does not cover the family"
+        );
     }
 }
