@@ -397,7 +397,7 @@ async fn an_object_s3_refuses_is_reported_and_skipped_not_fatal() -> TestResult 
     // The other four are indexed.
     let view = env.view().await;
     assert_eq!(view.len(), 4, "{view:?}");
-    assert!(view.iter().all(|r| r.1 != "k2"));
+    assert!(view.iter().all(|r| r.object_key != "k2"));
     Ok(())
 }
 

@@ -4,9 +4,15 @@
 //! session started are visible without a restart. (iceberg-datafusion's own
 //! `IcebergCatalogProvider` lists tables once at start-up and accepts writes; neither fits
 //! `annotable query`.) Views live in memory, next to the tables of their namespace.
+//!
+//! **One snapshot per statement.** A statement may scan a table several times (the
+//! `annotations` view reads the journal three times). Every scan of one statement reads the
+//! snapshot the first of them loaded — a commit landing while the statement is planned cannot
+//! make one scan see rows another does not. A statement is recognised by DataFusion's
+//! per-statement start time, which all its scans share.
 
 use std::any::Any;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
@@ -17,6 +23,7 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use iceberg::arrow::schema_to_arrow_schema;
+use iceberg::table::Table;
 use iceberg::{Catalog, ErrorKind, NamespaceIdent, TableIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
 use iceberg_datafusion::physical_plan::IcebergTableScan;
@@ -30,12 +37,43 @@ fn df_error(e: iceberg::Error) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
-/// One Iceberg table, read at its current snapshot on every scan.
+/// The table each statement in planning has loaded, by table: (statement start time, table).
+type Pins = Arc<tokio::sync::Mutex<HashMap<TableIdent, (i64, Table)>>>;
+
+/// One Iceberg table, read at its current snapshot by each statement (see the module doc).
 #[derive(Debug)]
 pub(crate) struct LiveTable {
     catalog: Arc<dyn Catalog>,
     ident: TableIdent,
     schema: SchemaRef,
+    pins: Pins,
+}
+
+impl LiveTable {
+    /// The table as the statement planned in `state` sees it: the one its first scan loaded.
+    async fn for_statement(&self, state: &dyn Session) -> DFResult<Table> {
+        let Some(started) = state
+            .execution_props()
+            .query_execution_start_time
+            .and_then(|t| t.timestamp_nanos_opt())
+        else {
+            return self.catalog.load_table(&self.ident).await.map_err(df_error);
+        };
+        // Held across the load, so concurrent scans of one statement wait for the first.
+        let mut pins = self.pins.lock().await;
+        if let Some((at, table)) = pins.get(&self.ident)
+            && *at == started
+        {
+            return Ok(table.clone());
+        }
+        let table = self
+            .catalog
+            .load_table(&self.ident)
+            .await
+            .map_err(df_error)?;
+        pins.insert(self.ident.clone(), (started, table.clone()));
+        Ok(table)
+    }
 }
 
 #[async_trait]
@@ -59,11 +97,7 @@ impl TableProvider for LiveTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let table = self
-            .catalog
-            .load_table(&self.ident)
-            .await
-            .map_err(df_error)?;
+        let table = self.for_statement(state).await?;
         let current = IcebergStaticTableProvider::try_new_from_table(table)
             .await
             .map_err(df_error)?;
@@ -105,6 +139,8 @@ pub(crate) struct NamespaceSchema {
     views: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
     /// Table names seen at the last [`NamespaceSchema::refresh`], for `SHOW TABLES`.
     listed: RwLock<Vec<String>>,
+    /// Shared by every table provider of the namespace, whichever scan asked for it.
+    pins: Pins,
 }
 
 impl NamespaceSchema {
@@ -119,6 +155,7 @@ impl NamespaceSchema {
             journal,
             views: RwLock::default(),
             listed: RwLock::default(),
+            pins: Pins::default(),
         }
     }
 
@@ -201,6 +238,7 @@ impl SchemaProvider for NamespaceSchema {
             catalog: self.catalog.clone(),
             ident,
             schema,
+            pins: self.pins.clone(),
         })))
     }
 

@@ -332,3 +332,44 @@ async fn scans_spread_the_snapshot_files_over_partitions_and_lose_no_row() -> Te
     );
     Ok(())
 }
+
+/// Issue 19, item 5: the `annotations` view scans the journal several times, and a commit
+/// landing between two of those scans must not let them see different snapshots (rows would
+/// vanish from the join). Every scan of one statement reads the snapshot its first scan
+/// loaded; the next statement sees the commit.
+#[tokio::test]
+async fn every_scan_of_one_statement_reads_one_snapshot() -> TestResult {
+    use datafusion::physical_plan::{ExecutionPlan, collect};
+    use std::sync::Arc;
+    let fixture = Fixture::new().await?;
+    fixture.append(vec![put("b", "one", "n", 1, "v1")]).await?;
+    let session = fixture.session().await?;
+    let ctx = session.context();
+    let rows = |plan: Arc<dyn ExecutionPlan>| {
+        let task = ctx.task_ctx();
+        async move {
+            let batches = collect(plan, task).await?;
+            Ok::<usize, datafusion::error::DataFusionError>(
+                batches.iter().map(|b| b.num_rows()).sum(),
+            )
+        }
+    };
+    // The same provider a statement resolves, planned twice for one statement.
+    let statement = ctx.state();
+    let journal = ctx.table_provider("annotation_journal").await?;
+    let first = journal.scan(&statement, None, &[], None).await?;
+    fixture.append(vec![put("b", "two", "n", 2, "v2")]).await?;
+    // A provider resolved again by name (as each `FROM annotation_journal` of a view is).
+    let again = ctx.table_provider("annotation_journal").await?;
+    let second = again.scan(&statement, None, &[], None).await?;
+    assert_eq!(rows(first).await?, 1);
+    assert_eq!(
+        rows(second).await?,
+        1,
+        "a second scan of the same statement read another snapshot"
+    );
+    // The next statement reads the new snapshot.
+    let next = journal.scan(&ctx.state(), None, &[], None).await?;
+    assert_eq!(rows(next).await?, 2);
+    Ok(())
+}

@@ -1,7 +1,7 @@
-//! `/metrics`, `/healthz` (alive) and `/readyz` (started and not stopping).
+//! `/metrics`, `/healthz` (alive) and `/readyz` (started, not stopping, and not held back by
+//! an outage: the body says which).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -10,11 +10,12 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use super::Metrics;
+use super::health::Health;
 
 pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
+    health: Arc<Health>,
     stop: CancellationToken,
 ) {
     let app = Router::new()
@@ -37,12 +38,13 @@ pub(crate) async fn serve(
         .route(
             "/readyz",
             get(move || {
-                let ready = ready.load(Ordering::Relaxed);
+                let problem = health.problem();
                 async move {
-                    if ready {
-                        (StatusCode::OK, "ready\n").into_response()
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "stopping\n").into_response()
+                    match problem {
+                        None => (StatusCode::OK, "ready\n".to_string()).into_response(),
+                        Some(why) => {
+                            (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response()
+                        }
                     }
                 }
             }),

@@ -65,6 +65,9 @@ pub(crate) async fn receive_loop(
                 }
             }
         };
+        // Every message of the poll is held (and so kept invisible by the heartbeat) from now
+        // on, including those that wait below while the stages behind are full.
+        let mut received = Vec::with_capacity(messages.len());
         for m in messages {
             let Some(receipt) = m.receipt_handle else {
                 continue;
@@ -84,8 +87,11 @@ pub(crate) async fn receive_loop(
             };
             shared.registry.insert(&msg, msg.received_at + timeout);
             shared.metrics.received.inc();
-            let parsed = s3_events::parse_message(msg.body.as_bytes());
             debug!(message_id = %msg.message_id, receive_count, "received");
+            received.push(msg);
+        }
+        for msg in received {
+            let parsed = s3_events::parse_message(msg.body.as_bytes());
             if tx.send(Inbound { msg, parsed }).await.is_err() {
                 return;
             }

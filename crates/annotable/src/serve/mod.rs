@@ -19,6 +19,7 @@
 //! - On shutdown (§3.6): stop receiving, resolve and commit what is held, delete those messages,
 //!   return, all within the deadline; whatever is not deleted by then comes back by itself.
 
+mod health;
 mod http;
 mod intake;
 mod metrics;
@@ -195,6 +196,10 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     pub registry: visibility::Registry,
     pub writer_id: String,
+    pub health: Arc<health::Health>,
+    /// Cancelled when the process stops receiving: work retried through an outage gives up
+    /// then (its messages come back later).
+    pub stopping: CancellationToken,
 }
 
 /// Runs the service until `shutdown` is cancelled (or it has been idle for
@@ -236,6 +241,9 @@ pub async fn run(
     }
 
     let metrics = Arc::new(Metrics::new(source.stats().clone()));
+    let health = Arc::new(health::Health::default());
+    // The stop signal for the receivers: the caller's shutdown, or idleness.
+    let stop_receiving = shutdown.child_token();
     let shared = Arc::new(Shared {
         sqs,
         source,
@@ -244,10 +252,11 @@ pub async fn run(
         metrics: metrics.clone(),
         registry: visibility::Registry::default(),
         writer_id: pipeline::new_writer_id(),
+        health: health.clone(),
+        stopping: stop_receiving.clone(),
     });
 
     let http_stop = CancellationToken::new();
-    let ready = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let http_task = match options.http_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -258,7 +267,7 @@ pub async fn run(
             Some(tokio::spawn(http::serve(
                 listener,
                 metrics.clone(),
-                ready.clone(),
+                health.clone(),
                 http_stop.clone(),
             )))
         }
@@ -299,8 +308,6 @@ pub async fn run(
     };
     info!(queue_url = %shared.queue.url, table = %table.ident(), visibility_timeout = ?shared.queue.visibility_timeout, "serve started");
 
-    // The stop signal for the receivers: the caller's shutdown, or idleness.
-    let stop_receiving = shutdown.child_token();
     let (inbound_tx, inbound_rx) = mpsc::channel(options.messages_in_flight);
     let (resolved_tx, resolved_rx) = mpsc::channel(options.messages_in_flight);
     let (batch_tx, batch_rx) = mpsc::channel(1);
@@ -344,7 +351,7 @@ pub async fn run(
     let acker = tokio::spawn(stages::ack_loop(shared.clone(), ack_rx));
 
     stop_receiving.cancelled().await;
-    ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    health.stopping();
     // A maintenance run cut short leaves the table as it was (plus files the orphan sweep
     // removes later); its lease lapses.
     maintenance_stop.cancel();

@@ -10,9 +10,10 @@ use chrono::Utc;
 use s3_events::{Action, Event, Notification, ObjectRef};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use super::Shared;
+use super::health::Cause;
 use super::intake::Inbound;
 use super::visibility::{Held, release, retry_backoff};
 use crate::config::Config;
@@ -50,7 +51,7 @@ pub(crate) async fn resolve_loop(
         let shared = shared.clone();
         let tx = tx.clone();
         tasks.spawn(async move {
-            let resolved = resolve_message(&shared, inbound).await;
+            let resolved = resolve_through_outages(&shared, inbound).await;
             let _ = tx.send(resolved).await;
             drop(permit);
         });
@@ -59,27 +60,50 @@ pub(crate) async fn resolve_loop(
     while tasks.join_next().await.is_some() {}
 }
 
-async fn resolve_message(shared: &Shared, inbound: Inbound) -> Resolved {
+/// Resolves a message, retrying in place while S3 fails transiently: the message stays held
+/// (the heartbeat keeps it invisible), so an outage does not count receives towards the
+/// dead-letter limit. Only a stop hands it back for a later retry.
+async fn resolve_through_outages(shared: &Shared, inbound: Inbound) -> Resolved {
     let Inbound { msg, parsed } = inbound;
+    let mut attempt = 0u32;
+    loop {
+        let outcome = resolve_message(shared, &msg, &parsed).await;
+        let Outcome::Retry(reason) = &outcome else {
+            if attempt > 0 {
+                shared.health.recovered(Cause::S3);
+                info!(message_id = %msg.message_id, attempts = attempt + 1, "S3 reads work again; message resolved");
+            }
+            return Resolved { msg, outcome };
+        };
+        attempt += 1;
+        shared.health.failing(Cause::S3, reason.clone());
+        let wait = Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60));
+        warn!(message_id = %msg.message_id, attempt, ?wait, %reason, "S3 reads keep failing; the message is held and retried (not returned to the queue)");
+        tokio::select! {
+            _ = shared.stopping.cancelled() => return Resolved { msg, outcome },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn resolve_message(
+    shared: &Shared,
+    msg: &Held,
+    parsed: &Result<Notification, s3_events::ParseError>,
+) -> Outcome {
     let events = match parsed {
         Err(e) => {
-            return Resolved {
-                msg,
-                outcome: Outcome::Poison(format!("unparseable notification: {e}")),
-            };
+            return Outcome::Poison(format!("unparseable notification: {e}"));
         }
         Ok(Notification::Test(_)) => {
             shared.metrics.events_ignored.inc();
-            return Resolved {
-                msg,
-                outcome: Outcome::Observed(Vec::new()),
-            };
+            return Outcome::Observed(Vec::new());
         }
         Ok(Notification::Events(events)) => events,
         Ok(Notification::Partial { events, rejected }) => {
             // The good records go on; each bad one is reported with the message, which is
             // deleted once the good ones are committed (retrying cannot mend a bad record).
-            for e in &rejected {
+            for e in rejected {
                 shared.metrics.poisoned.inc();
                 error!(message_id = %msg.message_id, kind = e.kind(), reason = %e, "a record of this message cannot be parsed and is skipped; the message's other records are processed");
             }
@@ -88,29 +112,16 @@ async fn resolve_message(shared: &Shared, inbound: Inbound) -> Resolved {
     };
     let mut observations = Vec::with_capacity(events.len());
     for event in events {
-        match resolve_event(shared, &event).await {
+        match resolve_event(shared, event).await {
             Ok(Some(obs)) => observations.push(obs),
             Ok(None) => {
                 shared.metrics.events_ignored.inc();
             }
-            Err(e) if e.is_retryable() => {
-                return Resolved {
-                    msg,
-                    outcome: Outcome::Retry(e.to_string()),
-                };
-            }
-            Err(e) => {
-                return Resolved {
-                    msg,
-                    outcome: Outcome::Poison(e.to_string()),
-                };
-            }
+            Err(e) if e.is_retryable() => return Outcome::Retry(e.to_string()),
+            Err(e) => return Outcome::Poison(e.to_string()),
         }
     }
-    Resolved {
-        msg,
-        outcome: Outcome::Observed(observations),
-    }
+    Outcome::Observed(observations)
 }
 
 /// The S3 reads of design.md §4. Every annotation change is verified by reading the annotation
@@ -326,7 +337,8 @@ pub(crate) async fn commit_loop(
         }
         let row_count = rows.len();
         let bytes: usize = rows.iter().map(approx_row_bytes).sum();
-        match commit_with_retries(&shared, &table, rows).await {
+        match commit_through_outages(&shared, &table, Batch::new(Source::Notification, rows)).await
+        {
             Ok(()) => {
                 cache.commit(overlay);
                 let committed_at = Utc::now();
@@ -347,19 +359,52 @@ pub(crate) async fn commit_loop(
     }
 }
 
-async fn commit_with_retries(
+/// Commits `batch`; while the catalog fails transiently, keeps trying (the batch's messages
+/// stay held and invisible) until it lands or the process stops. Every try after the first
+/// looks for the batch id first, so a commit whose outcome was unknown is not written twice.
+async fn commit_through_outages(
     shared: &Shared,
     table: &JournalTable,
-    rows: Vec<JournalRow>,
+    batch: Batch,
 ) -> Result<(), TableError> {
-    let started = Instant::now();
-    let report = commit_batch(table, Batch::new(Source::Notification, rows)).await?;
-    shared
-        .metrics
-        .commit_seconds
-        .observe(started.elapsed().as_secs_f64());
-    debug!(batch_id = %report.batch_id, rows = report.rows, attempts = report.attempts, "committed");
-    Ok(())
+    let mut outage = 0u32;
+    loop {
+        let started = Instant::now();
+        let landed = match outage {
+            0 => None,
+            _ => table.committed_batch(&batch.id).await.ok().flatten(),
+        };
+        let result = match landed {
+            Some(_) => Ok(()),
+            None => commit_batch(table, batch.clone()).await.map(|report| {
+                debug!(batch_id = %report.batch_id, rows = report.rows, attempts = report.attempts, "committed");
+            }),
+        };
+        match result {
+            Ok(()) => {
+                shared
+                    .metrics
+                    .commit_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                if outage > 0 {
+                    shared.health.recovered(Cause::Catalog);
+                    info!(table = %table.ident(), batch_id = %batch.id, tries = outage + 1, "commits work again; the held batch is committed");
+                }
+                return Ok(());
+            }
+            Err(e) if e.is_retryable() && !shared.stopping.is_cancelled() => {
+                outage += 1;
+                shared.health.failing(Cause::Catalog, e.to_string());
+                let wait = Duration::from_secs(2u64 << outage.min(4));
+                warn!(table = %table.ident(), batch_id = %batch.id, tries = outage, ?wait, error = %e, "commits keep failing; the batch's messages are held (not returned to the queue) and the commit is retried");
+                tokio::select! {
+                    _ = shared.stopping.cancelled() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Deletes committed messages (DeleteMessageBatch, 10 at a time, every per-entry failure
