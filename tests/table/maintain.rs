@@ -385,3 +385,52 @@ async fn expiry_and_the_orphan_sweep_delete_only_unreferenced_files() -> TestRes
     assert_eq!(maintainer.stats().await?, stats);
     Ok(())
 }
+
+/// Issue 19, item 10: a table whose location lies inside the journal's would have its live
+/// files swept as the journal's orphans; the sweep refuses, and deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_orphan_sweep_refuses_a_location_another_table_shares() -> TestResult {
+    use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
+    use iceberg::{NamespaceIdent, TableCreation};
+    let f = Fixture::new().await?;
+    f.commits(0, 3, 10).await?;
+    let nested = f.table_dir().join("data").join("intruder");
+    let schema = Schema::builder()
+        .with_fields(vec![
+            NestedField::required(1, "id", Type::Primitive(PrimitiveType::Long)).into(),
+        ])
+        .build()?;
+    f.catalog
+        .create_table(
+            &NamespaceIdent::new(f.namespace.clone()),
+            TableCreation::builder()
+                .name("intruder".into())
+                .location(format!("file://{}", nested.display()))
+                .schema(schema)
+                .build(),
+        )
+        .await?;
+    let old = f.table_dir().join("data").join("orphan-old.parquet");
+    plant(&old, Duration::from_secs(2 * 86_400))?;
+    let before = files_under(&nested);
+    assert!(
+        !before.is_empty(),
+        "the intruder's metadata is under the journal's location"
+    );
+    let Err(err) = f.maintainer().await?.run(&eager()).await else {
+        return Err("the sweep ran over another table's location".into());
+    };
+    let text = err.to_string();
+    assert!(
+        text.contains("intruder") && text.contains("overlaps"),
+        "{text}"
+    );
+    assert!(!err.is_retryable());
+    assert_eq!(
+        files_under(&nested),
+        before,
+        "the other table's files are untouched"
+    );
+    assert!(old.exists(), "nothing is swept when the location is shared");
+    Ok(())
+}

@@ -69,6 +69,11 @@ pub enum MaintainError {
 /// redelivered messages are re-resolved, but a retention below this leaves no margin.
 pub const MIN_SNAPSHOT_RETENTION: Duration = Duration::from_secs(600);
 
+/// The youngest unreferenced file the orphan sweep may delete: a writer's files are
+/// unreferenced from the moment they are written until its commit lands, which a catalog
+/// outage or a long backfill batch can delay by many minutes.
+pub const MIN_ORPHAN_AGE: Duration = Duration::from_secs(3_600);
+
 /// How long the maintenance lease lasts without renewal (renewed every third of it).
 pub const LEASE_TTL: Duration = Duration::from_secs(300);
 
@@ -91,6 +96,21 @@ pub fn options(config: &Config, request: MaintainRequest) -> Result<MaintainOpti
             ),
         });
     }
+    let orphan_age = m
+        .orphan_age_secs
+        .map(Duration::from_secs)
+        .unwrap_or(defaults.orphan_age);
+    if orphan_age < MIN_ORPHAN_AGE {
+        return Err(ConfigError::Invalid {
+            key: "maintain.orphan_age_secs".into(),
+            env: crate::config::env_name("maintain.orphan_age_secs"),
+            message: format!(
+                "{} s is too short: files a writer has written but not yet committed are unreferenced until the commit lands, so keep at least {} s",
+                orphan_age.as_secs(),
+                MIN_ORPHAN_AGE.as_secs()
+            ),
+        });
+    }
     Ok(MaintainOptions {
         compact: request.compact,
         expire: request.expire,
@@ -102,10 +122,7 @@ pub fn options(config: &Config, request: MaintainRequest) -> Result<MaintainOpti
             .unwrap_or(defaults.target_file_bytes),
         snapshot_retention: retention,
         min_snapshots: m.min_snapshots.unwrap_or(defaults.min_snapshots).max(1),
-        orphan_age: m
-            .orphan_age_secs
-            .map(Duration::from_secs)
-            .unwrap_or(defaults.orphan_age),
+        orphan_age,
     })
 }
 
@@ -351,5 +368,42 @@ impl fmt::Display for Printed<'_> {
         }
         stats_line(f, "after", &r.after)?;
         write!(f, "took     {:.2} s", r.took.as_secs_f64())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> MaintainRequest {
+        MaintainRequest {
+            compact: false,
+            expire: false,
+            orphans: true,
+            dry_run: false,
+        }
+    }
+
+    #[test]
+    fn the_orphan_age_has_a_safe_minimum() {
+        let config = |age: u64| {
+            Config::load(
+                None,
+                [(
+                    "ANNOTABLE_MAINTAIN_ORPHAN_AGE_SECS".to_string(),
+                    age.to_string(),
+                )],
+            )
+        };
+        let too_young = config(60).map(|c| options(&c, request()));
+        match too_young {
+            Ok(Err(ConfigError::Invalid { key, message, .. })) => {
+                assert_eq!(key, "maintain.orphan_age_secs");
+                assert!(message.contains("3600"), "{message}");
+            }
+            other => panic!("60 s accepted: {other:?}"),
+        }
+        let ok = config(3_600).map(|c| options(&c, request()));
+        assert!(matches!(ok, Ok(Ok(o)) if o.orphan_age == MIN_ORPHAN_AGE));
     }
 }

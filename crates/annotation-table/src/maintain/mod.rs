@@ -622,6 +622,8 @@ impl Maintainer {
     ) -> Result<OrphanReport, TableError> {
         let table = self.table.load().await?;
         let metadata = table.metadata();
+        self.check_location_is_exclusive(metadata.location())
+            .await?;
         let listed = files::list(metadata.location(), &self.storage)
             .await
             .map_err(|e| self.error("listing the table's files", e))?;
@@ -675,6 +677,48 @@ impl Maintainer {
             return Err(self.error("deleting orphan files", e));
         }
         Ok(report)
+    }
+
+    /// Refuses a table location that another table of the catalog shares, contains or lies
+    /// in: every file under it that this table does not reference would look like an orphan,
+    /// and the other table's live files would be deleted.
+    async fn check_location_is_exclusive(&self, location: &str) -> Result<(), TableError> {
+        let ours = location.trim_end_matches('/');
+        let catalog = self.table.catalog();
+        let namespaces = catalog
+            .list_namespaces(None)
+            .await
+            .map_err(|e| self.error("listing the catalog's namespaces", e))?;
+        for namespace in namespaces {
+            let tables = catalog
+                .list_tables(&namespace)
+                .await
+                .map_err(|e| self.error("listing the catalog's tables", e))?;
+            for ident in tables {
+                if &ident == self.table.ident() {
+                    continue;
+                }
+                let Ok(other) = catalog.load_table(&ident).await else {
+                    continue;
+                };
+                let theirs = other.metadata().location().trim_end_matches('/');
+                let overlaps = theirs == ours
+                    || theirs.starts_with(&format!("{ours}/"))
+                    || ours.starts_with(&format!("{theirs}/"));
+                if overlaps {
+                    return Err(self.error(
+                        "checking that the orphan sweep owns the table location",
+                        Error::new(
+                            ErrorKind::DataInvalid,
+                            format!(
+                                "table {ident} lives at {theirs}, which overlaps this table's location {ours}: the orphan sweep would delete its files, so it is refused; give each table a location of its own (or run maintain without --orphans)"
+                            ),
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Takes or renews the table's maintenance lease for `holder` (SQL catalogs; other
