@@ -89,10 +89,18 @@ pub async fn run(config: &Config, buckets: &[String]) -> Vec<Check> {
 
     let s3 = crate::aws::s3_client(config, &sdk);
     for bucket in buckets {
-        let result = match s3.head_bucket().bucket(bucket).send().await {
+        let owner = config.aws.expected_bucket_owner.clone();
+        let result = match s3
+            .head_bucket()
+            .bucket(bucket)
+            .set_expected_bucket_owner(owner.clone())
+            .send()
+            .await
+        {
             Ok(_) => match s3
                 .get_bucket_notification_configuration()
                 .bucket(bucket)
+                .set_expected_bucket_owner(owner)
                 .send()
                 .await
             {

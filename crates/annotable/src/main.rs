@@ -345,6 +345,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bucket: args.bucket,
                 queue_url: args.queue_url,
                 prefix: args.prefix,
+                expected_bucket_owner: config.aws.expected_bucket_owner.clone(),
             };
             let changes = setup::notifications(&s3, &sqs, &request).await?;
             if changes.is_empty() {

@@ -64,6 +64,9 @@ pub struct SetupRequest {
     pub queue_url: String,
     /// Only keys under this prefix.
     pub prefix: Option<String>,
+    /// The account that must own the bucket (`aws.expected_bucket_owner`): sent with every
+    /// bucket call, and pinned as `aws:SourceAccount` in the queue policy statement.
+    pub expected_bucket_owner: Option<String>,
 }
 
 /// Why setup failed.
@@ -110,7 +113,12 @@ pub async fn notifications(
 
     // 1. The queue policy.
     let policy = attributes.get(&QueueAttributeName::Policy).cloned();
-    if let Some(new_policy) = policy_with_bucket(policy.as_deref(), &queue_arn, &bucket_arn) {
+    if let Some(new_policy) = policy_with_bucket(
+        policy.as_deref(),
+        &queue_arn,
+        &bucket_arn,
+        request.expected_bucket_owner.as_deref(),
+    ) {
         sqs.set_queue_attributes()
             .queue_url(&request.queue_url)
             .attributes(QueueAttributeName::Policy, new_policy)
@@ -131,6 +139,7 @@ pub async fn notifications(
     let current = s3
         .get_bucket_notification_configuration()
         .bucket(bucket)
+        .set_expected_bucket_owner(request.expected_bucket_owner.clone())
         .send()
         .await
         .map_err(|e| SetupError::Aws {
@@ -189,6 +198,7 @@ pub async fn notifications(
         .build();
     s3.put_bucket_notification_configuration()
         .bucket(bucket)
+        .set_expected_bucket_owner(request.expected_bucket_owner.clone())
         .notification_configuration(config)
         .send()
         .await
@@ -224,11 +234,14 @@ fn short_hash(s: &str) -> String {
 }
 
 /// The policy with a statement letting `bucket_arn` send to the queue, or `None` when some
-/// statement already allows it.
+/// statement already allows it. With `source_account`, the statement also pins
+/// `aws:SourceAccount` (bucket names are global: a bucket of the same name in another account,
+/// after this one is deleted, could otherwise send to the queue).
 pub fn policy_with_bucket(
     policy: Option<&str>,
     queue_arn: &str,
     bucket_arn: &str,
+    source_account: Option<&str>,
 ) -> Option<String> {
     let mut doc: Value = policy
         .filter(|p| !p.trim().is_empty())
@@ -243,13 +256,17 @@ pub fn policy_with_bucket(
         return None;
     }
     let mut statements = statements;
+    let mut condition = json!({"ArnLike": {"aws:SourceArn": bucket_arn}});
+    if let Some(account) = source_account {
+        condition["StringEquals"] = json!({"aws:SourceAccount": account});
+    }
     statements.push(json!({
         "Sid": format!("annotable-{}", short_hash(bucket_arn)),
         "Effect": "Allow",
         "Principal": {"Service": "s3.amazonaws.com"},
         "Action": "sqs:SendMessage",
         "Resource": queue_arn,
-        "Condition": {"ArnLike": {"aws:SourceArn": bucket_arn}}
+        "Condition": condition
     }));
     doc["Statement"] = Value::Array(statements);
     Some(doc.to_string())
@@ -322,19 +339,30 @@ mod tests {
     fn a_policy_statement_is_added_once() {
         let q = "arn:aws:sqs:us-east-1:1:q";
         let b = "arn:aws:s3:::bucket";
-        let added = policy_with_bucket(None, q, b);
+        let added = policy_with_bucket(None, q, b, None);
         let Some(added) = added else {
             panic!("a statement should be added")
         };
-        assert_eq!(policy_with_bucket(Some(&added), q, b), None);
+        assert_eq!(policy_with_bucket(Some(&added), q, b, None), None);
         // Another bucket still needs its own.
-        assert!(policy_with_bucket(Some(&added), q, "arn:aws:s3:::other").is_some());
+        assert!(policy_with_bucket(Some(&added), q, "arn:aws:s3:::other", None).is_some());
+        // With the expected owner, the statement pins the source account too.
+        let pinned = policy_with_bucket(None, q, b, Some("111122223333")).unwrap_or_default();
+        let doc: Value = serde_json::from_str(&pinned).unwrap_or_default();
+        assert_eq!(
+            doc["Statement"][0]["Condition"]["StringEquals"]["aws:SourceAccount"],
+            "111122223333"
+        );
+        assert_eq!(
+            doc["Statement"][0]["Condition"]["ArnLike"]["aws:SourceArn"],
+            b
+        );
         // A wildcard condition covers it.
         let wildcard = r#"{"Statement":[{"Effect":"Allow","Principal":{"Service":"s3.amazonaws.com"},"Action":["sqs:SendMessage"],"Condition":{"ArnLike":{"aws:SourceArn":"arn:aws:s3:::buck*"}}}]}"#;
-        assert_eq!(policy_with_bucket(Some(wildcard), q, b), None);
+        assert_eq!(policy_with_bucket(Some(wildcard), q, b, None), None);
         // A Deny does not.
         let deny = r#"{"Statement":[{"Effect":"Deny","Principal":"*","Action":"sqs:*"}]}"#;
-        assert!(policy_with_bucket(Some(deny), q, b).is_some());
+        assert!(policy_with_bucket(Some(deny), q, b, None).is_some());
     }
 
     #[test]

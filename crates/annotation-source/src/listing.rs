@@ -91,7 +91,13 @@ impl AnnotationSource {
         self.check_bucket(&target)?;
         let answer = self
             .with_retries(Op::ListObjects, &target, || async {
-                let response = self.s3.get_bucket_versioning().bucket(bucket).send().await;
+                let response = self
+                    .s3
+                    .get_bucket_versioning()
+                    .bucket(bucket)
+                    .set_expected_bucket_owner(self.options.expected_bucket_owner.clone())
+                    .send()
+                    .await;
                 match response {
                     Ok(out) => Ok(Attempt::Done(out.status().is_some())),
                     Err(e) => listing_failure(&e, Op::ListObjects, &target),

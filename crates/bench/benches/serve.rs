@@ -57,6 +57,7 @@ impl Rig {
                 bucket: bucket.clone(),
                 queue_url: queue_url.clone(),
                 prefix: None,
+                expected_bucket_owner: None,
             },
         )
         .await
