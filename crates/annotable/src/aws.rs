@@ -29,6 +29,32 @@ pub fn s3_client(config: &Config, sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Cl
     aws_sdk_s3::Client::from_conf(s3_config(config, sdk).build())
 }
 
+/// An S3 client for the warehouse (the `[storage]` settings: endpoint, region, static keys,
+/// path style), for documents kept beside the tables such as backfill's lease and checkpoint.
+/// The warehouse may live in another store or account than the annotated buckets, so the
+/// annotation-side `[aws]` overrides do not apply to it.
+pub fn warehouse_s3_client(config: &Config, sdk: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let storage = config.storage_config();
+    let mut builder =
+        aws_sdk_s3::config::Builder::from(sdk).force_path_style(storage.s3_path_style);
+    if let Some(endpoint) = &storage.s3_endpoint {
+        builder = builder.endpoint_url(endpoint);
+    }
+    if let Some(region) = &storage.s3_region {
+        builder = builder.region(aws_config::Region::new(region.clone()));
+    }
+    if let (Some(key), Some(secret)) = (&storage.s3_access_key_id, &storage.s3_secret_access_key) {
+        builder = builder.credentials_provider(aws_credential_types::Credentials::new(
+            key.clone(),
+            secret.clone(),
+            None,
+            None,
+            "annotable-storage",
+        ));
+    }
+    aws_sdk_s3::Client::from_conf(builder.build())
+}
+
 /// The SQS client.
 pub fn sqs_client(sdk: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(sdk)

@@ -343,10 +343,18 @@ pub async fn run(
         let (_, catalog) = config.connect_catalog::<BackfillError>().await?;
         let table = JournalTable::open(catalog, config.namespace(), Some(config.table())).await?;
         report.table = table.ident().to_string();
-        let store = StateStore::from_url(
-            &config.backfill_state_url()?,
-            crate::aws::s3_client(config, &sdk),
-        );
+        let state_url = config.backfill_state_url()?;
+        // Documents on the warehouse's bucket are reached as the tables are; elsewhere, as
+        // the annotated buckets are.
+        let on_warehouse = config.catalog.warehouse.as_deref().is_some_and(|w| {
+            warehouse_bucket(w).is_some() && warehouse_bucket(w) == warehouse_bucket(&state_url)
+        });
+        let client = if on_warehouse {
+            crate::aws::warehouse_s3_client(config, &sdk)
+        } else {
+            crate::aws::s3_client(config, &sdk)
+        };
+        let store = StateStore::from_url(&state_url, client);
         let holder = Holder::this_process(table.writer_id());
         let (lease, mut start) = Lease::acquire(
             store,
@@ -758,5 +766,25 @@ pub fn parse_versions(s: &str) -> Option<Versions> {
         "current" => Some(Versions::Current),
         "all" => Some(Versions::All),
         _ => None,
+    }
+}
+
+/// The bucket of an `s3://bucket/...` URL.
+fn warehouse_bucket(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("s3://")
+        .or_else(|| url.strip_prefix("s3a://"))?;
+    Some(rest.split('/').next().unwrap_or(rest))
+}
+
+#[cfg(test)]
+mod state_location_tests {
+    use super::warehouse_bucket;
+
+    #[test]
+    fn the_bucket_of_a_state_url() {
+        assert_eq!(warehouse_bucket("s3://lake/tables"), Some("lake"));
+        assert_eq!(warehouse_bucket("s3a://lake"), Some("lake"));
+        assert_eq!(warehouse_bucket("/var/lib/annotable"), None);
     }
 }
