@@ -124,7 +124,7 @@ async fn resolve_message(
     Outcome::Observed(observations)
 }
 
-/// The S3 reads of design.md §4. Every annotation change is verified by reading the annotation
+/// The S3 reads of docs/correctness.md §2. Every annotation change is verified by reading the annotation
 /// (a delete event too: under reordering, the annotation may have been put again since), and
 /// every object-level change by reading the version's whole set, so each row states what S3
 /// held at its sequence number.
@@ -256,7 +256,7 @@ async fn flush(
     let _ = tx.send(full).await;
 }
 
-/// The dead-letter path (design.md §3.4).
+/// The dead-letter path (docs/correctness.md §3).
 async fn poison(shared: &Shared, msg: Held, reason: &str) {
     shared.metrics.poisoned.inc();
     if shared.queue.has_redrive {
@@ -474,7 +474,9 @@ async fn delete_chunk(shared: &Shared, chunk: &[Held]) {
     }
 }
 
-/// Replays the journal rows ingested within `lookback` into the suppression memory.
+/// Replays the journal rows ingested within `lookback` into the suppression memory. Payloads
+/// are read only for rows without an ETag (see `pipeline`'s digest), so warming up does not
+/// hold an hour of payloads.
 pub(crate) async fn warm_up(
     table: &JournalTable,
     catalog_config: &CatalogConfig,
@@ -497,7 +499,8 @@ pub(crate) async fn warm_up(
     let since = Utc::now() - chrono::Duration::from_std(lookback)?;
     let sql = format!(
         "SELECT bucket, object_key, object_version_id, name, record_type, sequence_number, \
-         last_modified_date, size, e_tag, checksum_algorithm, replication_status, text_value, \
+         last_modified_date, size, e_tag, checksum_algorithm, replication_status, \
+         CASE WHEN e_tag IS NULL THEN text_value END AS text_value, \
          event_name, event_time, request_id \
          FROM {} WHERE ingested_at >= TIMESTAMP '{}' \
          ORDER BY sequence_number, CASE WHEN record_type = 'OBJECT_RESET' THEN 0 ELSE 1 END",
