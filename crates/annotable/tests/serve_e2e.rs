@@ -292,7 +292,7 @@ async fn a_delete_in_a_versioning_suspended_bucket_takes_the_null_versions_annot
     let mut env = Env::start(2, 5).await;
     let s3 = env.stack.s3.clone();
     let v1 = env.stack.put_object(VERSIONED, "k", "v1").await;
-    let v1 = v1.expect("a version id");
+    let v1 = v1.ok_or("no version id from a versioned bucket")?;
     env.stack
         .put_annotation(VERSIONED, "k", Some(&v1), "kept", "on v1")
         .await;
@@ -354,7 +354,7 @@ async fn a_delete_in_a_versioning_suspended_bucket_takes_the_null_versions_annot
 async fn events_without_a_version_id_and_bad_records_lose_nothing() -> TestResult {
     let mut env = Env::start_with(30, 2, false).await;
     let v1 = env.stack.put_object(VERSIONED, "k", "one").await;
-    let v1 = v1.expect("a version id");
+    let v1 = v1.ok_or("no version id from a versioned bucket")?;
     env.stack
         .put_annotation(VERSIONED, "k", Some(&v1), "label", "on v1")
         .await;
@@ -443,15 +443,15 @@ async fn setup_subscribes_lifecycle_expirations_and_doctor_checks_queue_and_even
 
     // The configuration an older `setup` wrote: no lifecycle expirations.
     let only = |arn: &str, events: &[&str]| {
-        NotificationConfiguration::builder()
-            .queue_configurations(
-                QueueConfiguration::builder()
-                    .queue_arn(arn)
-                    .set_events(Some(events.iter().map(|e| S3Event::from(*e)).collect()))
-                    .build()
-                    .expect("queue configuration"),
-            )
+        QueueConfiguration::builder()
+            .queue_arn(arn)
+            .set_events(Some(events.iter().map(|e| S3Event::from(*e)).collect()))
             .build()
+            .map(|q| {
+                NotificationConfiguration::builder()
+                    .queue_configurations(q)
+                    .build()
+            })
     };
     let old = [
         "s3:ObjectAnnotation:*",
@@ -460,7 +460,7 @@ async fn setup_subscribes_lifecycle_expirations_and_doctor_checks_queue_and_even
     ];
     s3.put_bucket_notification_configuration()
         .bucket(PLAIN)
-        .notification_configuration(only(&env.queue.arn, &old))
+        .notification_configuration(only(&env.queue.arn, &old)?)
         .send()
         .await?;
     let line = doctor(PLAIN);
@@ -474,7 +474,7 @@ async fn setup_subscribes_lifecycle_expirations_and_doctor_checks_queue_and_even
     let other = env.stack.queue("elsewhere", &[]).await;
     s3.put_bucket_notification_configuration()
         .bucket(PLAIN)
-        .notification_configuration(only(&other.arn, &annotable::setup::EVENTS))
+        .notification_configuration(only(&other.arn, &annotable::setup::EVENTS)?)
         .send()
         .await?;
     let line = doctor(PLAIN);
@@ -570,5 +570,63 @@ async fn s3_changing_under_two_writers_killed_at_random_with_maintenance_converg
         (0, 0),
         "nothing dead-lettered"
     );
+    Ok(())
+}
+
+/// Issue 19, item 6: a catalog outage longer than the commit retries, on a queue whose
+/// dead-letter limit is two receives. Held messages stay held (extended, retried), `/readyz`
+/// says why serve is not ready, nothing reaches the dead-letter queue, and once the catalog
+/// is back everything is committed. (Before: each failed batch was released with a backoff,
+/// so by the third receive the messages were dead-lettered.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_outage_holds_messages_and_dead_letters_nothing() -> TestResult {
+    let mut env = Env::start(5, 2).await;
+    let switch = support::TcpSwitch::start(5432).await;
+    env.use_postgres_on(switch.port, "serve_outage");
+    let http = support::free_port();
+    let http_addr = format!("127.0.0.1:{http}");
+    let mut workload = Workload::new(0x07a6e, 20);
+    workload.run(&env.stack.s3, 40).await;
+    let mut serve = env.spawn_serve(&[], &[("ANNOTABLE_SERVE_HTTP_ADDR", &http_addr)]);
+    env.wait_until_drained(Duration::from_secs(120)).await;
+    assert_eq!(
+        support::http_get(http, "/readyz").await.map(|r| r.0),
+        Some(200)
+    );
+
+    switch.set(false);
+    workload.run(&env.stack.s3, 60).await;
+    let outage = Instant::now();
+    let mut said_why = None;
+    while outage.elapsed() < Duration::from_secs(80) {
+        if let Some((503, body)) = support::http_get(http, "/readyz").await {
+            said_why = Some(body);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    assert_eq!(
+        env.queue_depth(&env.dlq.clone()).await,
+        (0, 0),
+        "dead-lettered during the outage\n{}",
+        serve.log()
+    );
+    let said_why =
+        said_why.unwrap_or_else(|| panic!("/readyz never said not ready\n{}", serve.log()));
+    assert!(said_why.contains("commits to the table fail"), "{said_why}");
+
+    switch.set(true);
+    env.wait_until_drained(Duration::from_secs(120)).await;
+    let ready = support::http_get(http, "/readyz").await;
+    assert_eq!(ready.as_ref().map(|r| r.0), Some(200), "{ready:?}");
+    serve.signal(15);
+    let status = tokio::task::block_in_place(|| serve.wait(Duration::from_secs(60)));
+    assert!(status.success(), "{}", serve.log());
+    assert_eq!(env.queue_depth(&env.dlq.clone()).await, (0, 0));
+    assert!(
+        serve.log().contains("commits work again"),
+        "{}",
+        serve.log()
+    );
+    assert_converged(&env).await;
     Ok(())
 }

@@ -118,12 +118,17 @@ impl Env {
     /// Points every process at a shared PostgreSQL catalog (its own catalog name) and a shared
     /// warehouse.
     pub fn use_postgres(&mut self, tag: &str) {
+        self.use_postgres_on(5432, tag);
+    }
+
+    /// [`Env::use_postgres`] through another port (a [`TcpSwitch`] in front of PostgreSQL).
+    pub fn use_postgres_on(&mut self, port: u16, tag: &str) {
         let warehouse = self.dir.path().join("shared-warehouse");
         std::fs::create_dir_all(&warehouse).expect("warehouse dir");
         self.env = vec![
             (
                 "ANNOTABLE_CATALOG_URI".into(),
-                "postgres://postgres@127.0.0.1:5432/test".into(),
+                format!("postgres://postgres@127.0.0.1:{port}/test"),
             ),
             (
                 "ANNOTABLE_CATALOG_WAREHOUSE".into(),
@@ -388,6 +393,18 @@ impl Env {
             last.insert(key, (state, s(5)));
         }
         problems
+    }
+
+    /// Waits until the queue holds nothing, visible or in flight.
+    pub async fn wait_until_drained(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while self.queue_depth(&self.queue.clone()).await != (0, 0) {
+            assert!(
+                Instant::now() < deadline,
+                "the queue did not drain within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     /// Messages still on the queue (visible + in flight).
@@ -918,4 +935,89 @@ async fn proxy_one(
     upstream.read_to_end(&mut response).await?;
     conn.write_all(&response).await?;
     conn.shutdown().await
+}
+
+/// A TCP forwarder to a local service that can be switched off: then every open connection is
+/// cut and new ones are closed at once (a database outage, as the client sees it).
+pub struct TcpSwitch {
+    pub port: u16,
+    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TcpSwitch {
+    pub async fn start(upstream_port: u16) -> TcpSwitch {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind switch");
+        let port = listener.local_addr().expect("addr").port();
+        let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let (on2, conns2) = (on.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !on2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                conns2.lock().expect("lock").spawn(async move {
+                    let Ok(mut upstream) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream).await;
+                });
+            }
+        });
+        TcpSwitch {
+            port,
+            on,
+            connections,
+            accept,
+        }
+    }
+
+    /// Cuts every connection and refuses new ones, or forwards again.
+    pub fn set(&self, on: bool) {
+        self.on.store(on, std::sync::atomic::Ordering::SeqCst);
+        if !on {
+            self.connections.lock().expect("lock").abort_all();
+        }
+    }
+}
+
+impl Drop for TcpSwitch {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.connections.lock().expect("lock").abort_all();
+    }
+}
+
+/// `GET path` on 127.0.0.1:`port`: (status code, body); `None` when nothing answers.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((status, body))
+}
+
+/// A port that was free a moment ago, on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
