@@ -1,6 +1,6 @@
 //! The `annotable` command: configuration, and one `run` function per subcommand.
 //!
-//! Library-first (design.md §1): every command is a function here taking its configuration
+//! Library-first (README.md, Architecture): every command is a function here taking its configuration
 //! (and, for long-running ones, a shutdown signal); `main.rs` only parses arguments, sets up
 //! logging and reports errors. This crate is the only place `anyhow` is used: in `main`.
 

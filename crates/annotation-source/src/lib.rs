@@ -1,7 +1,7 @@
 //! S3 access for annotable: what annotations an object version has, read with bounded
 //! concurrency, exponential backoff with full jitter, and typed outcomes.
 //!
-//! This crate owns every S3 call the indexing pipeline makes (design.md §4) and turns S3's
+//! This crate owns every S3 call the indexing pipeline makes (docs/correctness.md §2) and turns S3's
 //! answers into facts the journal can record:
 //! - [`AnnotationSource::get`]: one annotation → [`AnnotationState::Present`], `Absent`
 //!   (`NoSuchAnnotation`) or `VersionGone` (`NoSuchKey`/`NoSuchVersion`/`NoSuchBucket`: the object
@@ -13,7 +13,7 @@
 //! successful attempt was *sent*. S3 reads are strongly consistent and every fetch starts after
 //! the event that caused it, so for the last write to an annotation, every fetch started later
 //! sees that write or a newer one: the observation with the largest stamp describes the final
-//! state (design.md §2, sequence_number). Stamping at send time (not at response time) is what
+//! state (docs/correctness.md §1). Stamping at send time (not at response time) is what
 //! makes that hold; it is also why the SDK's own retries must be off (see [`s3_client`]): a
 //! retried call is a new observation with a new stamp.
 //!

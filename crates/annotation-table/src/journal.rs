@@ -1,6 +1,6 @@
 //! The journal table handle: create-or-validate, write, and the idempotent commit.
 //!
-//! Commit protocol (design.md §3.3). A batch's data files are written once, named after the
+//! Commit protocol (docs/correctness.md §3). A batch's data files are written once, named after the
 //! batch id. Then, per attempt: load the table; from the second attempt on, look for a snapshot
 //! whose summary carries this batch id and stop if one exists (the earlier attempt did land,
 //! only its answer was lost); otherwise `fast_append` the files with the batch id in the summary.

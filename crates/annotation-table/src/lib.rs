@@ -5,7 +5,7 @@
 //! source of truth, embedded at build time), the Arrow encoding of [`JournalRow`]s, Parquet data
 //! files (zstd) written through iceberg's partitioned writer, and the idempotent commit: one
 //! `fast_append` per [`Batch`], carrying the batch id in the snapshot summary, so a commit whose
-//! outcome is unknown is resolved by looking for that id before trying again (design.md §3.3).
+//! outcome is unknown is resolved by looking for that id before trying again (docs/correctness.md §3).
 //! It also builds the catalogs annotable supports from configuration ([`CatalogConfig`]), and
 //! maintains the table ([`Maintainer`]: compaction, snapshot expiry, orphan cleanup).
 //!

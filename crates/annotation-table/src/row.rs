@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 
-/// What a journal row says about an annotation (design.md §2).
+/// What a journal row says about an annotation (docs/correctness.md §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RecordType {
     /// The annotation is present with this content.

@@ -84,7 +84,7 @@ pub enum IgnoreReason {
     Unrelated(String),
 }
 
-/// What the pipeline must do for an event (design.md §4).
+/// What the pipeline must do for an event (docs/correctness.md §2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Fetch this annotation (GetObjectAnnotation) and record its content; if it no longer

@@ -2,12 +2,12 @@
 //!
 //! This crate owns one thing: turning the body of an SQS message that S3 (directly, or through
 //! SNS) delivered into [`Notification`], a list of [`Event`]s each naming the object version it
-//! concerns and the [`Action`] the indexing pipeline must take (design.md §4). It does no I/O,
+//! concerns and the [`Action`] the indexing pipeline must take (docs/correctness.md §2). It does no I/O,
 //! holds no state and never panics on any input: everything it cannot understand is a
 //! [`ParseError`] that says what is wrong and where, which the consumer routes to the dead-letter
 //! path.
 //!
-//! What it accepts (leniently, because AWS's and the emulators' shapes differ, see aws-notes.md):
+//! What it accepts (leniently, because AWS's and the emulators' shapes differ, see the README's notes on AWS and the emulator):
 //! - raw S3 bodies `{"Records":[...]}` and SNS envelopes whose `Message` string holds one;
 //! - `s3:TestEvent` (flat object, no `Records`), which needs no action;
 //! - several records per message; `eventVersion` with major version 2 and any minor version;

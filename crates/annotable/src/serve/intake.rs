@@ -1,4 +1,4 @@
-//! The receive loops: long polls that never wait for a commit (design.md §1).
+//! The receive loops: long polls that never wait for a commit (README.md, Architecture).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -1,5 +1,5 @@
 //! `annotable serve`: bucket notifications from SQS → journal rows, for months, losing and
-//! duplicating nothing (design.md §1, §3).
+//! duplicating nothing (docs/correctness.md).
 //!
 //! Stages, joined by bounded channels so memory stays flat whatever the backlog:
 //!

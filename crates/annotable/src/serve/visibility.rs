@@ -1,4 +1,4 @@
-//! Held messages and the visibility heartbeat (design.md §3.5).
+//! Held messages and the visibility heartbeat (docs/correctness.md §3).
 //!
 //! Every received message is registered with the time its visibility runs out. The heartbeat
 //! extends (ChangeMessageVisibilityBatch) every message within half a timeout of running out,
