@@ -2,7 +2,7 @@
 //! (environment, profile, ECS task role), plus the `[aws]` overrides for emulators and
 //! S3-compatible stores.
 
-use annotation_source::{AnnotationSource, SourceOptions};
+use annotation_source::{AnnotationSource, Clock, SourceOptions};
 
 use crate::config::Config;
 
@@ -60,9 +60,19 @@ pub fn sqs_client(sdk: &aws_config::SdkConfig) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::new(sdk)
 }
 
-/// The annotation reader, with its own retries (see `annotation_source`).
+/// Shifts this process's clock by this many milliseconds, to test a host whose clock is off.
+/// Not a configuration key: nothing but a test should ever set it.
+pub const TEST_CLOCK_SHIFT_ENV: &str = "ANNOTABLE_TEST_CLOCK_SHIFT_MS";
+
+/// The annotation reader, with its own retries and a clock kept in step with S3's (see
+/// `annotation_source`).
 pub fn annotation_source(config: &Config, sdk: &aws_config::SdkConfig) -> AnnotationSource {
-    let s3 = annotation_source::s3_client(&s3_config(config, sdk));
+    let shift_ms: i64 = std::env::var(TEST_CLOCK_SHIFT_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let clock = Clock::with_shift(shift_ms.saturating_mul(1_000_000));
+    let s3 = annotation_source::s3_client(&s3_config(config, sdk), &clock);
     let mut options = SourceOptions {
         expected_bucket_owner: config.aws.expected_bucket_owner.clone(),
         allowed_buckets: config
@@ -75,5 +85,5 @@ pub fn annotation_source(config: &Config, sdk: &aws_config::SdkConfig) -> Annota
     if let Some(n) = config.aws.s3_concurrency {
         options.concurrency = n.max(1);
     }
-    AnnotationSource::new(s3, options)
+    AnnotationSource::new(s3, options, clock)
 }

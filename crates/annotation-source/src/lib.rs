@@ -10,7 +10,8 @@
 //!   all pages, then GetObjectAnnotation per name) → [`VersionState`].
 //!
 //! Every answer is stamped with its **observation time**: the wall-clock time at which the
-//! successful attempt was *sent*. S3 reads are strongly consistent and every fetch starts after
+//! successful attempt was *sent*, corrected towards S3's own clock when S3's `Date` headers
+//! prove this host's clock off (see [`Clock`]). S3 reads are strongly consistent and every fetch starts after
 //! the event that caused it, so for the last write to an annotation, every fetch started later
 //! sees that write or a newer one: the observation with the largest stamp describes the final
 //! state (docs/correctness.md §1). Stamping at send time (not at response time) is what
@@ -20,14 +21,14 @@
 //! Throttling, 5xx, timeouts and connection failures are retried here; everything else is a
 //! [`SourceError`] classified by [`SourceError::is_retryable`].
 
+mod clock;
 mod error;
 mod listing;
 mod stats;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -36,6 +37,7 @@ use s3_events::ObjectRef;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
+pub use clock::{Clock, ClockEstimate, DateHeaderInterceptor};
 pub use error::SourceError;
 pub use listing::{ListPage, ListPosition, ListScope, Listed, Versions, is_directory_bucket};
 pub use stats::{CallStats, LATENCY_BUCKETS_SECONDS, Op, OpSnapshot};
@@ -132,9 +134,13 @@ impl Default for SourceOptions {
 }
 
 /// An S3 client with the SDK's retries off, so that [`AnnotationSource`] retries (and stamps)
-/// every attempt itself.
-pub fn s3_client(sdk: &aws_sdk_s3::config::Builder) -> aws_sdk_s3::Client {
-    let config = sdk.clone().retry_config(RetryConfig::disabled()).build();
+/// every attempt itself, and every response's `Date` feeding `clock`.
+pub fn s3_client(sdk: &aws_sdk_s3::config::Builder, clock: &Arc<Clock>) -> aws_sdk_s3::Client {
+    let config = sdk
+        .clone()
+        .retry_config(RetryConfig::disabled())
+        .interceptor(clock.interceptor())
+        .build();
     aws_sdk_s3::Client::from_conf(config)
 }
 
@@ -145,7 +151,7 @@ pub struct AnnotationSource {
     options: Arc<SourceOptions>,
     permits: Arc<Semaphore>,
     stats: Arc<CallStats>,
-    last_stamp: Arc<AtomicU64>,
+    clock: Arc<Clock>,
 }
 
 /// The result of one attempt, before classification.
@@ -155,15 +161,32 @@ enum Attempt<T> {
 }
 
 impl AnnotationSource {
-    /// A source over `s3` (build it with [`s3_client`]).
-    pub fn new(s3: aws_sdk_s3::Client, options: SourceOptions) -> Self {
+    /// A source over `s3`, stamping with `clock` (build the client with [`s3_client`] and the
+    /// same clock, so that S3's answers keep the clock in step).
+    pub fn new(s3: aws_sdk_s3::Client, options: SourceOptions, clock: Arc<Clock>) -> Self {
         let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
         AnnotationSource {
             s3,
             options: Arc::new(options),
             permits,
             stats: Arc::new(CallStats::default()),
-            last_stamp: Arc::new(AtomicU64::new(0)),
+            clock,
+        }
+    }
+
+    /// The clock observations are stamped with.
+    pub fn clock(&self) -> &Arc<Clock> {
+        &self.clock
+    }
+
+    /// Learns this host's offset to S3's clock before the first observation: `Date` has whole
+    /// seconds, so responses spread over a little more than a second bound it to a round trip.
+    /// Any answer counts (an access denial carries a `Date` too).
+    pub async fn calibrate_clock(&self, over: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < over {
+            let _ = self.s3.list_buckets().max_buckets(1).send().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -177,26 +200,10 @@ impl AnnotationSource {
         &self.s3
     }
 
-    /// A strictly increasing wall-clock stamp in nanoseconds (never equal to an earlier one
-    /// from this source, even when the clock does not move between two calls).
+    /// A strictly increasing stamp in nanoseconds, corrected towards S3's clock (see
+    /// [`Clock`]).
     fn stamp(&self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        let mut prev = self.last_stamp.load(Ordering::Relaxed);
-        loop {
-            let next = now.max(prev + 1);
-            match self.last_stamp.compare_exchange_weak(
-                prev,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return next,
-                Err(actual) => prev = actual,
-            }
-        }
+        self.clock.stamp()
     }
 
     fn check_bucket(&self, object: &ObjectRef) -> Result<(), SourceError> {

@@ -313,6 +313,10 @@ pub async fn run(
     }
     let sdk = crate::aws::sdk_config(config).await;
     let source = crate::aws::annotation_source(config, &sdk);
+    // Listings are stamped like notifications: against S3's clock (see annotation_source).
+    source
+        .calibrate_clock(std::time::Duration::from_millis(1_200))
+        .await;
     let versioned = source.bucket_is_versioned(&scope.bucket).await?;
 
     // Prove the annotation API exists before creating or writing anything.

@@ -6,6 +6,7 @@ use annotation_source::{CallStats, LATENCY_BUCKETS_SECONDS, Op};
 use chrono::{DateTime, Utc};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -33,6 +34,8 @@ pub struct Metrics {
     pub(crate) batch_bytes: Histogram,
     pub(crate) commit_seconds: Histogram,
     pub(crate) lag_seconds: Histogram,
+    pub(crate) clock_correction_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub(crate) clock_uncertainty_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -116,9 +119,23 @@ impl Metrics {
             "Commit time minus event time, per event",
             vec![0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0],
         );
+        let clock_correction_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "clock_correction_seconds",
+            "Correction applied to this host's clock to agree with S3's Date headers (0: none needed)",
+            clock_correction_seconds.clone(),
+        );
+        let clock_uncertainty_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "clock_uncertainty_seconds",
+            "Width of the range S3's Date headers allow for this host's clock offset",
+            clock_uncertainty_seconds.clone(),
+        );
         Metrics {
             registry,
             s3,
+            clock_correction_seconds,
+            clock_uncertainty_seconds,
             received,
             acked,
             failed,

@@ -240,6 +240,9 @@ pub async fn run(
         }
     }
 
+    // Before the first observation, learn how far this host's clock is from S3's.
+    source.calibrate_clock(CLOCK_CALIBRATION).await;
+    report_clock(&source, options.max_clock_skew, None);
     let metrics = Arc::new(Metrics::new(source.stats().clone()));
     let health = Arc::new(health::Health::default());
     // The stop signal for the receivers: the caller's shutdown, or idleness.
@@ -313,6 +316,7 @@ pub async fn run(
     let (batch_tx, batch_rx) = mpsc::channel(1);
     let (ack_tx, ack_rx) = mpsc::channel(16);
 
+    let clock_watch = tokio::spawn(watch_clock(shared.clone()));
     let heartbeat_stop = CancellationToken::new();
     let heartbeat = tokio::spawn(visibility::heartbeat(
         shared.clone(),
@@ -379,6 +383,7 @@ pub async fn run(
     }
     heartbeat_stop.cancel();
     let _ = heartbeat.await;
+    clock_watch.abort();
     if let Some(idle) = idle {
         idle.abort();
     }
@@ -401,6 +406,59 @@ pub async fn run(
         "serve stopped"
     );
     Ok(report)
+}
+
+/// How long `serve` reads S3's clock before it starts (a little over the `Date` header's
+/// one-second resolution).
+const CLOCK_CALIBRATION: Duration = Duration::from_millis(1_200);
+
+/// Logs the clock estimate; warns when the correction exceeds what the suppression rule
+/// assumes (`serve.max_clock_skew_ms`). Returns the correction logged.
+fn report_clock(source: &AnnotationSource, max_skew: Duration, last: Option<i64>) -> Option<i64> {
+    let estimate = source.clock().estimate()?;
+    let correction = estimate.correction_nanos;
+    if last == Some(correction) {
+        return last;
+    }
+    let ms = |n: i64| n as f64 / 1e6;
+    let too_far =
+        correction.unsigned_abs() > u64::try_from(max_skew.as_nanos()).unwrap_or(u64::MAX);
+    if too_far {
+        warn!(
+            correction_ms = ms(correction),
+            offset_low_ms = ms(estimate.low_nanos),
+            offset_high_ms = ms(estimate.high_nanos),
+            "this host's clock disagrees with S3's Date headers; observation stamps are corrected by that much, but fix the host's time synchronisation (NTP, Amazon Time Sync)"
+        );
+    } else {
+        info!(
+            correction_ms = ms(correction),
+            offset_low_ms = ms(estimate.low_nanos),
+            offset_high_ms = ms(estimate.high_nanos),
+            "clock checked against S3's Date headers"
+        );
+    }
+    Some(correction)
+}
+
+/// Keeps the clock gauges current and reports a changed correction.
+async fn watch_clock(shared: Arc<Shared>) {
+    let mut last = shared.source.clock().estimate().map(|e| e.correction_nanos);
+    loop {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        if let Some(e) = shared.source.clock().estimate() {
+            shared
+                .metrics
+                .clock_correction_seconds
+                .set(e.correction_nanos as f64 / 1e9);
+            let width = e.high_nanos.saturating_sub(e.low_nanos).max(0);
+            shared
+                .metrics
+                .clock_uncertainty_seconds
+                .set(width as f64 / 1e9);
+        }
+        last = report_clock(&shared.source, shared.options.max_clock_skew, last).or(last);
+    }
 }
 
 async fn queue_info(
