@@ -98,7 +98,7 @@ async fn a_batch_held_past_the_visibility_timeout_is_extended_not_redelivered() 
         &["--exit-when-idle", "3"],
         &[("ANNOTABLE_SERVE_FLUSH_AGE_MS", "7000")],
     );
-    let status = serve.wait(Duration::from_secs(120));
+    let status = tokio::task::block_in_place(|| serve.wait(Duration::from_secs(180)));
     assert!(status.success(), "{}", serve.log());
     let stopped = serve.lines_with("serve stopped");
     let report = stopped
@@ -117,6 +117,52 @@ async fn a_batch_held_past_the_visibility_timeout_is_extended_not_redelivered() 
     );
     assert_converged(&env).await;
     assert!(env.restated().await.is_empty());
+    Ok(())
+}
+
+/// Issue 19, item 14: with one message resolved at a time and the catalog gone for 5 s, the
+/// stages fill up and each receiver waits with the rest of its poll in hand for five
+/// visibility timeouts. Those messages are held from receipt, so the heartbeat extends them
+/// and none is received twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_waiting_behind_back_pressure_are_extended_not_redelivered() -> TestResult {
+    let mut env = Env::start(1, 50).await;
+    let switch = support::TcpSwitch::start(5432).await;
+    env.use_postgres_on(switch.port, "serve_backpressure");
+    Workload::new(43, 30).run(&env.stack.s3, 100).await;
+    let mut serve = env.spawn_serve(
+        &["--exit-when-idle", "4"],
+        &[
+            ("ANNOTABLE_SERVE_MESSAGES_IN_FLIGHT", "1"),
+            ("ANNOTABLE_SERVE_FLUSH_ROWS", "1"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.queue_depth(&env.queue.clone()).await.1 == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing received\n{}",
+            serve.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    switch.set(false);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    switch.set(true);
+    let status = tokio::task::block_in_place(|| serve.wait(Duration::from_secs(180)));
+    assert!(status.success(), "{}", serve.log());
+    let stopped = serve.lines_with("serve stopped");
+    let report = stopped
+        .first()
+        .unwrap_or_else(|| panic!("no final line:\n{}", serve.log()));
+    let n = |k: &str| report[k].as_u64().unwrap_or(0);
+    assert_eq!(
+        n("received"),
+        n("acked"),
+        "a message was received twice: {report}"
+    );
+    assert!(n("extended") > 0, "{report}");
+    assert_converged(&env).await;
     Ok(())
 }
 
@@ -628,5 +674,59 @@ async fn a_catalog_outage_holds_messages_and_dead_letters_nothing() -> TestResul
         serve.log()
     );
     assert_converged(&env).await;
+    Ok(())
+}
+
+/// Issue 19, item 3: two serve processes, one whose clock runs 200 ms fast, while one
+/// annotation is overwritten every few tens of milliseconds. Host-clock stamps let the fast
+/// host's read of an older value outrank the other's read of a newer one for good; stamps
+/// corrected towards S3's clock (its `Date` headers) end on S3's last value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_clock_runs_fast_does_not_win_with_stale_reads() -> TestResult {
+    let mut env = Env::start(30, 5).await;
+    env.use_postgres("serve_skew");
+    env.stack.put_object(VERSIONED, "hot", "x").await;
+    env.stack.put_object(PLAIN, "hot", "x").await;
+    let fast = [(annotable::aws::TEST_CLOCK_SHIFT_ENV, "200")];
+    let mut a = env.spawn_serve(&["--exit-when-idle", "5"], &fast);
+    let mut b = env.spawn_serve(&["--exit-when-idle", "5"], &[]);
+    // Both have calibrated and are polling before the writes start.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let mut rng = fastrand::Rng::with_seed(200);
+    for i in 0..120 {
+        let bucket = if i % 2 == 0 { VERSIONED } else { PLAIN };
+        let name = ["status", "owner"][rng.usize(0..2)];
+        env.stack
+            .put_annotation(bucket, "hot", None, name, &format!("value-{i}"))
+            .await;
+        tokio::time::sleep(Duration::from_millis(rng.u64(20..60))).await;
+    }
+    let (sa, sb) = tokio::task::block_in_place(|| {
+        (
+            a.wait(Duration::from_secs(240)),
+            b.wait(Duration::from_secs(240)),
+        )
+    });
+    assert!(sa.success() && sb.success(), "{}\n{}", a.log(), b.log());
+    assert_converged(&env).await;
+    let corrected = a
+        .lines_with("this host's clock disagrees with S3's")
+        .first()
+        .and_then(|l| l["correction_ms"].as_f64());
+    assert!(
+        corrected.is_some_and(|ms| (-220.0..=-150.0).contains(&ms)),
+        "the fast host's correction: {corrected:?}\n{}",
+        a.log()
+    );
+    let acked = |s: &support::Serve| {
+        s.lines_with("serve stopped")
+            .first()
+            .and_then(|l| l["acked"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(
+        acked(&a) > 0 && acked(&b) > 0,
+        "one process did all the work"
+    );
     Ok(())
 }
