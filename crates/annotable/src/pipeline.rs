@@ -79,7 +79,7 @@ pub struct Observation {
 /// Commits `batch` exactly once: [`JournalTable::append`] retries conflicts itself; when a
 /// retryable failure outlasts those retries the batch is written again under the same id, after
 /// checking that no earlier attempt landed (docs/correctness.md §3).
-pub async fn commit_batch(table: &JournalTable, batch: Batch) -> Result<CommitReport, TableError> {
+pub async fn commit_batch(table: &JournalTable, batch: &Batch) -> Result<CommitReport, TableError> {
     let mut attempt = 0u32;
     loop {
         attempt += 1;

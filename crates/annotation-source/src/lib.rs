@@ -507,10 +507,15 @@ fn classify_code(code: &str, status: u16, message: String) -> Class {
         | "RequestLimitExceeded" => Class::Transient(format!("{code} (HTTP {status}): {message}")),
         // The credentials, not the message: a refreshed token or a fixed key makes the same
         // read succeed, so it must not count towards the message's dead-letter limit.
-        "ExpiredToken" | "ExpiredTokenException" | "TokenRefreshRequired" | "RequestExpired"
-        | "InvalidAccessKeyId" | "InvalidToken" | "SignatureDoesNotMatch" => {
-            Class::Transient(format!("credentials refused: {code} (HTTP {status}): {message}"))
-        }
+        "ExpiredToken"
+        | "ExpiredTokenException"
+        | "TokenRefreshRequired"
+        | "RequestExpired"
+        | "InvalidAccessKeyId"
+        | "InvalidToken"
+        | "SignatureDoesNotMatch" => Class::Transient(format!(
+            "credentials refused: {code} (HTTP {status}): {message}"
+        )),
         _ if status == 429 || (500..600).contains(&status) && status != 501 => {
             Class::Transient(format!("{code} (HTTP {status}): {message}"))
         }
@@ -598,7 +603,11 @@ mod tests {
             classify_code("AccessDenied", 403, String::new()),
             Class::Permanent { .. }
         ));
-        for code in ["ExpiredToken", "InvalidAccessKeyId", "SignatureDoesNotMatch"] {
+        for code in [
+            "ExpiredToken",
+            "InvalidAccessKeyId",
+            "SignatureDoesNotMatch",
+        ] {
             assert!(
                 matches!(classify_code(code, 400, String::new()), Class::Transient(_)),
                 "{code}"

@@ -736,7 +736,7 @@ async fn commit_loop(
         // Rows may be empty (every version restated nothing): the position still advances,
         // recorded in the lease document only.
         if rows > 0 {
-            commit_batch(table, batch).await?;
+            commit_batch(table, &batch).await?;
             counters.commits.fetch_add(1, Ordering::Relaxed);
         }
         counters.rows.fetch_add(rows, Ordering::Relaxed);

@@ -376,7 +376,7 @@ async fn commit_through_outages(
         };
         let result = match landed {
             Some(_) => Ok(()),
-            None => commit_batch(table, batch.clone()).await.map(|report| {
+            None => commit_batch(table, &batch).await.map(|report| {
                 debug!(batch_id = %report.batch_id, rows = report.rows, attempts = report.attempts, "committed");
             }),
         };
