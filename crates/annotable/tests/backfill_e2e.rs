@@ -408,3 +408,54 @@ async fn populate_few(env: &Env) {
         env.stack.put_annotation(PLAIN, &key, None, "a", "{}").await;
     }
 }
+
+/// Issue 19, item 11: with the warehouse on S3, backfill's lease and checkpoint live beside the
+/// tables and are reached with the `[storage]` settings the tables use. Here the endpoint of
+/// the annotated buckets (`[aws]`) refuses the lake bucket, as credentials for the data
+/// account would; before, the lease was written through that client and backfill failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_keeps_its_lease_on_an_s3_warehouse_with_the_storage_settings() -> TestResult {
+    let mut env = Env::start_with(30, 5, false).await;
+    env.stack.bucket("lake", false).await;
+    populate_few(&env).await;
+    let lake = env.stack.stack.endpoint();
+    for (k, v) in [
+        ("ANNOTABLE_CATALOG_WAREHOUSE", "s3://lake/warehouse"),
+        ("ANNOTABLE_STORAGE_S3_ENDPOINT", lake.as_str()),
+        ("ANNOTABLE_STORAGE_S3_REGION", "us-east-1"),
+        ("ANNOTABLE_STORAGE_S3_ACCESS_KEY_ID", "test"),
+        ("ANNOTABLE_STORAGE_S3_SECRET_ACCESS_KEY", "test"),
+        ("ANNOTABLE_STORAGE_S3_PATH_STYLE", "true"),
+    ] {
+        env.env.push((k.into(), v.into()));
+    }
+    let proxy = support::FaultProxy::refusing(env.stack.stack.port(), "/lake").await;
+    let annotations_endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let out = env.annotable_env(
+        &["backfill", "--bucket", PLAIN, "--progress", "off"],
+        &[("AWS_ENDPOINT_URL", annotations_endpoint.as_str())],
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = env
+        .stack
+        .s3
+        .list_objects_v2()
+        .bucket("lake")
+        .prefix("warehouse/_annotable/backfill/")
+        .send()
+        .await?;
+    assert!(
+        !state.contents().is_empty(),
+        "no lease or checkpoint beside the tables"
+    );
+    // The annotated bucket was read through the [aws] endpoint (the refusing proxy).
+    let through_proxy = proxy.forwarded.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(through_proxy > 0, "the annotation reads went elsewhere");
+    assert_converged(&env).await;
+    Ok(())
+}

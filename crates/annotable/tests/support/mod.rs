@@ -771,6 +771,9 @@ pub enum Refuse {
     AnnotationApi,
     /// Annotation calls whose path contains this: 403 AccessDenied.
     Path(String),
+    /// Any call whose path contains this: 403 AccessDenied (a bucket these credentials cannot
+    /// reach).
+    AnyPath(String),
 }
 
 /// An HTTP/1.1 proxy in front of the emulator that answers a share of the requests itself with
@@ -792,6 +795,11 @@ impl FaultProxy {
     /// contains `path_part` (a bucket policy denying one object).
     pub async fn denying(upstream_port: u16, path_part: &str) -> FaultProxy {
         FaultProxy::start_mode(upstream_port, 0, Refuse::Path(path_part.to_string())).await
+    }
+
+    /// A proxy that answers AccessDenied to every call whose request path contains `path_part`.
+    pub async fn refusing(upstream_port: u16, path_part: &str) -> FaultProxy {
+        FaultProxy::start_mode(upstream_port, 0, Refuse::AnyPath(path_part.to_string())).await
     }
 
     /// A proxy whose S3 has no annotation API: every `?annotation` request gets 501
@@ -891,6 +899,9 @@ async fn proxy_one(
             "A header you provided implies functionality that is not implemented.",
         )),
         Refuse::Path(part) if annotation_call && request_line.contains(part.as_str()) => {
+            Some(("403 Forbidden", "AccessDenied", "Access Denied"))
+        }
+        Refuse::AnyPath(part) if request_line.contains(part.as_str()) => {
             Some(("403 Forbidden", "AccessDenied", "Access Denied"))
         }
         _ => None,
