@@ -159,6 +159,18 @@ impl LocalStack {
                 });
             }
             if matches!(self.http("GET", "/_ministack/health"), Ok((200, _))) {
+                // Another test's emulator may hold the port we were given (the free port was
+                // taken between our probe and our bind): its health answer would let this
+                // test talk to that emulator. Only our own child's socket counts.
+                if listens_on(self.child.id(), self.port) == Some(false) {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    return Err(StackError::Exited {
+                        port: self.port,
+                        status: "the port belongs to another process".into(),
+                        log: self.log_tail(),
+                    });
+                }
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(25));
@@ -311,6 +323,30 @@ pub fn ensure_installed() -> Result<PathBuf, StackError> {
     Ok(PathBuf::from(python))
 }
 
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port` (Linux `/proc`);
+/// `None` where that cannot be read.
+fn listens_on(pid: u32, port: u16) -> Option<bool> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let local = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address, state (0A = LISTEN), inode
+            (fields.get(1) == Some(&local.as_str()) && fields.get(3) == Some(&"0A"))
+                .then(|| fields.get(9).map(|i| format!("socket:[{i}]")))
+                .flatten()
+        })
+        .collect();
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .ok()
+            .is_some_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    }))
+}
+
 fn free_port() -> std::io::Result<u16> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     Ok(listener.local_addr()?.port())
@@ -335,5 +371,25 @@ fn kill_with_parent(command: &mut Command) {
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_owner_of_a_listening_socket_is_recognised() -> std::io::Result<()> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let port = listener.local_addr()?.port();
+        assert_eq!(listens_on(std::process::id(), port), Some(true));
+        // Another process does not hold it.
+        let mut other = Command::new("sleep").arg("5").spawn()?;
+        assert_eq!(listens_on(other.id(), port), Some(false));
+        let _ = other.kill();
+        let _ = other.wait();
+        drop(listener);
+        assert_eq!(listens_on(std::process::id(), port), Some(false));
+        Ok(())
     }
 }
