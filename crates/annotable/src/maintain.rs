@@ -81,36 +81,20 @@ pub const LEASE_TTL: Duration = Duration::from_secs(300);
 pub fn options(config: &Config, request: MaintainRequest) -> Result<MaintainOptions, ConfigError> {
     let m = &config.maintain;
     let defaults = MaintainOptions::default();
-    let retention = m
-        .snapshot_retention_secs
-        .map(Duration::from_secs)
-        .unwrap_or(defaults.snapshot_retention);
-    if retention < MIN_SNAPSHOT_RETENTION {
-        return Err(ConfigError::Invalid {
-            key: "maintain.snapshot_retention_secs".into(),
-            env: crate::config::env_name("maintain.snapshot_retention_secs"),
-            message: format!(
-                "{} s is too short: a commit whose outcome is unknown is settled by finding its batch id in the snapshots, so keep at least {} s",
-                retention.as_secs(),
-                MIN_SNAPSHOT_RETENTION.as_secs()
-            ),
-        });
-    }
-    let orphan_age = m
-        .orphan_age_secs
-        .map(Duration::from_secs)
-        .unwrap_or(defaults.orphan_age);
-    if orphan_age < MIN_ORPHAN_AGE {
-        return Err(ConfigError::Invalid {
-            key: "maintain.orphan_age_secs".into(),
-            env: crate::config::env_name("maintain.orphan_age_secs"),
-            message: format!(
-                "{} s is too short: files a writer has written but not yet committed are unreferenced until the commit lands, so keep at least {} s",
-                orphan_age.as_secs(),
-                MIN_ORPHAN_AGE.as_secs()
-            ),
-        });
-    }
+    let retention = at_least(
+        "maintain.snapshot_retention_secs",
+        m.snapshot_retention_secs,
+        defaults.snapshot_retention,
+        MIN_SNAPSHOT_RETENTION,
+        "a commit whose outcome is unknown is settled by finding its batch id in the snapshots",
+    )?;
+    let orphan_age = at_least(
+        "maintain.orphan_age_secs",
+        m.orphan_age_secs,
+        defaults.orphan_age,
+        MIN_ORPHAN_AGE,
+        "files a writer has written but not yet committed are unreferenced until the commit lands",
+    )?;
     Ok(MaintainOptions {
         compact: request.compact,
         expire: request.expire,
@@ -124,6 +108,30 @@ pub fn options(config: &Config, request: MaintainRequest) -> Result<MaintainOpti
         min_snapshots: m.min_snapshots.unwrap_or(defaults.min_snapshots).max(1),
         orphan_age,
     })
+}
+
+/// A duration setting in seconds (`default` when unset) that may not go below `min`, because
+/// `why`.
+fn at_least(
+    key: &str,
+    secs: Option<u64>,
+    default: Duration,
+    min: Duration,
+    why: &str,
+) -> Result<Duration, ConfigError> {
+    let value = secs.map(Duration::from_secs).unwrap_or(default);
+    if value < min {
+        return Err(ConfigError::Invalid {
+            key: key.into(),
+            env: crate::config::env_name(key),
+            message: format!(
+                "{} s is too short: {why}, so keep at least {} s",
+                value.as_secs(),
+                min.as_secs()
+            ),
+        });
+    }
+    Ok(value)
 }
 
 /// Opens the table and a maintainer for it; a table that does not exist is an error (not

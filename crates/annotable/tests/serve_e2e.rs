@@ -24,12 +24,7 @@ async fn the_view_converges_to_s3_after_a_random_workload() -> TestResult {
     let restated = env.restated().await;
     assert!(restated.is_empty(), "restating rows: {restated:#?}");
     // Nothing left behind, nothing poisoned.
-    assert_eq!(env.queue_depth(&env.queue.clone()).await, (0, 0));
-    assert_eq!(
-        env.queue_depth(&env.dlq.clone()).await,
-        (0, 0),
-        "log:\n{log}"
-    );
+    env.assert_nothing_left(&log).await;
     Ok(())
 }
 
@@ -387,8 +382,7 @@ async fn a_delete_in_a_versioning_suspended_bucket_takes_the_null_versions_annot
     assert!(status.success(), "{log}");
     assert_converged(&env).await;
     assert!(!log.contains("poison message"), "{log}");
-    assert_eq!(env.queue_depth(&env.dlq.clone()).await, (0, 0), "{log}");
-    assert_eq!(env.queue_depth(&env.queue.clone()).await, (0, 0));
+    env.assert_nothing_left(&log).await;
     Ok(())
 }
 
@@ -447,8 +441,7 @@ async fn events_without_a_version_id_and_bad_records_lose_nothing() -> TestResul
         reported,
         "the bad record is reported with its message id:\n{log}"
     );
-    assert_eq!(env.queue_depth(&env.queue.clone()).await, (0, 0), "{log}");
-    assert_eq!(env.queue_depth(&env.dlq.clone()).await, (0, 0), "{log}");
+    env.assert_nothing_left(&log).await;
     Ok(())
 }
 
@@ -610,12 +603,8 @@ async fn s3_changing_under_two_writers_killed_at_random_with_maintenance_converg
     });
     assert!(sa.success() && sb.success(), "{}\n{}", a.log(), b.log());
     assert_converged(&env).await;
-    assert_eq!(env.queue_depth(&env.queue.clone()).await, (0, 0));
-    assert_eq!(
-        env.queue_depth(&env.dlq.clone()).await,
-        (0, 0),
-        "nothing dead-lettered"
-    );
+    env.assert_nothing_left(&format!("{}\n{}", a.log(), b.log()))
+        .await;
     Ok(())
 }
 

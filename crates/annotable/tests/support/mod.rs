@@ -395,6 +395,14 @@ impl Env {
         problems
     }
 
+    /// Asserts that the queue is drained and nothing reached the dead-letter queue.
+    pub async fn assert_nothing_left(&self, log: &str) {
+        let queue = self.queue_depth(&self.queue.clone()).await;
+        assert_eq!(queue, (0, 0), "messages left on the queue\n{log}");
+        let dlq = self.queue_depth(&self.dlq.clone()).await;
+        assert_eq!(dlq, (0, 0), "messages dead-lettered\n{log}");
+    }
+
     /// Waits until the queue holds nothing, visible or in flight.
     pub async fn wait_until_drained(&self, limit: Duration) {
         let deadline = Instant::now() + limit;
