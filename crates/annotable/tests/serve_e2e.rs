@@ -277,14 +277,8 @@ async fn two_processes_on_one_queue_with_a_postgresql_catalog_converge() -> Test
         a.log(),
         b.log()
     );
-    let acked = |s: &support::Serve| {
-        s.lines_with("serve stopped")
-            .first()
-            .and_then(|l| l["acked"].as_u64())
-            .unwrap_or(0)
-    };
     assert!(
-        acked(&a) > 0 && acked(&b) > 0,
+        a.acked() > 0 && b.acked() > 0,
         "one process did all the work"
     );
     assert_converged(&env).await;
@@ -707,14 +701,8 @@ async fn a_host_whose_clock_runs_fast_does_not_win_with_stale_reads() -> TestRes
         "the fast host's correction: {corrected:?}\n{}",
         a.log()
     );
-    let acked = |s: &support::Serve| {
-        s.lines_with("serve stopped")
-            .first()
-            .and_then(|l| l["acked"].as_u64())
-            .unwrap_or(0)
-    };
     assert!(
-        acked(&a) > 0 && acked(&b) > 0,
+        a.acked() > 0 && b.acked() > 0,
         "one process did all the work"
     );
     Ok(())

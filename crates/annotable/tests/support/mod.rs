@@ -478,6 +478,14 @@ impl Serve {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Messages this run deleted, from its final log line (0 without one).
+    pub fn acked(&self) -> u64 {
+        self.lines_with("serve stopped")
+            .first()
+            .and_then(|l| l["acked"].as_u64())
+            .unwrap_or(0)
+    }
+
     /// The JSON log lines whose message contains `needle`.
     pub fn lines_with(&self, needle: &str) -> Vec<serde_json::Value> {
         self.log()
