@@ -119,6 +119,9 @@ pub struct BackfillSection {
     pub flush_bytes: Option<usize>,
     /// Commit at least this often, in milliseconds (default 10,000), so a stop loses little.
     pub flush_age_ms: Option<u64>,
+    /// Payload bytes read and not yet committed, at most (default 256 MiB): large annotation
+    /// sets are read and committed in parts to stay under it.
+    pub read_buffer_bytes: Option<u64>,
     /// Where the lease and checkpoint objects live: `s3://bucket/prefix` (conditional writes)
     /// or a local folder. Default: `<warehouse>/_annotable/backfill` for an `s3://` warehouse,
     /// else `<data_dir>/backfill`.
@@ -162,6 +165,9 @@ pub struct ServeSection {
     pub flush_bytes: Option<usize>,
     /// Flush a batch when its oldest message is this old (milliseconds).
     pub flush_age_ms: Option<u64>,
+    /// Payload bytes read and not yet committed, at most (default 256 MiB): large annotation
+    /// sets are read and committed in parts to stay under it.
+    pub read_buffer_bytes: Option<u64>,
     /// Visibility timeout to keep in-flight messages at (seconds; default: the queue's).
     pub visibility_timeout_secs: Option<u64>,
     /// Deadline for a graceful stop (seconds).
@@ -310,6 +316,11 @@ impl Config {
         parse_num(&get, "serve.flush_age_ms", &mut self.serve.flush_age_ms)?;
         parse_num(
             &get,
+            "serve.read_buffer_bytes",
+            &mut self.serve.read_buffer_bytes,
+        )?;
+        parse_num(
+            &get,
             "serve.visibility_timeout_secs",
             &mut self.serve.visibility_timeout_secs,
         )?;
@@ -327,6 +338,11 @@ impl Config {
         parse_num(&get, "backfill.concurrency", &mut self.backfill.concurrency)?;
         parse_num(&get, "backfill.flush_rows", &mut self.backfill.flush_rows)?;
         parse_num(&get, "backfill.flush_bytes", &mut self.backfill.flush_bytes)?;
+        parse_num(
+            &get,
+            "backfill.read_buffer_bytes",
+            &mut self.backfill.read_buffer_bytes,
+        )?;
         parse_num(
             &get,
             "backfill.flush_age_ms",

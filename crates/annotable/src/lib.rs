@@ -12,4 +12,5 @@ pub mod maintain;
 pub mod pipeline;
 pub mod query;
 pub mod serve;
+pub mod set_reader;
 pub mod setup;

@@ -61,6 +61,36 @@ pub enum Observed {
     },
     /// The whole annotation set of the version; `None` when the version does not exist.
     Version(Option<Vec<Annotation>>),
+    /// One part of a set too large to hold at once (docs/correctness.md §8): its PUTs, and with
+    /// the last part the OBJECT_RESET, all under the listing's sequence number. The parts are
+    /// committed in order and the message is acknowledged after the last.
+    SetPart {
+        /// This part's annotations.
+        annotations: Vec<Annotation>,
+        /// Whether this is the last part (it writes the OBJECT_RESET).
+        last: bool,
+    },
+}
+
+impl Observed {
+    /// Payload bytes held.
+    pub fn payload_bytes(&self) -> usize {
+        let sum = |set: &[Annotation]| set.iter().map(|a| a.text_value.len()).sum();
+        match self {
+            Observed::Annotation { state, .. } => state.as_ref().map_or(0, |a| a.text_value.len()),
+            Observed::Version(set) => sum(set.as_deref().unwrap_or_default()),
+            Observed::SetPart { annotations, .. } => sum(annotations),
+        }
+    }
+
+    /// Rows it can produce at most.
+    pub fn max_rows(&self) -> usize {
+        match self {
+            Observed::Annotation { .. } => 1,
+            Observed::Version(set) => 1 + set.as_deref().map_or(0, <[Annotation]>::len),
+            Observed::SetPart { annotations, .. } => 1 + annotations.len(),
+        }
+    }
 }
 
 /// One observation of one object version, ready to become rows.
@@ -491,6 +521,28 @@ impl StateCache {
                 }
                 rows
             }
+            // Only what is older than a committed row is left out: a part's PUT left out as a
+            // restatement would be hidden by the last part's OBJECT_RESET, which shares its
+            // sequence number only with rows this listing wrote.
+            Observed::SetPart { annotations, last } => {
+                if entry.is_stale(None, seq) {
+                    overlay.suppressed += 1;
+                    return Vec::new();
+                }
+                let mut rows = Vec::with_capacity(annotations.len() + 1);
+                if *last {
+                    entry.apply_reset(&mark);
+                    rows.push(base.reset());
+                }
+                for a in annotations {
+                    if entry.is_stale(Some(&a.name), seq) {
+                        continue;
+                    }
+                    entry.apply_name(&a.name, &mark, Some(annotation_digest(a)));
+                    rows.push(base.put(a));
+                }
+                rows
+            }
         }
     }
 }
@@ -900,5 +952,51 @@ mod tests {
             1
         );
         assert_eq!(write(&mut warmed, &obs(70, one("a", Some("x")))).len(), 1);
+    }
+
+    fn part(xs: &[(&str, &str)], last: bool) -> Observed {
+        Observed::SetPart {
+            annotations: xs.iter().map(|(n, t)| ann(n, t)).collect(),
+            last,
+        }
+    }
+
+    #[test]
+    fn a_set_read_in_parts_restates_every_put_and_resets_with_the_last_part() {
+        use RecordType::{ObjectReset, Put};
+        let mut c = StateCache::new(10, Duration::ZERO);
+        write(&mut c, &obs(1, set(&[("a", "x"), ("b", "y")])));
+        // `a` is the same S3 write as its committed row, but that row sorts below this
+        // listing's reset: leaving the PUT out would hide `a`.
+        assert_eq!(
+            write(&mut c, &obs(5, part(&[("a", "x")], false))),
+            vec![(Put, Some("a".into()))]
+        );
+        assert_eq!(
+            write(&mut c, &obs(5, part(&[("b", "y"), ("c", "z")], true))),
+            vec![
+                (ObjectReset, None),
+                (Put, Some("b".into())),
+                (Put, Some("c".into()))
+            ]
+        );
+        // The whole set is now known: the same listing read whole restates nothing.
+        let again = for_event(9, set(&[("a", "x"), ("b", "y"), ("c", "z")]), 0, "r");
+        assert!(write(&mut c, &again).is_empty());
+    }
+
+    #[test]
+    fn a_part_leaves_out_only_what_a_committed_newer_row_covers() {
+        let mut c = StateCache::new(10, Duration::ZERO);
+        write(&mut c, &obs(9, one("a", Some("new"))));
+        assert_eq!(
+            write(&mut c, &obs(5, part(&[("a", "old"), ("b", "y")], false))),
+            vec![(RecordType::Put, Some("b".into()))]
+        );
+        write(&mut c, &obs(20, set(&[])));
+        assert!(
+            write(&mut c, &obs(15, part(&[("b", "y")], true))).is_empty(),
+            "a newer listing hides every part of an older one"
+        );
     }
 }

@@ -707,3 +707,92 @@ async fn a_host_whose_clock_runs_fast_does_not_win_with_stale_reads() -> TestRes
     );
     Ok(())
 }
+
+/// Issue 19 item 4: object versions carrying far more payload than the read buffer (an object
+/// with 60 annotations of 1 MiB, copied 8 times: 540 MiB to read) are drained by `serve` and
+/// walked by `backfill` with a 16 MiB read buffer. Both converge, and neither process's peak
+/// memory grows with what it read: it stays within a fixed allowance of an idle run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_annotation_sets_are_read_in_parts_under_the_read_buffer() -> TestResult {
+    const MIB: usize = 1 << 20;
+    const ANNOTATIONS: usize = 60;
+    const COPIES: usize = 8;
+    let buffer = (16 * MIB).to_string();
+    let limits = [
+        ("ANNOTABLE_SERVE_READ_BUFFER_BYTES", buffer.as_str()),
+        ("ANNOTABLE_BACKFILL_READ_BUFFER_BYTES", buffer.as_str()),
+    ];
+    // The idle run's last long poll may take a message after it exited: a short visibility
+    // timeout brings it back for the next run.
+    let mut env = Env::start(2, 5).await;
+
+    // An idle run (the setup's test events only): the process's own footprint.
+    let mut idle = env.spawn_serve(&["--exit-when-idle", "3"], &limits);
+    let (status, baseline) =
+        tokio::task::block_in_place(|| idle.wait_measuring(Duration::from_secs(120)));
+    assert!(status.success(), "{}", idle.log());
+
+    env.stack.put_object(PLAIN, "big", "body").await;
+    for i in 0..ANNOTATIONS {
+        let mut payload = format!("{i:04}-");
+        payload.extend(std::iter::repeat_n(
+            (b'a' + (i % 26) as u8) as char,
+            MIB - 5,
+        ));
+        env.stack
+            .put_annotation(PLAIN, "big", None, &format!("n{i:03}"), &payload)
+            .await;
+    }
+    for c in 0..COPIES {
+        env.stack
+            .s3
+            .copy_object()
+            .bucket(PLAIN)
+            .key(format!("copy-{c}"))
+            .copy_source(format!("{PLAIN}/big"))
+            .send()
+            .await?;
+    }
+
+    let mut serve = env.spawn_serve(&["--exit-when-idle", "5"], &limits);
+    let (status, peak) =
+        tokio::task::block_in_place(|| serve.wait_measuring(Duration::from_secs(600)));
+    assert!(status.success(), "{}", serve.log());
+    let log = serve.log();
+    env.assert_nothing_left(&log).await;
+    assert_converged(&env).await;
+    let read_mib = (ANNOTATIONS * (COPIES + 1)) as u64;
+    let grew = peak.saturating_sub(baseline) >> 20;
+    eprintln!(
+        "serve: idle peak {} MiB, peak {} MiB after reading {read_mib} MiB of payloads with a 16 MiB read buffer",
+        baseline >> 20,
+        peak >> 20
+    );
+    assert!(
+        grew <= 160,
+        "serve's peak memory grew by {grew} MiB over an idle run's ({} MiB) while reading {read_mib} MiB with a 16 MiB read buffer",
+        baseline >> 20
+    );
+    let parts = serve.lines_with(r#""message":"committed""#).len();
+    assert!(
+        parts > COPIES * 2,
+        "each copy's set is committed in several parts ({parts} commits)"
+    );
+
+    let mut backfill = env.spawn(&["backfill", "--bucket", PLAIN], &limits);
+    let (status, peak) =
+        tokio::task::block_in_place(|| backfill.wait_measuring(Duration::from_secs(600)));
+    assert!(status.success(), "{}", backfill.log());
+    assert_converged(&env).await;
+    let grew = peak.saturating_sub(baseline) >> 20;
+    eprintln!(
+        "backfill: peak {} MiB after reading {read_mib} MiB of payloads with a 16 MiB read buffer",
+        peak >> 20
+    );
+    assert!(
+        grew <= 160,
+        "backfill's peak memory grew by {grew} MiB over an idle serve's ({} MiB) while reading {read_mib} MiB with a 16 MiB read buffer",
+        baseline >> 20
+    );
+    Ok(())
+}

@@ -6,8 +6,10 @@
 //! - [`AnnotationSource::get`]: one annotation → [`AnnotationState::Present`], `Absent`
 //!   (`NoSuchAnnotation`) or `VersionGone` (`NoSuchKey`/`NoSuchVersion`/`NoSuchBucket`: the object
 //!   version, and so every annotation on it, no longer exists);
-//! - [`AnnotationSource::read_version`]: every annotation of a version (ListObjectAnnotations,
-//!   all pages, then GetObjectAnnotation per name) → [`VersionState`].
+//! - [`AnnotationSource::list_version`]: every annotation of a version with its size
+//!   (ListObjectAnnotations, all pages) → a [`VersionListing`], or `None` when the version is
+//!   gone; [`AnnotationSource::read_part`] then reads a part of the payloads, so a caller holds
+//!   no more of a large set at once than its [`ReadBudget`] allows.
 //!
 //! Every answer is stamped with its **observation time**: the wall-clock time at which the
 //! successful attempt was *sent*, corrected towards S3's own clock when S3's `Date` headers
@@ -21,6 +23,7 @@
 //! Throttling, 5xx, timeouts and connection failures are retried here; everything else is a
 //! [`SourceError`] classified by [`SourceError::is_retryable`].
 
+mod budget;
 mod clock;
 mod error;
 mod listing;
@@ -37,6 +40,7 @@ use s3_events::ObjectRef;
 use tokio::sync::Semaphore;
 use tracing::debug;
 
+pub use budget::{MAX_ANNOTATION_BYTES, ReadBudget, Reservation};
 pub use clock::{Clock, ClockEstimate, DateHeaderInterceptor};
 pub use error::SourceError;
 pub use listing::{ListPage, ListPosition, ListScope, Listed, Versions, is_directory_bucket};
@@ -70,15 +74,6 @@ pub enum AnnotationState {
     Absent,
     /// The object version (or its bucket) does not exist: none of its annotations do.
     VersionGone,
-}
-
-/// What S3 says about every annotation of an object version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VersionState {
-    /// The version exists with exactly these annotations (possibly none), sorted by name.
-    Present(Vec<Annotation>),
-    /// The version (or its bucket) does not exist.
-    Gone,
 }
 
 /// An answer and when it was observed.
@@ -348,14 +343,16 @@ impl AnnotationSource {
         })
     }
 
-    /// The names of every annotation of an object version (ListObjectAnnotations, all pages),
-    /// or `None` if the version does not exist. Observed when the first page was requested.
-    pub async fn list_names(
+    /// Every annotation of an object version as ListObjectAnnotations reports it (all pages:
+    /// names and payload sizes), or `None` if the version does not exist. Observed when the
+    /// first page was requested; the payloads are read afterwards, part by part, with
+    /// [`AnnotationSource::read_part`].
+    pub async fn list_version(
         &self,
         object: &ObjectRef,
-    ) -> Result<Observed<Option<Vec<String>>>, SourceError> {
+    ) -> Result<Observed<Option<VersionListing>>, SourceError> {
         self.check_bucket(object)?;
-        let mut names = Vec::new();
+        let mut entries = Vec::new();
         let mut token: Option<String> = None;
         let mut first_at = None;
         let mut version_id = None;
@@ -396,68 +393,120 @@ impl AnnotationSource {
             if version_id.is_none() {
                 version_id = output.object_version_id().map(str::to_string);
             }
-            names.extend(
-                output
-                    .annotations()
-                    .iter()
-                    .map(|entry| entry.annotation_name().to_string()),
-            );
+            entries.extend(output.annotations().iter().map(|entry| ListedAnnotation {
+                name: entry.annotation_name().to_string(),
+                size: u64::try_from(entry.size()).unwrap_or(0),
+            }));
             match output.next_continuation_token() {
                 Some(next) if !next.is_empty() && token.as_deref() != Some(next) => {
                     token = Some(next.to_string());
                 }
-                _ => {
-                    return Ok(Observed {
-                        at_nanos: at,
-                        value: Some(names),
-                        version_id,
-                    });
-                }
+                _ => break,
             }
         }
-    }
-
-    /// Every annotation of an object version: the listing, then each listed name read
-    /// concurrently. A name deleted between the listing and its read is left out (its delete
-    /// event is observed later, with a larger stamp). Observed when the listing started.
-    pub async fn read_version(
-        &self,
-        object: &ObjectRef,
-    ) -> Result<Observed<VersionState>, SourceError> {
-        let listed = self.list_names(object).await?;
-        let Some(names) = listed.value else {
-            return Ok(Observed::new(listed.at_nanos, VersionState::Gone));
-        };
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        entries.dedup_by(|a, b| a.name == b.name);
         // Every name is read from the version the listing answered for: a read naming no
         // version could otherwise land on a newer current version.
-        let answered = match (&object.version_id, &listed.version_id) {
+        let read_from = match (&object.version_id, &version_id) {
             (None, Some(v)) if v != "null" => ObjectRef {
                 version_id: Some(v.clone()),
                 ..object.clone()
             },
             _ => object.clone(),
         };
-        let reads = names.iter().map(|name| self.get(&answered, name));
+        Ok(Observed {
+            at_nanos: first_at.unwrap_or_default(),
+            value: Some(VersionListing { entries, read_from }),
+            version_id,
+        })
+    }
+
+    /// Reads the payloads of `names` (a part of `listing`) concurrently. A name deleted since
+    /// the listing is left out (its delete event is observed later, with a larger stamp); a
+    /// version gone since the listing is [`SetPart::Gone`], stamped when that read was sent.
+    pub async fn read_part(
+        &self,
+        listing: &VersionListing,
+        names: &[String],
+    ) -> Result<SetPart, SourceError> {
+        let reads = names.iter().map(|name| self.get(&listing.read_from, name));
         let mut annotations = Vec::with_capacity(names.len());
+        let mut gone_at: Option<u64> = None;
         for read in futures::future::join_all(reads).await {
-            match read?.value {
+            let read = read?;
+            match read.value {
                 AnnotationState::Present(a) => annotations.push(a),
                 AnnotationState::Absent => {}
                 AnnotationState::VersionGone => {
-                    return Ok(Observed {
-                        version_id: listed.version_id,
-                        ..Observed::new(listed.at_nanos, VersionState::Gone)
-                    });
+                    gone_at = Some(gone_at.map_or(read.at_nanos, |g| g.min(read.at_nanos)));
                 }
             }
         }
+        if let Some(at_nanos) = gone_at {
+            return Ok(SetPart::Gone { at_nanos });
+        }
         annotations.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Observed {
-            at_nanos: listed.at_nanos,
-            value: VersionState::Present(annotations),
-            version_id: listed.version_id,
-        })
+        Ok(SetPart::Present(annotations))
     }
+}
+
+/// One annotation as ListObjectAnnotations reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedAnnotation {
+    /// The name.
+    pub name: String,
+    /// Payload bytes, as listed (a write after the listing may change it).
+    pub size: u64,
+}
+
+/// The annotations an object version had when it was listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionListing {
+    /// Every listed annotation, sorted by name.
+    pub entries: Vec<ListedAnnotation>,
+    /// The version the payloads are read from: the one the listing answered for.
+    pub read_from: ObjectRef,
+}
+
+impl VersionListing {
+    /// Payload bytes listed in all.
+    pub fn bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.size).sum()
+    }
+
+    /// The names in listing order, cut into parts of at most `max_bytes` listed bytes each (a
+    /// single larger annotation is a part of its own). Never empty: a version without
+    /// annotations is one empty part.
+    pub fn parts(&self, max_bytes: u64) -> Vec<(Vec<String>, u64)> {
+        let mut parts: Vec<(Vec<String>, u64)> = vec![(Vec::new(), 0)];
+        for entry in &self.entries {
+            let size = entry.size.max(1);
+            let fits = parts
+                .last()
+                .is_some_and(|(names, bytes)| names.is_empty() || bytes + size <= max_bytes);
+            if !fits {
+                parts.push((Vec::new(), 0));
+            }
+            if let Some((names, bytes)) = parts.last_mut() {
+                names.push(entry.name.clone());
+                *bytes += size;
+            }
+        }
+        parts
+    }
+}
+
+/// The payloads of one part of a version's annotation set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetPart {
+    /// These annotations, sorted by name (names deleted since the listing left out).
+    Present(Vec<Annotation>),
+    /// The version was gone when this read was sent.
+    Gone {
+        /// Nanoseconds since the Unix epoch at which the read that found it gone was sent.
+        at_nanos: u64,
+    },
 }
 
 enum Class {

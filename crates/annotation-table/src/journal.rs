@@ -83,8 +83,8 @@ pub struct Batch {
     pub id: BatchId,
     /// Where the rows came from (recorded in the summary).
     pub source: Source,
-    /// The rows.
-    pub rows: Vec<JournalRow>,
+    /// The rows (shared: a retried commit re-sends the same rows without copying payloads).
+    pub rows: Arc<Vec<JournalRow>>,
     /// More snapshot-summary properties, committed atomically with the rows (backfill records
     /// its listing position this way). Keys should start with `annotable.`.
     pub properties: BTreeMap<String, String>,
@@ -96,7 +96,7 @@ impl Batch {
         Batch {
             id: BatchId::new(),
             source,
-            rows,
+            rows: Arc::new(rows),
             properties: BTreeMap::new(),
         }
     }
@@ -557,7 +557,7 @@ async fn write_data_files(
     table: &Table,
     arrow_schema: &arrow::datatypes::SchemaRef,
     id: &BatchId,
-    rows: Vec<JournalRow>,
+    rows: Arc<Vec<JournalRow>>,
 ) -> Result<(Vec<DataFile>, Duration), WriteFailure> {
     let (builder, splitter) = file_writer(table, id.as_str(), None)?;
     let keys: Arc<[_]> = sort_keys(table.metadata(), arrow_schema).into();
@@ -579,7 +579,6 @@ async fn write_data_files(
             None => groups.push(vec![i]),
         }
     }
-    let rows = Arc::new(rows);
 
     let mut tasks = tokio::task::JoinSet::new();
     for group in groups {

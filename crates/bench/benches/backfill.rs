@@ -9,7 +9,12 @@
 //!    bucket of `ANNOTABLE_BENCH_SMALL` (10,000) objects, then of `ANNOTABLE_BENCH_LARGE`
 //!    (100,000): flat means the walk holds a bounded window, not the bucket.
 //!
-//! `ANNOTABLE_BENCH_ONLY=throughput|rss` runs one of them. Needs `AWS_ACCESS_KEY_ID=test
+//! 3. **large sets**: peak RSS of backfills of a bucket of `ANNOTABLE_BENCH_COPIES` (3) objects
+//!    each carrying `ANNOTABLE_BENCH_ANNOTATIONS` (1,000) annotations of 1 MiB, once per
+//!    `backfill.read_buffer_bytes` (64 and 256 MiB): the peak follows the buffer, not the
+//!    gigabytes read.
+//!
+//! `ANNOTABLE_BENCH_ONLY=throughput|rss|large` runs one of them. Needs `AWS_ACCESS_KEY_ID=test
 //! AWS_SECRET_ACCESS_KEY=test` (any value) in the environment, like the serve bench.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -230,11 +235,69 @@ async fn rss() {
     }
 }
 
+async fn large() {
+    let annotations = env_usize("ANNOTABLE_BENCH_ANNOTATIONS", 1_000);
+    let copies = env_usize("ANNOTABLE_BENCH_COPIES", 3);
+    let stack = LocalStack::start().expect("emulator");
+    let dir = tempfile::tempdir().expect("dir");
+    let s3 = stack.s3();
+    for bucket in ["bench-large-src", "bench-large"] {
+        s3.create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("bucket");
+    }
+    let t = Instant::now();
+    annotable_bench::put_large_set(&s3, "bench-large-src", "big", annotations).await;
+    annotable_bench::copy_set(
+        &s3,
+        "bench-large-src",
+        "big",
+        "bench-large",
+        "copy-",
+        copies,
+    )
+    .await;
+    println!(
+        "large: {copies} objects of {annotations} annotations of 1 MiB put in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let cfg = config(&stack, dir.path());
+    for buffer_mib in [64u64, 256] {
+        let scope = ListScope {
+            bucket: "bench-large".into(),
+            prefix: String::new(),
+            versions: Versions::Current,
+        };
+        let mut options = BackfillOptions::from_config(&cfg, scope);
+        options.progress = ProgressMode::Off;
+        options.read_buffer_bytes = buffer_mib << 20;
+        annotable_bench::reset_peak_rss();
+        let before = annotable_bench::peak_rss_mib();
+        let report = backfill::run(&cfg, options, CancellationToken::new())
+            .await
+            .expect("backfill");
+        assert_eq!(report.annotations as usize, copies * annotations);
+        println!(
+            "large: read_buffer_bytes {buffer_mib} MiB: {copies} objects ({} MiB of payloads, {} rows, {} commits) in {:.1} s; peak RSS {:.0} MiB (before: {before:.0} MiB)",
+            copies * annotations,
+            report.rows,
+            report.commits,
+            report.elapsed.as_secs_f64(),
+            annotable_bench::peak_rss_mib()
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let only = std::env::var("ANNOTABLE_BENCH_ONLY").unwrap_or_default();
     if std::env::args().any(|a| a == "--list") {
         return;
+    }
+    if only.is_empty() || only == "large" {
+        large().await;
     }
     if only.is_empty() || only == "throughput" {
         throughput().await;

@@ -5,9 +5,13 @@
 //! 2. **throughput**: a backlog of `ANNOTABLE_BENCH_EVENTS` (5,000) annotation events drained by
 //!    one process, events/s, next to the emulator's capacity for the same GetObjectAnnotation
 //!    calls from a plain concurrent SDK client measured in the same run (the ratio);
-//! 3. **memory**: peak RSS while draining `ANNOTABLE_BENCH_BACKLOG` (100,000) messages.
+//! 3. **memory**: peak RSS while draining `ANNOTABLE_BENCH_BACKLOG` (100,000) messages;
+//! 4. **large sets**: peak RSS while draining the copies of an object carrying
+//!    `ANNOTABLE_BENCH_ANNOTATIONS` (1,000) annotations of 1 MiB, `ANNOTABLE_BENCH_COPIES` (3)
+//!    at a time, once per `serve.read_buffer_bytes` (64 and 256 MiB): the peak follows the
+//!    buffer, not the gigabytes read.
 //!
-//! `ANNOTABLE_BENCH_ONLY=freshness|throughput|rss` runs one of them.
+//! `ANNOTABLE_BENCH_ONLY=freshness|throughput|rss|large` runs one of them.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -338,6 +342,58 @@ async fn rss() {
     );
 }
 
+async fn large() {
+    let annotations = env_usize("ANNOTABLE_BENCH_ANNOTATIONS", 1_000);
+    let copies = env_usize("ANNOTABLE_BENCH_COPIES", 3);
+    let rig = Rig::new("large").await;
+    let s3 = rig.stack.s3();
+    // The original lives in a bucket without notifications: only the copies are events.
+    s3.create_bucket()
+        .bucket("bench-large-src")
+        .send()
+        .await
+        .expect("bucket");
+    let t = Instant::now();
+    annotable_bench::put_large_set(&s3, "bench-large-src", "big", annotations).await;
+    println!(
+        "large: {annotations} annotations of 1 MiB put in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    // Drain the setup's test event first, so each run below reads only its copies.
+    let (_, handle) = rig.start_serve(Some(Duration::from_secs(2)));
+    handle.await.expect("serve");
+    for buffer_mib in [64u64, 256] {
+        annotable_bench::copy_set(
+            &s3,
+            "bench-large-src",
+            "big",
+            &rig.bucket,
+            &format!("copy-{buffer_mib}-"),
+            copies,
+        )
+        .await;
+        annotable_bench::reset_peak_rss();
+        let before = annotable_bench::peak_rss_mib();
+        let config = rig.config();
+        let mut options = ServeOptions::from_config(&config).expect("options");
+        options.read_buffer_bytes = buffer_mib << 20;
+        options.flush_bytes = options.flush_bytes.min((buffer_mib << 20) as usize / 4);
+        options.exit_when_idle = Some(Duration::from_secs(3));
+        let t = Instant::now();
+        let report = serve::run(&config, options, CancellationToken::new())
+            .await
+            .expect("serve");
+        println!(
+            "large: read_buffer_bytes {buffer_mib} MiB: {copies} copies ({} MiB of payloads, {} rows, {} commits) in {:.1} s; peak RSS {:.0} MiB (before: {before:.0} MiB)",
+            copies * annotations,
+            report.rows,
+            report.commits,
+            t.elapsed().as_secs_f64(),
+            annotable_bench::peak_rss_mib()
+        );
+    }
+}
+
 use futures::StreamExt;
 
 fn main() {
@@ -356,6 +412,9 @@ fn main() {
         }
         if only.is_empty() || only == "rss" {
             rss().await;
+        }
+        if only.is_empty() || only == "large" {
+            large().await;
         }
     });
 }

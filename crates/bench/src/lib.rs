@@ -200,3 +200,62 @@ pub fn process_cpu_secs() -> (f64, f64) {
         });
     fields.map_or((f64::NAN, f64::NAN), |(u, s)| (u / TICKS, s / TICKS))
 }
+
+/// Puts `annotations` annotations of 1 MiB each (distinct payloads) on `bucket/key`, 16 at a
+/// time: the largest set S3 allows one object version is 1,000 of them. Panics on a failed
+/// call: a bench cannot go on without its data.
+#[allow(clippy::expect_used)]
+pub async fn put_large_set(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, annotations: usize) {
+    use futures::StreamExt as _;
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(aws_sdk_s3::primitives::ByteStream::from_static(b"body"))
+        .send()
+        .await
+        .expect("put object");
+    futures::stream::iter(0..annotations)
+        .map(|i| async move {
+            let mut payload = format!("{i:04}-").into_bytes();
+            payload.resize(1 << 20, b'a' + (i % 26) as u8);
+            s3.put_object_annotation()
+                .bucket(bucket)
+                .key(key)
+                .annotation_name(format!("n{i:04}"))
+                .annotation_payload(aws_sdk_s3::primitives::ByteStream::from(payload))
+                .send()
+                .await
+                .expect("put annotation");
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+/// Copies `from_bucket/key` (annotations and all) to `to_bucket` as `{prefix}{i}`, `copies`
+/// times. Panics on a failed call.
+#[allow(clippy::expect_used)]
+pub async fn copy_set(
+    s3: &aws_sdk_s3::Client,
+    from_bucket: &str,
+    key: &str,
+    to_bucket: &str,
+    prefix: &str,
+    copies: usize,
+) {
+    for i in 0..copies {
+        s3.copy_object()
+            .bucket(to_bucket)
+            .key(format!("{prefix}{i}"))
+            .copy_source(format!("{from_bucket}/{key}"))
+            .send()
+            .await
+            .expect("copy object");
+    }
+}
+
+/// Forgets this process's peak resident memory so far (VmHWM), so the next
+/// [`peak_rss_mib`] measures what follows.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}

@@ -30,8 +30,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use annotation_source::{
-    AnnotationSource, ListPosition, ListScope, Listed, Op, SourceError, VersionState, Versions,
-    is_directory_bucket,
+    AnnotationSource, ListPosition, ListScope, Listed, Op, ReadBudget, Reservation, SourceError,
+    Versions, is_directory_bucket,
 };
 use annotation_table::{Batch, JournalRow, JournalTable, Source, TableError};
 use chrono::Utc;
@@ -44,9 +44,8 @@ pub use lease::Holder;
 pub use progress::{Counters, ProgressMode};
 
 use crate::config::{Config, ConfigError};
-use crate::pipeline::{
-    Observation, Observed, all_rows, approx_row_bytes, commit_batch, sequence_number,
-};
+use crate::pipeline::{Observation, Observed, all_rows, approx_row_bytes, commit_batch};
+use crate::set_reader::{ListedSet, SetReader};
 use lease::{Lease, StateStore, StoredPosition};
 
 /// Snapshot-summary key: the backfill run a commit belongs to.
@@ -149,6 +148,9 @@ pub struct BackfillOptions {
     pub flush_bytes: usize,
     /// Commit at least this often.
     pub flush_age: Duration,
+    /// Payload bytes read and not yet committed, at most: versions whose set exceeds this
+    /// divided among the `concurrency` reads are read part by part, in listing order.
+    pub read_buffer_bytes: u64,
     /// Lease duration without renewal.
     pub lease_ttl: Duration,
     /// Progress display.
@@ -161,6 +163,10 @@ impl BackfillOptions {
     /// Options from the configuration for `scope`.
     pub fn from_config(config: &Config, scope: ListScope) -> Self {
         let b = &config.backfill;
+        let read_buffer_bytes = b
+            .read_buffer_bytes
+            .unwrap_or(crate::serve::DEFAULT_READ_BUFFER_BYTES)
+            .max(crate::serve::MIN_READ_BUFFER_BYTES);
         BackfillOptions {
             scope,
             concurrency: b.concurrency.unwrap_or(64).max(1),
@@ -168,6 +174,7 @@ impl BackfillOptions {
             flush_rows: b.flush_rows.unwrap_or(50_000).max(1),
             flush_bytes: b.flush_bytes.unwrap_or(64 << 20).max(1),
             flush_age: Duration::from_millis(b.flush_age_ms.unwrap_or(10_000).max(1)),
+            read_buffer_bytes,
             lease_ttl: Duration::from_secs(b.lease_ttl_secs.unwrap_or(60).max(3)),
             progress: ProgressMode::Auto,
             progress_interval: Duration::from_secs(10),
@@ -279,20 +286,100 @@ impl std::fmt::Display for BackfillReport {
     }
 }
 
-/// One object version, read.
+/// One object version, listed and, when its set is small, read.
 struct ReadResult {
     listed: Listed,
-    /// `None`: S3 refused to read it (logged, counted, no row written).
-    observation: Option<Observation>,
-    annotations: u64,
-    gone: bool,
+    read: Read,
+}
+
+enum Read {
+    /// Read whole by the concurrent stage.
+    Whole(Box<Observation>),
+    /// Too large for the concurrent stage's share of the read buffer: read part by part, in
+    /// listing order, by the stage that batches rows.
+    Deferred(ListedSet),
+    /// S3 refused to read it (logged, counted, no row written).
+    Skipped,
 }
 
 /// Rows ready to commit, and where the listing stands after them.
 struct Pending {
     rows: Vec<JournalRow>,
     objects: u64,
-    position: ListPosition,
+    /// After the last object version completed in this batch; `None` when the batch holds
+    /// only early parts of one large set (the checkpoint must not move past it yet).
+    position: Option<ListPosition>,
+    /// The payload bytes the rows hold, given back once committed.
+    held: Vec<Reservation>,
+}
+
+/// Gathers rows into batches for the committer: flushed on rows, bytes or age.
+struct Batcher {
+    pending: Option<Pending>,
+    bytes: usize,
+    oldest: Option<tokio::time::Instant>,
+    flush_rows: usize,
+    flush_bytes: usize,
+    dry_run: bool,
+    dry_rows: u64,
+    tx: mpsc::Sender<Pending>,
+    /// The committer is gone: stop reading.
+    closed: bool,
+}
+
+impl Batcher {
+    fn pending(&mut self) -> &mut Pending {
+        self.pending.get_or_insert_with(|| Pending {
+            rows: Vec::new(),
+            objects: 0,
+            position: None,
+            held: Vec::new(),
+        })
+    }
+
+    /// Adds an observation's rows (call [`Batcher::flush_if_full`] after, once the version is
+    /// [complete](Batcher::complete) if it is: a batch must carry the position after its
+    /// rows' version, or a resume would write them again).
+    fn add(&mut self, observation: &Observation, held: Reservation) {
+        // Each version is listed once per walk: nothing to suppress.
+        let rows = all_rows(observation, Source::Backfill, Utc::now());
+        self.bytes += rows.iter().map(approx_row_bytes).sum::<usize>();
+        self.oldest.get_or_insert_with(tokio::time::Instant::now);
+        let dry_run = self.dry_run;
+        if dry_run {
+            self.dry_rows += rows.len() as u64;
+        }
+        let pending = self.pending();
+        if !dry_run {
+            pending.rows.extend(rows);
+        }
+        pending.held.push(held);
+    }
+
+    async fn flush_if_full(&mut self) {
+        let rows = self.pending.as_ref().map_or(0, |p| p.rows.len());
+        if rows >= self.flush_rows || self.bytes >= self.flush_bytes {
+            self.flush().await;
+        }
+    }
+
+    /// Marks an object version done: the checkpoint may move past it.
+    fn complete(&mut self, position: ListPosition) {
+        self.oldest.get_or_insert_with(tokio::time::Instant::now);
+        let pending = self.pending();
+        pending.objects += 1;
+        pending.position = Some(position);
+    }
+
+    async fn flush(&mut self) {
+        self.bytes = 0;
+        self.oldest = None;
+        if let Some(p) = self.pending.take()
+            && self.tx.send(p).await.is_err()
+        {
+            self.closed = true;
+        }
+    }
 }
 
 /// Runs a backfill until the listing ends, `shutdown` fires (commits what is read, then
@@ -332,7 +419,7 @@ pub async fn run(
             key: format!("{}annotable-probe", scope.prefix),
             version_id: None,
         });
-    source.list_names(&probe).await?;
+    source.list_version(&probe).await?;
 
     let counters = Arc::new(Counters::default());
     let mut report = BackfillReport {
@@ -464,95 +551,138 @@ pub async fn run(
     let writer = table
         .as_ref()
         .map_or_else(|| "dryrun00".to_string(), |t| t.writer_id().to_string());
+    // The read buffer: a quarter for the versions read concurrently (each read whole only if
+    // it fits its share), the rest for the parts of larger sets and the batches holding them.
+    let flush_bytes = options
+        .flush_bytes
+        .min(usize::try_from(options.read_buffer_bytes / 8).unwrap_or(usize::MAX))
+        .max(1);
+    let whole_limit = options.read_buffer_bytes / 4 / options.concurrency.max(1) as u64;
+    let prefetch = SetReader::new(source.clone(), writer.clone(), u64::MAX, None);
+    let in_parts = SetReader::new(
+        source.clone(),
+        writer.clone(),
+        flush_bytes as u64,
+        Some(ReadBudget::new(options.read_buffer_bytes * 3 / 4)),
+    );
     let mut reads = Box::pin(
         futures::stream::unfold(list_rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         })
         .map(|item| {
-            let source = source.clone();
-            let writer = writer.clone();
+            let prefetch = prefetch.clone();
             async move {
                 let listed = item?;
-                read_one(&source, listed, &writer).await
+                read_one(&prefetch, listed, whole_limit).await
             }
         })
         .buffered(options.concurrency),
     );
 
-    let mut batch: Option<Pending> = None;
-    let mut bytes = 0usize;
-    let mut oldest: Option<tokio::time::Instant> = None;
+    let mut batcher = Batcher {
+        pending: None,
+        bytes: 0,
+        oldest: None,
+        flush_rows: options.flush_rows,
+        flush_bytes,
+        dry_run: options.dry_run,
+        dry_rows: 0,
+        tx: commit_tx,
+        closed: false,
+    };
     let mut failure: Option<BackfillError> = None;
-    let mut dry_rows = 0u64;
     loop {
-        let deadline = oldest.map(|t| t + options.flush_age);
+        let deadline = batcher.oldest.map(|t| t + options.flush_age);
         let next = tokio::select! {
             biased;
             _ = stop_all.cancelled() => break,
             _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                if let Some(p) = batch.take() && send(&commit_tx, p).await.is_err() { break; }
-                bytes = 0;
-                oldest = None;
+                batcher.flush().await;
+                if batcher.closed { break; }
                 continue;
             }
             next = reads.next() => next,
         };
         let Some(result) = next else { break };
-        let read = match result {
+        let ReadResult { listed, read } = match result {
             Ok(read) => read,
             Err(e) => {
                 failure = Some(e.into());
                 break;
             }
         };
-        counters.read.fetch_add(1, Ordering::Relaxed);
-        counters
-            .annotations
-            .fetch_add(read.annotations, Ordering::Relaxed);
-        report.annotations += read.annotations;
-        report.objects_read += 1;
-        if read.gone {
-            report.objects_gone += 1;
-        }
-        let pending = batch.get_or_insert_with(|| Pending {
-            rows: Vec::new(),
-            objects: 0,
-            position: ListPosition::default(),
-        });
-        let rows = match &read.observation {
-            // Each version is listed once per walk: nothing to suppress.
-            Some(observation) => all_rows(observation, Source::Backfill, Utc::now()),
-            None => {
-                report.objects_skipped += 1;
-                Vec::new()
+        let (observation, held) = match read {
+            Read::Whole(observation) => (Some(*observation), Reservation::none()),
+            Read::Skipped => (None, Reservation::none()),
+            Read::Deferred(set) => {
+                let mut parts = in_parts.read(set, None);
+                let mut last = None;
+                let mut error = None;
+                loop {
+                    match parts.next().await {
+                        Ok(Some(part)) if part.last => {
+                            last = Some(part);
+                            break;
+                        }
+                        Ok(Some(part)) => {
+                            let n = part.observation.observed.max_rows() as u64 - 1;
+                            report.annotations += n;
+                            counters.annotations.fetch_add(n, Ordering::Relaxed);
+                            batcher.add(&part.observation, part.held);
+                            batcher.flush_if_full().await;
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            error = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match (last, error) {
+                    (Some(last), _) => (Some(last.observation), last.held),
+                    (None, Some(e)) if skippable(&e) => {
+                        skip_log(&listed, &e);
+                        (None, Reservation::none())
+                    }
+                    (None, Some(e)) => {
+                        failure = Some(e.into());
+                        break;
+                    }
+                    (None, None) => (None, Reservation::none()),
+                }
             }
         };
-        bytes += rows.iter().map(approx_row_bytes).sum::<usize>();
-        if options.dry_run {
-            dry_rows += rows.len() as u64;
-        } else {
-            pending.rows.extend(rows);
-        }
-        pending.objects += 1;
-        pending.position = read.listed.position;
-        oldest.get_or_insert_with(tokio::time::Instant::now);
-        if pending.rows.len() >= options.flush_rows || bytes >= options.flush_bytes {
-            if let Some(p) = batch.take()
-                && send(&commit_tx, p).await.is_err()
-            {
-                break;
+        counters.read.fetch_add(1, Ordering::Relaxed);
+        report.objects_read += 1;
+        match &observation {
+            Some(o) => {
+                let annotations = match &o.observed {
+                    Observed::Version(None) => {
+                        report.objects_gone += 1;
+                        0
+                    }
+                    other => other.max_rows() as u64 - 1,
+                };
+                report.annotations += annotations;
+                counters
+                    .annotations
+                    .fetch_add(annotations, Ordering::Relaxed);
+                batcher.add(o, held);
             }
-            bytes = 0;
-            oldest = None;
+            None => report.objects_skipped += 1,
+        }
+        batcher.complete(listed.position);
+        batcher.flush_if_full().await;
+        if batcher.closed {
+            break;
         }
     }
+    let dry_rows = batcher.dry_rows;
     // Commit what was read in order (on a stop too: it is a contiguous stretch of the listing).
-    if failure.is_none()
-        && let Some(p) = batch.take()
-    {
-        let _ = send(&commit_tx, p).await;
+    if failure.is_none() {
+        batcher.flush().await;
     }
-    drop(commit_tx);
+    drop(batcher);
     drop(reads);
     stop_all.cancel();
     let listing = lister.await.unwrap_or(Ok(()));
@@ -605,10 +735,6 @@ pub async fn run(
     }
 }
 
-async fn send(tx: &mpsc::Sender<Pending>, p: Pending) -> Result<(), ()> {
-    tx.send(p).await.map_err(|_| ())
-}
-
 /// Pages through the listing into `tx`, from `from` (after the first page if it was read).
 #[allow(clippy::too_many_arguments)]
 async fn list_all(
@@ -656,46 +782,43 @@ async fn list_all(
     }
 }
 
-/// Reads one object version's annotation set.
+/// Lists one object version's annotations and reads them whole when they fit `whole_limit`.
 async fn read_one(
-    source: &AnnotationSource,
+    reader: &SetReader,
     listed: Listed,
-    writer: &str,
+    whole_limit: u64,
 ) -> Result<ReadResult, SourceError> {
-    let read = match source.read_version(&listed.object).await {
+    let read = async {
+        let set = reader.list(&listed.object, None).await?;
+        if set.bytes() > whole_limit {
+            return Ok(Read::Deferred(set));
+        }
+        // One part: the set fits.
+        match reader.read(set, None).next().await? {
+            Some(whole) => Ok(Read::Whole(Box::new(whole.observation))),
+            None => Ok(Read::Skipped),
+        }
+    }
+    .await;
+    let read = match read {
         Ok(read) => read,
-        // One object S3 will not let us read must not stop (and, on every resume, stop again)
-        // the whole walk: say which and why, count it, write nothing for it.
-        Err(e @ (SourceError::Refused { .. } | SourceError::NotUtf8 { .. })) => {
-            tracing::error!(bucket = %listed.object.bucket, key = %listed.object.key, version_id = ?listed.object.version_id, error = %e, "skipping an object version S3 refused to read");
-            return Ok(ReadResult {
-                listed,
-                observation: None,
-                annotations: 0,
-                gone: false,
-            });
+        Err(e) if skippable(&e) => {
+            skip_log(&listed, &e);
+            Read::Skipped
         }
         Err(e) => return Err(e),
     };
-    let (observed, annotations, gone) = match read.value {
-        VersionState::Present(list) => {
-            let n = list.len() as u64;
-            (Observed::Version(Some(list)), n, false)
-        }
-        VersionState::Gone => (Observed::Version(None), 0, true),
-    };
-    let observation = Observation {
-        object: listed.object.clone(),
-        sequence_number: sequence_number(read.at_nanos, writer),
-        observed,
-        context: None,
-    };
-    Ok(ReadResult {
-        listed,
-        observation: Some(observation),
-        annotations,
-        gone,
-    })
+    Ok(ReadResult { listed, read })
+}
+
+/// One object S3 will not let us read must not stop (and, on every resume, stop again) the
+/// whole walk: it is logged, counted, and gets no row.
+fn skippable(e: &SourceError) -> bool {
+    matches!(e, SourceError::Refused { .. } | SourceError::NotUtf8 { .. })
+}
+
+fn skip_log(listed: &Listed, e: &SourceError) {
+    tracing::error!(bucket = %listed.object.bucket, key = %listed.object.key, version_id = ?listed.object.version_id, error = %e, "skipping an object version S3 refused to read");
 }
 
 /// Commits batches in order; each carries the run id and the position after its last object.
@@ -722,17 +845,18 @@ async fn commit_loop(
         objects_done += pending.objects;
         let rows = pending.rows.len() as u64;
         let mut batch = Batch::new(Source::Backfill, pending.rows);
-        let position = StoredPosition::from(&pending.position);
-        batch
-            .properties
-            .insert(SUMMARY_RUN.to_string(), run_id.clone());
-        batch.properties.insert(
-            SUMMARY_POSITION.to_string(),
-            serde_json::to_string(&position).unwrap_or_default(),
-        );
-        batch
-            .properties
-            .insert(SUMMARY_OBJECTS.to_string(), objects_done.to_string());
+        if let Some(position) = &pending.position {
+            batch
+                .properties
+                .insert(SUMMARY_RUN.to_string(), run_id.clone());
+            batch.properties.insert(
+                SUMMARY_POSITION.to_string(),
+                serde_json::to_string(&StoredPosition::from(position)).unwrap_or_default(),
+            );
+            batch
+                .properties
+                .insert(SUMMARY_OBJECTS.to_string(), objects_done.to_string());
+        }
         // Rows may be empty (every version restated nothing): the position still advances,
         // recorded in the lease document only.
         if rows > 0 {
@@ -743,7 +867,11 @@ async fn commit_loop(
         counters
             .committed_objects
             .fetch_add(pending.objects, Ordering::Relaxed);
-        if let Err(e) = lease.checkpoint(&pending.position, objects_done).await {
+        drop(pending.held);
+        let Some(position) = &pending.position else {
+            continue;
+        };
+        if let Err(e) = lease.checkpoint(position, objects_done).await {
             match e {
                 BackfillError::LeaseLost { .. } => return Err(e),
                 other => {

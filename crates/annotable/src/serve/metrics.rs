@@ -10,8 +10,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::pipeline::Observation;
-
 use super::ServeReport;
 
 /// Every counter and histogram `serve` exports.
@@ -158,18 +156,16 @@ impl Metrics {
         &self,
         rows: usize,
         bytes: usize,
-        observations: &[Observation],
+        event_times: &[Option<DateTime<Utc>>],
         committed_at: DateTime<Utc>,
     ) {
         self.commits.inc();
         self.rows_written.inc_by(rows as u64);
         self.batch_rows.observe(rows as f64);
         self.batch_bytes.observe(bytes as f64);
-        for o in observations {
-            if let Some(t) = o.context.as_ref().and_then(|c| c.event_time) {
-                let lag = (committed_at - t).num_milliseconds().max(0) as f64 / 1000.0;
-                self.lag_seconds.observe(lag);
-            }
+        for t in event_times.iter().flatten() {
+            let lag = (committed_at - *t).num_milliseconds().max(0) as f64 / 1000.0;
+            self.lag_seconds.observe(lag);
         }
     }
 

@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use annotation_source::AnnotationSource;
+use annotation_source::{AnnotationSource, ReadBudget};
 use annotation_table::{JournalTable, TableError};
 use aws_sdk_sqs::types::QueueAttributeName;
 use tokio::sync::mpsc;
@@ -39,6 +39,7 @@ use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::pipeline::{self, StateCache};
+use crate::set_reader::SetReader;
 
 pub use metrics::Metrics;
 
@@ -53,8 +54,11 @@ pub struct ServeOptions {
     pub messages_in_flight: usize,
     /// Flush at this many observations.
     pub flush_rows: usize,
-    /// Flush at this many payload bytes.
+    /// Flush at this many payload bytes (at most a quarter of `read_buffer_bytes`).
     pub flush_bytes: usize,
+    /// Payload bytes read and not yet committed, at most; an annotation set larger than a
+    /// quarter of it is read and committed in parts.
+    pub read_buffer_bytes: u64,
     /// Flush when the oldest held message is this old.
     pub flush_age: Duration,
     /// Visibility timeout to extend held messages to (`None`: the queue's).
@@ -74,6 +78,11 @@ pub struct ServeOptions {
     /// How far a host's clock may be from S3's (suppression of absences).
     pub max_clock_skew: Duration,
 }
+
+/// Default of `serve.read_buffer_bytes` and `backfill.read_buffer_bytes`.
+pub const DEFAULT_READ_BUFFER_BYTES: u64 = 256 << 20;
+/// The smallest read buffer: four of the largest annotation.
+pub const MIN_READ_BUFFER_BYTES: u64 = 4 * annotation_source::MAX_ANNOTATION_BYTES;
 
 /// Default address of `/metrics`, `/healthz`, `/readyz`.
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9464";
@@ -100,12 +109,20 @@ impl ServeOptions {
                 message: format!("{http:?} is not HOST:PORT (or `off`)"),
             })?)
         };
+        let read_buffer_bytes = s
+            .read_buffer_bytes
+            .unwrap_or(DEFAULT_READ_BUFFER_BYTES)
+            .max(MIN_READ_BUFFER_BYTES);
         Ok(ServeOptions {
             queue_url,
             receivers: s.receivers.unwrap_or(2).max(1),
             messages_in_flight: s.messages_in_flight.unwrap_or(64).max(1),
             flush_rows: s.flush_rows.unwrap_or(20_000).max(1),
-            flush_bytes: s.flush_bytes.unwrap_or(64 << 20).max(1),
+            flush_bytes: s.flush_bytes.unwrap_or(64 << 20).clamp(
+                1,
+                usize::try_from(read_buffer_bytes / 4).unwrap_or(usize::MAX),
+            ),
+            read_buffer_bytes,
             flush_age: Duration::from_millis(s.flush_age_ms.unwrap_or(2_000)),
             visibility_timeout: s.visibility_timeout_secs.map(Duration::from_secs),
             shutdown_timeout: Duration::from_secs(s.shutdown_timeout_secs.unwrap_or(25)),
@@ -197,6 +214,10 @@ pub(crate) struct Shared {
     pub registry: visibility::Registry,
     pub writer_id: String,
     pub health: Arc<health::Health>,
+    /// Payload bytes read and not yet committed.
+    pub budget: ReadBudget,
+    /// Reads object versions' whole sets under `budget`.
+    pub sets: SetReader,
     /// Cancelled when the process stops receiving: work retried through an outage gives up
     /// then (its messages come back later).
     pub stopping: CancellationToken,
@@ -247,14 +268,24 @@ pub async fn run(
     let health = Arc::new(health::Health::default());
     // The stop signal for the receivers: the caller's shutdown, or idleness.
     let stop_receiving = shutdown.child_token();
+    let writer_id = pipeline::new_writer_id();
+    let budget = ReadBudget::new(options.read_buffer_bytes);
+    let sets = SetReader::new(
+        source.clone(),
+        writer_id.clone(),
+        options.flush_bytes as u64,
+        Some(budget.clone()),
+    );
     let shared = Arc::new(Shared {
         sqs,
         source,
+        budget,
+        sets,
         queue,
         options: options.clone(),
         metrics: metrics.clone(),
         registry: visibility::Registry::default(),
-        writer_id: pipeline::new_writer_id(),
+        writer_id,
         health: health.clone(),
         stopping: stop_receiving.clone(),
     });

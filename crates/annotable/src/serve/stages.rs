@@ -1,9 +1,10 @@
 //! Resolve → batch → commit → ack, and the dead-letter path.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use annotation_source::{AnnotationState, SourceError, VersionState};
+use annotation_source::{AnnotationState, MAX_ANNOTATION_BYTES, Reservation, SourceError};
 use annotation_table::{Batch, CatalogConfig, JournalRow, JournalTable, Source, TableError};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageAttributeValue};
 use chrono::Utc;
@@ -20,14 +21,28 @@ use crate::config::Config;
 use crate::pipeline::{
     Observation, Observed, Overlay, StateCache, approx_row_bytes, commit_batch, sequence_number,
 };
+use crate::set_reader::Part;
 
-/// A message after its S3 reads.
-pub(crate) struct Resolved {
-    msg: Held,
-    outcome: Outcome,
+/// What the resolve stage hands the batcher.
+pub(crate) enum Resolved {
+    /// An early part of a large annotation set (docs/correctness.md §8): committed before the
+    /// message it belongs to is acknowledged.
+    Part {
+        /// The receipt of the message it belongs to.
+        receipt: String,
+        /// The part.
+        part: Box<Part>,
+    },
+    /// A message after all its S3 reads.
+    Message {
+        msg: Held,
+        outcome: Outcome,
+        /// The payload bytes its observations hold.
+        held: Reservation,
+    },
 }
 
-enum Outcome {
+pub(crate) enum Outcome {
     /// Everything the message's events established (empty for test events and ignored ones).
     Observed(Vec<Observation>),
     /// Cannot ever succeed: dead-letter path.
@@ -51,7 +66,7 @@ pub(crate) async fn resolve_loop(
         let shared = shared.clone();
         let tx = tx.clone();
         tasks.spawn(async move {
-            let resolved = resolve_through_outages(&shared, inbound).await;
+            let resolved = resolve_through_outages(&shared, inbound, &tx).await;
             let _ = tx.send(resolved).await;
             drop(permit);
         });
@@ -63,24 +78,28 @@ pub(crate) async fn resolve_loop(
 /// Resolves a message, retrying in place while S3 fails transiently: the message stays held
 /// (the heartbeat keeps it invisible), so an outage does not count receives towards the
 /// dead-letter limit. Only a stop hands it back for a later retry.
-async fn resolve_through_outages(shared: &Shared, inbound: Inbound) -> Resolved {
+async fn resolve_through_outages(
+    shared: &Shared,
+    inbound: Inbound,
+    parts: &mpsc::Sender<Resolved>,
+) -> Resolved {
     let Inbound { msg, parsed } = inbound;
     let mut attempt = 0u32;
     loop {
-        let outcome = resolve_message(shared, &msg, &parsed).await;
+        let (outcome, held) = resolve_message(shared, &msg, &parsed, parts).await;
         let Outcome::Retry(reason) = &outcome else {
             if attempt > 0 {
                 shared.health.recovered(Cause::S3);
                 info!(message_id = %msg.message_id, attempts = attempt + 1, "S3 reads work again; message resolved");
             }
-            return Resolved { msg, outcome };
+            return Resolved::Message { msg, outcome, held };
         };
         attempt += 1;
         shared.health.failing(Cause::S3, reason.clone());
         let wait = Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60));
         warn!(message_id = %msg.message_id, attempt, ?wait, %reason, "S3 reads keep failing; the message is held and retried (not returned to the queue)");
         tokio::select! {
-            _ = shared.stopping.cancelled() => return Resolved { msg, outcome },
+            _ = shared.stopping.cancelled() => return Resolved::Message { msg, outcome, held },
             _ = tokio::time::sleep(wait) => {}
         }
     }
@@ -90,14 +109,18 @@ async fn resolve_message(
     shared: &Shared,
     msg: &Held,
     parsed: &Result<Notification, s3_events::ParseError>,
-) -> Outcome {
+    parts: &mpsc::Sender<Resolved>,
+) -> (Outcome, Reservation) {
     let events = match parsed {
         Err(e) => {
-            return Outcome::Poison(format!("unparseable notification: {e}"));
+            return (
+                Outcome::Poison(format!("unparseable notification: {e}")),
+                Reservation::none(),
+            );
         }
         Ok(Notification::Test(_)) => {
             shared.metrics.events_ignored.inc();
-            return Outcome::Observed(Vec::new());
+            return (Outcome::Observed(Vec::new()), Reservation::none());
         }
         Ok(Notification::Events(events)) => events,
         Ok(Notification::Partial { events, rejected }) => {
@@ -111,28 +134,38 @@ async fn resolve_message(
         }
     };
     let mut observations = Vec::with_capacity(events.len());
+    let mut held = Reservation::none();
     for event in events {
-        match resolve_event(shared, event).await {
-            Ok(Some(obs)) => observations.push(obs),
+        match resolve_event(shared, msg, event, parts).await {
+            Ok(Some(part)) => {
+                observations.push(part.observation);
+                held.merge(part.held);
+            }
             Ok(None) => {
                 shared.metrics.events_ignored.inc();
             }
-            Err(e) if e.is_retryable() => return Outcome::Retry(e.to_string()),
-            Err(e) => return Outcome::Poison(e.to_string()),
+            Err(e) if e.is_retryable() => return (Outcome::Retry(e.to_string()), held),
+            Err(e) => return (Outcome::Poison(e.to_string()), held),
         }
     }
-    Outcome::Observed(observations)
+    (Outcome::Observed(observations), held)
 }
 
 /// The S3 reads of docs/correctness.md §2. Every annotation change is verified by reading the annotation
 /// (a delete event too: under reordering, the annotation may have been put again since), and
 /// every object-level change by reading the version's whole set, so each row states what S3
-/// held at its sequence number.
-async fn resolve_event(shared: &Shared, event: &Event) -> Result<Option<Observation>, SourceError> {
-    let source = &shared.source;
-    let (at_nanos, observed, answered) = match &event.action {
+/// held at its sequence number. A set too large for one part sends its early parts to the
+/// batcher as they are read (each holding its bytes of the read budget until committed).
+async fn resolve_event(
+    shared: &Shared,
+    msg: &Held,
+    event: &Event,
+    parts: &mpsc::Sender<Resolved>,
+) -> Result<Option<Part>, SourceError> {
+    let (at_nanos, observed, answered, held) = match &event.action {
         Action::FetchAnnotation(a) | Action::DeleteAnnotation(a) => {
-            let got = source.get(&event.object, &a.name).await?;
+            let mut held = shared.budget.reserve(MAX_ANNOTATION_BYTES).await;
+            let got = shared.source.get(&event.object, &a.name).await?;
             let observed = match got.value {
                 AnnotationState::Present(ann) => Observed::Annotation {
                     name: a.name.clone(),
@@ -144,15 +177,27 @@ async fn resolve_event(shared: &Shared, event: &Event) -> Result<Option<Observat
                 },
                 AnnotationState::VersionGone => Observed::Version(None),
             };
-            (got.at_nanos, observed, got.version_id)
+            held.shrink_to(observed.payload_bytes() as u64);
+            (got.at_nanos, observed, got.version_id, held)
         }
         Action::Reset { .. } => {
-            let read = source.read_version(&event.object).await?;
-            let observed = match read.value {
-                VersionState::Present(list) => Observed::Version(Some(list)),
-                VersionState::Gone => Observed::Version(None),
-            };
-            (read.at_nanos, observed, read.version_id)
+            let set = shared
+                .sets
+                .list(&event.object, Some(&event.context))
+                .await?;
+            let mut set = shared.sets.read(set, Some(&event.context));
+            while let Some(part) = set.next().await? {
+                if part.last {
+                    return Ok(Some(part));
+                }
+                let receipt = msg.receipt.clone();
+                let part = Box::new(part);
+                if parts.send(Resolved::Part { receipt, part }).await.is_err() {
+                    break;
+                }
+            }
+            // The batcher is gone (the process is stopping): the message comes back later.
+            return Err(SourceError::Closed);
         }
         Action::Ignore(_) => return Ok(None),
     };
@@ -165,11 +210,15 @@ async fn resolve_event(shared: &Shared, event: &Event) -> Result<Option<Observat
         },
         _ => event.object.clone(),
     };
-    Ok(Some(Observation {
-        object,
-        sequence_number: sequence_number(at_nanos, &shared.writer_id),
-        observed,
-        context: Some(event.context.clone()),
+    Ok(Some(Part {
+        observation: Observation {
+            object,
+            sequence_number: sequence_number(at_nanos, &shared.writer_id),
+            observed,
+            context: Some(event.context.clone()),
+        },
+        held,
+        last: true,
     }))
 }
 
@@ -178,8 +227,21 @@ async fn resolve_event(shared: &Shared, event: &Event) -> Result<Option<Observat
 pub(crate) struct PendingBatch {
     messages: Vec<Held>,
     observations: Vec<Observation>,
+    /// Receipts of the messages whose early parts are in this batch.
+    parts_of: Vec<String>,
+    /// The payload bytes the observations hold, given back once committed.
+    held: Vec<Reservation>,
     rows: usize,
     bytes: usize,
+}
+
+impl PendingBatch {
+    fn add(&mut self, observations: &[Observation]) {
+        for o in observations {
+            self.rows += o.observed.max_rows();
+            self.bytes += o.observed.payload_bytes() + 300 * o.observed.max_rows();
+        }
+    }
 }
 
 /// Collects resolved messages into batches, flushed on rows, bytes or age.
@@ -204,41 +266,51 @@ pub(crate) async fn batch_loop(
             flush(&tx, &mut batch, &mut oldest).await;
             return;
         };
-        let Resolved { mut msg, outcome } = resolved;
-        match outcome {
-            Outcome::Poison(reason) => {
+        match resolved {
+            Resolved::Part { receipt, part } => {
+                let part = *part;
+                batch.add(std::slice::from_ref(&part.observation));
+                batch.observations.push(part.observation);
+                batch.held.push(part.held);
+                batch.parts_of.push(receipt);
+                oldest.get_or_insert_with(Instant::now);
+            }
+            Resolved::Message {
+                msg,
+                outcome: Outcome::Poison(reason),
+                ..
+            } => {
                 let shared = shared.clone();
                 tokio::spawn(async move { poison(&shared, msg, &reason).await });
+                continue;
             }
-            Outcome::Retry(reason) => {
+            Resolved::Message {
+                msg,
+                outcome: Outcome::Retry(reason),
+                ..
+            } => {
                 shared.metrics.failed.inc();
                 let wait = retry_backoff(msg.receive_count);
                 warn!(message_id = %msg.message_id, receive_count = msg.receive_count, ?wait, %reason, "message failed; it will be retried");
                 let shared = shared.clone();
                 tokio::spawn(async move { release(&shared, &msg, wait).await });
+                continue;
             }
-            Outcome::Observed(observations) => {
+            Resolved::Message {
+                mut msg,
+                outcome: Outcome::Observed(observations),
+                held,
+            } => {
                 msg.body = String::new();
-                for o in &observations {
-                    let (rows, bytes) = match &o.observed {
-                        Observed::Annotation { state, .. } => {
-                            (1, state.as_ref().map_or(0, |a| a.text_value.len()))
-                        }
-                        Observed::Version(set) => {
-                            let set = set.as_deref().unwrap_or_default();
-                            (1 + set.len(), set.iter().map(|a| a.text_value.len()).sum())
-                        }
-                    };
-                    batch.rows += rows;
-                    batch.bytes += bytes + 300 * rows;
-                }
+                batch.add(&observations);
                 batch.observations.extend(observations);
+                batch.held.push(held);
                 oldest.get_or_insert(msg.received_at);
                 batch.messages.push(msg);
-                if batch.rows >= opts.flush_rows || batch.bytes >= opts.flush_bytes {
-                    flush(&tx, &mut batch, &mut oldest).await;
-                }
             }
+        }
+        if batch.rows >= opts.flush_rows || batch.bytes >= opts.flush_bytes {
+            flush(&tx, &mut batch, &mut oldest).await;
         }
     }
 }
@@ -249,7 +321,7 @@ async fn flush(
     oldest: &mut Option<Instant>,
 ) {
     *oldest = None;
-    if batch.messages.is_empty() {
+    if batch.messages.is_empty() && batch.observations.is_empty() {
         return;
     }
     let full = std::mem::take(batch);
@@ -314,43 +386,65 @@ pub(crate) async fn commit_loop(
     mut rx: mpsc::Receiver<PendingBatch>,
     ack: mpsc::Sender<Vec<Held>>,
 ) {
-    while let Some(mut batch) = rx.recv().await {
-        // Resolves finish out of order; rows are decided in observation order.
-        batch
-            .observations
-            .sort_by(|a, b| a.sequence_number.cmp(&b.sequence_number));
+    // Messages an early part of which failed to commit: acknowledging them after their last
+    // part would lose that part's rows, so they are released instead.
+    let mut broken: HashSet<String> = HashSet::new();
+    while let Some(batch) = rx.recv().await {
+        let PendingBatch {
+            messages,
+            mut observations,
+            parts_of,
+            held,
+            ..
+        } = batch;
+        // Resolves finish out of order; rows are decided in observation order (a stable sort:
+        // the parts of one set keep their order).
+        observations.sort_by(|a, b| a.sequence_number.cmp(&b.sequence_number));
         let mut overlay = Overlay::default();
         let now = Utc::now();
-        let rows: Vec<JournalRow> = batch
-            .observations
-            .iter()
-            .flat_map(|o| cache.rows_for(&mut overlay, o, Source::Notification, now))
-            .collect();
+        let mut event_times = Vec::with_capacity(observations.len());
+        let mut rows: Vec<JournalRow> = Vec::new();
+        // Each observation is dropped once its rows exist, so a payload is held once, not twice.
+        for o in observations {
+            event_times.push(o.context.as_ref().and_then(|c| c.event_time));
+            rows.extend(cache.rows_for(&mut overlay, &o, Source::Notification, now));
+        }
         shared
             .metrics
             .rows_suppressed
             .inc_by(overlay.suppressed() as u64);
+        let (sound, unsound): (Vec<Held>, Vec<Held>) = messages
+            .into_iter()
+            .partition(|m| !broken.remove(&m.receipt));
+        for msg in unsound {
+            warn!(message_id = %msg.message_id, "an earlier part of this message's annotation set was not committed; the message is released to be read again");
+            release(&shared, &msg, retry_backoff(msg.receive_count)).await;
+        }
         if rows.is_empty() {
             cache.commit(overlay);
-            let _ = ack.send(batch.messages).await;
+            let _ = ack.send(sound).await;
             continue;
         }
         let row_count = rows.len();
         let bytes: usize = rows.iter().map(approx_row_bytes).sum();
-        match commit_through_outages(&shared, &table, Batch::new(Source::Notification, rows)).await
-        {
+        let result =
+            commit_through_outages(&shared, &table, Batch::new(Source::Notification, rows)).await;
+        drop(held);
+        match result {
             Ok(()) => {
                 cache.commit(overlay);
                 let committed_at = Utc::now();
                 shared
                     .metrics
-                    .observe_commit(row_count, bytes, &batch.observations, committed_at);
-                let _ = ack.send(batch.messages).await;
+                    .observe_commit(row_count, bytes, &event_times, committed_at);
+                let _ = ack.send(sound).await;
             }
             Err(e) => {
-                error!(table = %table.ident(), messages = batch.messages.len(), rows = row_count, error = %e, "commit failed; the batch's messages are released and will be retried");
-                shared.metrics.failed.inc_by(batch.messages.len() as u64);
-                for msg in batch.messages {
+                error!(table = %table.ident(), messages = sound.len(), rows = row_count, error = %e, "commit failed; the batch's messages are released and will be retried");
+                shared.metrics.failed.inc_by(sound.len() as u64);
+                broken.extend(parts_of);
+                for msg in sound {
+                    broken.remove(&msg.receipt);
                     let wait = retry_backoff(msg.receive_count);
                     release(&shared, &msg, wait).await;
                 }

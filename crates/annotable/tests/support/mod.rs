@@ -474,6 +474,34 @@ impl Serve {
         }
     }
 
+    /// Like [`Serve::wait`], also returning the process's peak resident memory in bytes
+    /// (`VmHWM`, read until it exits; the peak of a process that idles before exiting).
+    pub fn wait_measuring(&mut self, limit: Duration) -> (ExitStatus, u64) {
+        let started = Instant::now();
+        let status_file = format!("/proc/{}/status", self.pid());
+        let mut peak = 0u64;
+        loop {
+            let hwm = std::fs::read_to_string(&status_file)
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                })
+                .unwrap_or(0);
+            peak = peak.max(hwm * 1024);
+            let child = self.child.as_mut().expect("child");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return (status, peak);
+            }
+            if started.elapsed() > limit {
+                return (self.wait(Duration::ZERO), peak);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
