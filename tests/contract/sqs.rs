@@ -1,4 +1,4 @@
-//! Contract tests: the SQS behaviour the `serve` consumer relies on (design.md §3): receive
+//! Contract tests: the SQS behaviour the `serve` consumer relies on (docs/correctness.md §3): receive
 //! limits, visibility timeouts and their extension, per-entry batch-delete failures, receive
 //! counts and redrive to a dead-letter queue, and the 1 MiB message size.
 

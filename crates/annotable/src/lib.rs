@@ -6,11 +6,14 @@
 
 pub mod aws;
 pub mod backfill;
+pub mod batcher;
 pub mod config;
 pub mod doctor;
+pub mod journal_commit;
 pub mod maintain;
-pub mod pipeline;
 pub mod query;
+pub mod rows;
 pub mod serve;
 pub mod set_reader;
 pub mod setup;
+pub mod suppression;

@@ -15,7 +15,7 @@ use annotation_source::{
 };
 use s3_events::{EventContext, ObjectRef};
 
-use crate::pipeline::{Observation, Observed, sequence_number};
+use crate::rows::{Observation, Observed, sequence_number};
 
 /// An observation and the budget its payloads hold until its rows are committed.
 #[derive(Debug)]

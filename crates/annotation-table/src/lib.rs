@@ -13,6 +13,7 @@
 //! `annotation-sql`.
 
 mod catalog;
+mod decode;
 mod encode;
 mod error;
 mod journal;
@@ -21,6 +22,7 @@ mod row;
 mod spec;
 
 pub use catalog::{CatalogConfig, StorageConfig, connect};
+pub use decode::{DecodeError, decode_rows};
 pub use encode::{encode_rows, encode_sorted};
 pub use error::TableError;
 /// The catalog handle [`connect`] returns (iceberg's trait, re-exported so callers need not

@@ -43,8 +43,10 @@ use tracing::{info, warn};
 pub use lease::Holder;
 pub use progress::{Counters, ProgressMode};
 
+use crate::batcher::{Batcher, FlushPolicy};
 use crate::config::{Config, ConfigError};
-use crate::pipeline::{Observation, Observed, all_rows, approx_row_bytes, commit_batch};
+use crate::journal_commit::commit_batch;
+use crate::rows::{Observation, Observed, rows_of};
 use crate::set_reader::{ListedSet, SetReader};
 use lease::{Lease, StateStore, StoredPosition};
 
@@ -303,6 +305,7 @@ enum Read {
 }
 
 /// Rows ready to commit, and where the listing stands after them.
+#[derive(Default)]
 struct Pending {
     rows: Vec<JournalRow>,
     objects: u64,
@@ -313,13 +316,36 @@ struct Pending {
     held: Vec<Reservation>,
 }
 
-/// Gathers rows into batches for the committer: flushed on rows, bytes or age.
-struct Batcher {
-    pending: Option<Pending>,
-    bytes: usize,
-    oldest: Option<tokio::time::Instant>,
-    flush_rows: usize,
-    flush_bytes: usize,
+/// What the batcher gathers for the committer.
+enum Piece {
+    /// A version's rows (or a part's), and the payload bytes they hold.
+    Rows(Vec<JournalRow>, Reservation),
+    /// A version is done: the checkpoint may move past it.
+    Done(ListPosition),
+}
+
+impl Pending {
+    fn of(pieces: Vec<Piece>) -> Pending {
+        let mut pending = Pending::default();
+        for piece in pieces {
+            match piece {
+                Piece::Rows(rows, held) => {
+                    pending.rows.extend(rows);
+                    pending.held.push(held);
+                }
+                Piece::Done(position) => {
+                    pending.objects += 1;
+                    pending.position = Some(position);
+                }
+            }
+        }
+        pending
+    }
+}
+
+/// Feeds the committer, batching by the shared flush policy.
+struct Outbox {
+    batch: Batcher<Piece>,
     dry_run: bool,
     dry_rows: u64,
     tx: mpsc::Sender<Pending>,
@@ -327,56 +353,39 @@ struct Batcher {
     closed: bool,
 }
 
-impl Batcher {
-    fn pending(&mut self) -> &mut Pending {
-        self.pending.get_or_insert_with(|| Pending {
-            rows: Vec::new(),
-            objects: 0,
-            position: None,
-            held: Vec::new(),
-        })
-    }
-
-    /// Adds an observation's rows (call [`Batcher::flush_if_full`] after, once the version is
-    /// [complete](Batcher::complete) if it is: a batch must carry the position after its
-    /// rows' version, or a resume would write them again).
+impl Outbox {
+    /// Adds an observation's rows (call [`Outbox::flush_if_full`] after, once the version is
+    /// [complete](Outbox::complete) if it is: a batch must carry the position after its rows'
+    /// version, or a resume would write them again).
     fn add(&mut self, observation: &Observation, held: Reservation) {
         // Each version is listed once per walk: nothing to suppress.
-        let rows = all_rows(observation, Source::Backfill, Utc::now());
-        self.bytes += rows.iter().map(approx_row_bytes).sum::<usize>();
-        self.oldest.get_or_insert_with(tokio::time::Instant::now);
-        let dry_run = self.dry_run;
-        if dry_run {
-            self.dry_rows += rows.len() as u64;
+        let mut rows = rows_of(observation, Source::Backfill, Utc::now());
+        let (count, bytes) = (rows.len(), observation.observed.estimated_bytes());
+        if self.dry_run {
+            self.dry_rows += count as u64;
+            rows.clear();
         }
-        let pending = self.pending();
-        if !dry_run {
-            pending.rows.extend(rows);
-        }
-        pending.held.push(held);
-    }
-
-    async fn flush_if_full(&mut self) {
-        let rows = self.pending.as_ref().map_or(0, |p| p.rows.len());
-        if rows >= self.flush_rows || self.bytes >= self.flush_bytes {
-            self.flush().await;
-        }
+        let now = tokio::time::Instant::now();
+        self.batch.push(Piece::Rows(rows, held), count, bytes, now);
     }
 
     /// Marks an object version done: the checkpoint may move past it.
     fn complete(&mut self, position: ListPosition) {
-        self.oldest.get_or_insert_with(tokio::time::Instant::now);
-        let pending = self.pending();
-        pending.objects += 1;
-        pending.position = Some(position);
+        let now = tokio::time::Instant::now();
+        self.batch.push(Piece::Done(position), 0, 0, now);
+    }
+
+    async fn flush_if_full(&mut self) {
+        if self.batch.is_full() {
+            self.flush().await;
+        }
     }
 
     async fn flush(&mut self) {
-        self.bytes = 0;
-        self.oldest = None;
-        if let Some(p) = self.pending.take()
-            && self.tx.send(p).await.is_err()
-        {
+        if self.batch.is_empty() {
+            return;
+        }
+        if self.tx.send(Pending::of(self.batch.take())).await.is_err() {
             self.closed = true;
         }
     }
@@ -579,12 +588,12 @@ pub async fn run(
         .buffered(options.concurrency),
     );
 
-    let mut batcher = Batcher {
-        pending: None,
-        bytes: 0,
-        oldest: None,
-        flush_rows: options.flush_rows,
-        flush_bytes,
+    let mut outbox = Outbox {
+        batch: Batcher::new(FlushPolicy {
+            rows: options.flush_rows,
+            bytes: flush_bytes,
+            age: options.flush_age,
+        }),
         dry_run: options.dry_run,
         dry_rows: 0,
         tx: commit_tx,
@@ -592,13 +601,12 @@ pub async fn run(
     };
     let mut failure: Option<BackfillError> = None;
     loop {
-        let deadline = batcher.oldest.map(|t| t + options.flush_age);
         let next = tokio::select! {
             biased;
             _ = stop_all.cancelled() => break,
-            _ = async { match deadline { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                batcher.flush().await;
-                if batcher.closed { break; }
+            _ = outbox.batch.aged() => {
+                outbox.flush().await;
+                if outbox.closed { break; }
                 continue;
             }
             next = reads.next() => next,
@@ -628,8 +636,8 @@ pub async fn run(
                             let n = part.observation.observed.max_rows() as u64 - 1;
                             report.annotations += n;
                             counters.annotations.fetch_add(n, Ordering::Relaxed);
-                            batcher.add(&part.observation, part.held);
-                            batcher.flush_if_full().await;
+                            outbox.add(&part.observation, part.held);
+                            outbox.flush_if_full().await;
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -667,22 +675,22 @@ pub async fn run(
                 counters
                     .annotations
                     .fetch_add(annotations, Ordering::Relaxed);
-                batcher.add(o, held);
+                outbox.add(o, held);
             }
             None => report.objects_skipped += 1,
         }
-        batcher.complete(listed.position);
-        batcher.flush_if_full().await;
-        if batcher.closed {
+        outbox.complete(listed.position);
+        outbox.flush_if_full().await;
+        if outbox.closed {
             break;
         }
     }
-    let dry_rows = batcher.dry_rows;
+    let dry_rows = outbox.dry_rows;
     // Commit what was read in order (on a stop too: it is a contiguous stretch of the listing).
     if failure.is_none() {
-        batcher.flush().await;
+        outbox.flush().await;
     }
-    drop(batcher);
+    drop(outbox);
     drop(reads);
     stop_all.cancel();
     let listing = lister.await.unwrap_or(Ok(()));

@@ -1,30 +1,39 @@
 //! `annotable serve`: bucket notifications from SQS → journal rows, for months, losing and
 //! duplicating nothing (docs/correctness.md).
 //!
-//! Stages, joined by bounded channels so memory stays flat whatever the backlog:
+//! Stages, joined by bounded channels so memory stays flat whatever the backlog, one file each:
 //!
 //! ```text
-//! receivers (N long polls) ─► resolve (S3 reads, M messages at once) ─► batcher ─► committer ─► acker
-//!        └──────────── in-flight registry ◄── heartbeat (ChangeMessageVisibility) ─┘
+//! intake (N long polls) ─► resolve (S3 reads) ─► batch ─► commit ─► ack
+//!    └─ visibility: in-flight registry ◄── heartbeat (ChangeMessageVisibility) ─┘
+//!                                 batch ─► dead_letter (poison messages)
 //! ```
 //!
-//! - A message's receipt handle travels with its observations; it is deleted only after the
-//!   batch holding its rows is in a committed snapshot (§3.2). The receive loop never waits for a
-//!   commit: the batcher keeps filling the next batch while the committer commits the last.
-//! - Unparseable messages and permanent S3 refusals are poison (§3.4): left to the queue's
-//!   redrive policy (made visible again at once so it counts receives quickly), or moved to the
-//!   configured dead-letter queue; never deleted silently. Transient failures are released with
-//!   a backoff and count towards the same redrive.
-//! - The heartbeat extends the visibility of every message still held near its timeout (§3.5).
-//! - On shutdown (§3.6): stop receiving, resolve and commit what is held, delete those messages,
+//! - `intake.rs` receives and parses; `resolve.rs` reads what each event points at, up to
+//!   `messages_in_flight` messages at once and within the read budget; `batch.rs` gathers
+//!   observations and flushes on rows, bytes or age; `commit.rs` turns them into rows (the
+//!   `suppression`), commits once, and only then hands the messages to `ack.rs`,
+//!   which deletes them (§3). The receive loop never waits for a commit.
+//! - Unparseable messages and permanent S3 refusals take the `dead_letter.rs` path (§3):
+//!   left to the queue's redrive policy, or moved to the configured dead-letter queue; never
+//!   deleted silently. Transient failures hold the message and retry in place.
+//! - `visibility.rs` extends every message still held near its timeout; `warm_up.rs` fills the
+//!   suppression memory from the journal at start; `metrics.rs`, `health.rs` and `http.rs` serve
+//!   `/metrics`, `/healthz` and `/readyz`.
+//! - On shutdown: stop receiving, resolve and commit what is held, delete those messages,
 //!   return, all within the deadline; whatever is not deleted by then comes back by itself.
 
+mod ack;
+mod batch;
+mod commit;
+mod dead_letter;
 mod health;
 mod http;
 mod intake;
 mod metrics;
-mod stages;
+mod resolve;
 mod visibility;
+mod warm_up;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,8 +47,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::pipeline::{self, StateCache};
+use crate::rows;
 use crate::set_reader::SetReader;
+use crate::suppression::StateCache;
 
 pub use metrics::Metrics;
 
@@ -242,7 +252,7 @@ pub async fn run(
     let table =
         JournalTable::open(catalog.clone(), config.namespace(), Some(config.table())).await?;
     let mut cache = StateCache::new(options.dedup_versions, options.max_clock_skew);
-    match stages::warm_up(
+    match warm_up::warm_up(
         &table,
         &catalog_config,
         config,
@@ -268,7 +278,7 @@ pub async fn run(
     let health = Arc::new(health::Health::default());
     // The stop signal for the receivers: the caller's shutdown, or idleness.
     let stop_receiving = shutdown.child_token();
-    let writer_id = pipeline::new_writer_id();
+    let writer_id = rows::new_writer_id();
     let budget = ReadBudget::new(options.read_buffer_bytes);
     let sets = SetReader::new(
         source.clone(),
@@ -370,20 +380,20 @@ pub async fn run(
             stop_receiving.clone(),
         ))
     });
-    let resolver = tokio::spawn(stages::resolve_loop(
+    let resolver = tokio::spawn(resolve::resolve_loop(
         shared.clone(),
         inbound_rx,
         resolved_tx,
     ));
-    let batcher = tokio::spawn(stages::batch_loop(shared.clone(), resolved_rx, batch_tx));
-    let committer = tokio::spawn(stages::commit_loop(
+    let batcher = tokio::spawn(batch::batch_loop(shared.clone(), resolved_rx, batch_tx));
+    let committer = tokio::spawn(commit::commit_loop(
         shared.clone(),
         table,
         cache,
         batch_rx,
         ack_tx,
     ));
-    let acker = tokio::spawn(stages::ack_loop(shared.clone(), ack_rx));
+    let acker = tokio::spawn(ack::ack_loop(shared.clone(), ack_rx));
 
     stop_receiving.cancelled().await;
     health.stopping();

@@ -1,28 +1,15 @@
-//! What `serve` and `backfill` share: an [`Observation`] of S3 becomes journal rows, minus the
-//! rows that would restate the last written state (docs/correctness.md).
+//! Suppression: which of an observation's rows the journal already holds
+//! (docs/correctness.md §4). It only filters the rows `rows` built; it never makes one.
 //!
-//! **sequence_number** is `<observation time in ns, 20 digits>-<writer id>`: fixed width, so
-//! lexicographic order is time order, and the writer id breaks ties between processes. The
-//! observation time is when the S3 request that saw the state was sent (see
-//! `annotation_source`), which is what makes "larger = newer" sound across processes as long as
-//! their clocks agree to within the time between two writes of one annotation (ECS hosts run
-//! NTP; skew is in milliseconds).
-//!
-//! **object_join_key** is the first 16 bytes of SHA-256 over `bucket \n key \n version` in
-//! hex, `version` being the version id or `null`. It depends on nothing an event may leave empty
-//! (a removal's ETag) or carry stale (an overwrite's), so every row of one object version has
-//! the same key. The writes of an unversioned key (its null version) share one key; each write
-//! resets the version's annotations (`OBJECT_RESET`), so the current state never holds two.
-//!
-//! **Suppression.** [`StateCache`] remembers, per object version, the last *committed* row of
-//! each annotation (a digest of its content fields, its sequence number and the event behind
-//! it) and the last full observation (`OBJECT_RESET`). An observation is left out only when the
-//! rows already committed make it redundant *whatever any other writer commits later* — the
-//! cache may not know another writer's rows, and another writer may commit a row observed
-//! before ours after we acknowledged our message. The argument: the view ends equal to S3 if,
-//! for the last event that changed an annotation, some committed row observed the annotation
-//! *after* that event (every later observation sees the same final state, and rows observed
-//! earlier sort below it). So an observation of event `E` is suppressed only when
+//! [`StateCache`] remembers, per object version, the last *committed* row of each annotation
+//! (a digest of its content fields, its sequence number and the event behind it) and the last
+//! full observation (`OBJECT_RESET`). An observation is left out only when the rows already
+//! committed make it redundant *whatever any other writer commits later* — the cache may not
+//! know another writer's rows, and another writer may commit a row observed before ours after
+//! we acknowledged our message. The argument: the view ends equal to S3 if, for the last event
+//! that changed an annotation, some committed row observed the annotation *after* that event
+//! (every later observation sees the same final state, and rows observed earlier sort below
+//! it). So an observation of event `E` is suppressed only when
 //! - a committed row with a larger sequence number covers it (it would lose anyway); or
 //! - it sees the annotation present with exactly the content, ETag and Last-Modified of the
 //!   latest committed row: the same S3 write, so that row was observed after the write, and any
@@ -41,131 +28,11 @@ use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::num::NonZeroUsize;
 
-use annotation_source::Annotation;
-use annotation_table::{
-    Batch, CommitReport, JournalRow, JournalTable, RecordType, Source, TableError,
-};
+use annotation_table::{JournalRow, RecordType};
 use chrono::{DateTime, Utc};
-use s3_events::{EventContext, ObjectRef};
-use sha2::{Digest, Sha256};
+use s3_events::ObjectRef;
 
-/// What one S3 read established.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Observed {
-    /// One annotation: present with this content, or absent.
-    Annotation {
-        /// The name.
-        name: String,
-        /// `None` when S3 answered NoSuchAnnotation.
-        state: Option<Annotation>,
-    },
-    /// The whole annotation set of the version; `None` when the version does not exist.
-    Version(Option<Vec<Annotation>>),
-    /// One part of a set too large to hold at once (docs/correctness.md §8): its PUTs, and with
-    /// the last part the OBJECT_RESET, all under the listing's sequence number. The parts are
-    /// committed in order and the message is acknowledged after the last.
-    SetPart {
-        /// This part's annotations.
-        annotations: Vec<Annotation>,
-        /// Whether this is the last part (it writes the OBJECT_RESET).
-        last: bool,
-    },
-}
-
-impl Observed {
-    /// Payload bytes held.
-    pub fn payload_bytes(&self) -> usize {
-        let sum = |set: &[Annotation]| set.iter().map(|a| a.text_value.len()).sum();
-        match self {
-            Observed::Annotation { state, .. } => state.as_ref().map_or(0, |a| a.text_value.len()),
-            Observed::Version(set) => sum(set.as_deref().unwrap_or_default()),
-            Observed::SetPart { annotations, .. } => sum(annotations),
-        }
-    }
-
-    /// Rows it can produce at most.
-    pub fn max_rows(&self) -> usize {
-        match self {
-            Observed::Annotation { .. } => 1,
-            Observed::Version(set) => 1 + set.as_deref().map_or(0, <[Annotation]>::len),
-            Observed::SetPart { annotations, .. } => 1 + annotations.len(),
-        }
-    }
-}
-
-/// One observation of one object version, ready to become rows.
-#[derive(Debug, Clone)]
-pub struct Observation {
-    /// The object version.
-    pub object: ObjectRef,
-    /// The sequence number (see the module doc).
-    pub sequence_number: String,
-    /// What was seen.
-    pub observed: Observed,
-    /// The notification record behind it (`None` for backfill).
-    pub context: Option<EventContext>,
-}
-
-/// Commits `batch` exactly once: [`JournalTable::append`] retries conflicts itself; when a
-/// retryable failure outlasts those retries the batch is written again under the same id, after
-/// checking that no earlier attempt landed (docs/correctness.md §3).
-pub async fn commit_batch(table: &JournalTable, batch: &Batch) -> Result<CommitReport, TableError> {
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        if attempt > 1
-            && let Some(snapshot) = table.committed_batch(&batch.id).await?
-        {
-            return Ok(CommitReport::already_committed(
-                batch.id.clone(),
-                batch.rows.len(),
-                snapshot,
-                attempt,
-            ));
-        }
-        match table.append(batch.clone()).await {
-            Ok(report) => return Ok(report),
-            Err(e) if e.is_retryable() && attempt < 6 => {
-                let wait = std::time::Duration::from_millis(500u64 << attempt);
-                tracing::warn!(table = %table.ident(), batch_id = %batch.id, attempt, ?wait, error = %e, "commit failed; retrying");
-                tokio::time::sleep(wait).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Every row `obs` states, with nothing suppressed (what a writer with no memory writes).
-pub fn all_rows(obs: &Observation, source: Source, ingested_at: DateTime<Utc>) -> Vec<JournalRow> {
-    StateCache::new(1, std::time::Duration::ZERO).rows_for(
-        &mut Overlay::default(),
-        obs,
-        source,
-        ingested_at,
-    )
-}
-
-/// Formats a sequence number: observation time (ns) and writer id.
-pub fn sequence_number(at_nanos: u64, writer_id: &str) -> String {
-    format!("{at_nanos:020}-{writer_id}")
-}
-
-/// A short random writer id for this process.
-pub fn new_writer_id() -> String {
-    format!("{:08x}", fastrand::u32(..))
-}
-
-/// The documented object_join_key derivation (see the module doc).
-pub fn object_join_key(object: &ObjectRef) -> String {
-    let mut h = Sha256::new();
-    h.update(object.bucket.as_bytes());
-    h.update(b"\n");
-    h.update(object.key.as_bytes());
-    h.update(b"\n");
-    h.update(object.table_version_id().unwrap_or("null").as_bytes());
-    let digest = h.finalize();
-    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
-}
+use crate::rows::{Observation, Observed};
 
 /// The identity of the notification behind a row or an observation: equal for a message's
 /// redeliveries, different for two S3 requests. `None` when the event says too little to tell
@@ -346,17 +213,6 @@ pub fn state_digest(
 /// The payload enters the digest only when S3 gave no ETag: an ETag and a Last-Modified
 /// already identify one S3 write, and leaving the payload out lets the start-up warm-up skip
 /// reading an hour of payloads.
-fn annotation_digest(a: &Annotation) -> u64 {
-    state_digest(
-        a.e_tag.is_none().then_some(a.text_value.as_str()),
-        Some(a.size),
-        a.e_tag.as_deref(),
-        a.last_modified,
-        a.checksum_algorithm.as_deref(),
-        a.replication_status.as_deref(),
-    )
-}
-
 fn row_digest(r: &JournalRow) -> u64 {
     state_digest(
         r.text_value.as_deref().filter(|_| r.e_tag.is_none()),
@@ -442,13 +298,14 @@ impl StateCache {
         }
     }
 
-    /// The rows `obs` adds to the journal, given what is known; records them in `overlay`.
-    pub fn rows_for(
+    /// The rows of `obs` (from `rows::rows_of`) the journal does not already hold, given
+    /// what is known; records the kept ones in `overlay`. Only filters: every row it returns
+    /// is one it was given.
+    pub fn keep(
         &mut self,
         overlay: &mut Overlay,
         obs: &Observation,
-        source: Source,
-        ingested_at: DateTime<Utc>,
+        rows: Vec<JournalRow>,
     ) -> Vec<JournalRow> {
         let key = VersionKey::of(&obs.object);
         let event = EventMark::of(obs);
@@ -464,86 +321,59 @@ impl StateCache {
             seq: seq.to_string(),
             event: event.id,
         };
-        let base = RowBase::new(obs, source, ingested_at);
-        match &obs.observed {
-            Observed::Annotation { name, state } => {
-                let digest = state.as_ref().map(annotation_digest);
-                let redundant = match entry.known(name) {
-                    // The same S3 write as the committed row (see the module doc).
-                    Some((Some(known), _)) => digest == Some(known),
-                    // An absence: only if the committed absence was observed after the event.
-                    Some((None, row)) => digest.is_none() && self.settles(row, &event),
-                    None => false,
-                };
-                if entry.is_stale(Some(name), seq) || redundant {
-                    overlay.suppressed += 1;
-                    return Vec::new();
-                }
-                entry.apply_name(name, &mark, digest);
-                vec![match state {
-                    Some(a) => base.put(a),
-                    None => base.delete(name),
-                }]
+        let digest = |r: &JournalRow| (r.record_type == RecordType::Put).then(|| row_digest(r));
+        let redundant = match &obs.observed {
+            Observed::Annotation { name, .. } => {
+                let seen = rows.first().and_then(digest);
+                entry.is_stale(Some(name), seq)
+                    || match entry.known(name) {
+                        // The same S3 write as the committed row (see the module doc).
+                        Some((Some(known), _)) => seen == Some(known),
+                        // An absence: only if the committed absence was observed after the event.
+                        Some((None, row)) => seen.is_none() && self.settles(row, &event),
+                        None => false,
+                    }
             }
-            Observed::Version(set) => {
-                let listed: HashMap<&str, u64> = set
+            // A listing also states every unlisted name's absence: the committed full
+            // observation must have been made after the event.
+            Observed::Version(_) => {
+                let listed: HashMap<&str, u64> = rows
                     .iter()
-                    .flatten()
-                    .map(|a| (a.name.as_str(), annotation_digest(a)))
+                    .filter_map(|r| Some((r.name.as_deref()?, digest(r)?)))
                     .collect();
-                // A listing also states every unlisted name's absence: the committed full
-                // observation must have been made after the event.
-                let redundant = entry
-                    .full
-                    .as_ref()
-                    .is_some_and(|full| self.settles(full, &event))
-                    && entry.present() == listed;
-                if entry.is_stale(None, seq) || redundant {
-                    overlay.suppressed += 1;
-                    return Vec::new();
+                entry.is_stale(None, seq)
+                    || entry
+                        .full
+                        .as_ref()
+                        .is_some_and(|full| self.settles(full, &event))
+                        && entry.present() == listed
+            }
+            // Only what is older than a committed row: a part's PUT left out as a restatement
+            // would be hidden by the last part's OBJECT_RESET, which shares its sequence number
+            // only with rows this listing wrote.
+            Observed::SetPart { .. } => entry.is_stale(None, seq),
+        };
+        if redundant {
+            overlay.suppressed += 1;
+            return Vec::new();
+        }
+        let single = matches!(obs.observed, Observed::Annotation { .. });
+        rows.into_iter()
+            .filter(|r| match (r.record_type, r.name.as_deref()) {
+                (RecordType::ObjectReset, _) => {
+                    entry.apply_reset(&mark);
+                    true
                 }
                 // A name observed after this listing already has a newer row: restating it
                 // here would add nothing (the view takes its newer row either way).
-                let newer: Vec<&str> = set
-                    .iter()
-                    .flatten()
-                    .filter(|a| entry.is_stale(Some(&a.name), seq))
-                    .map(|a| a.name.as_str())
-                    .collect();
-                entry.apply_reset(&mark);
-                let mut rows = vec![base.reset()];
-                for a in set.iter().flatten() {
-                    if newer.contains(&a.name.as_str()) {
-                        continue;
-                    }
-                    entry.apply_name(&a.name, &mark, Some(annotation_digest(a)));
-                    rows.push(base.put(a));
+                (_, Some(name)) if !single && entry.is_stale(Some(name), seq) => false,
+                (_, Some(name)) => {
+                    entry.apply_name(name, &mark, digest(r));
+                    true
                 }
-                rows
-            }
-            // Only what is older than a committed row is left out: a part's PUT left out as a
-            // restatement would be hidden by the last part's OBJECT_RESET, which shares its
-            // sequence number only with rows this listing wrote.
-            Observed::SetPart { annotations, last } => {
-                if entry.is_stale(None, seq) {
-                    overlay.suppressed += 1;
-                    return Vec::new();
-                }
-                let mut rows = Vec::with_capacity(annotations.len() + 1);
-                if *last {
-                    entry.apply_reset(&mark);
-                    rows.push(base.reset());
-                }
-                for a in annotations {
-                    if entry.is_stale(Some(&a.name), seq) {
-                        continue;
-                    }
-                    entry.apply_name(&a.name, &mark, Some(annotation_digest(a)));
-                    rows.push(base.put(a));
-                }
-                rows
-            }
-        }
+                (_, None) => true,
+            })
+            .collect()
     }
 }
 
@@ -564,183 +394,24 @@ fn apply_row_to(entry: &mut VersionEntry, row: &JournalRow) {
     }
 }
 
-/// The fields every row of one observation shares.
-struct RowBase<'a> {
-    obs: &'a Observation,
-    join_key: String,
-    source: Source,
-    ingested_at: DateTime<Utc>,
-}
-
-impl<'a> RowBase<'a> {
-    fn new(obs: &'a Observation, source: Source, ingested_at: DateTime<Utc>) -> Self {
-        RowBase {
-            obs,
-            join_key: object_join_key(&obs.object),
-            source,
-            ingested_at,
-        }
-    }
-
-    fn row(&self, name: Option<&str>, record_type: RecordType) -> JournalRow {
-        let ctx = self.obs.context.as_ref();
-        JournalRow {
-            bucket: self.obs.object.bucket.clone(),
-            object_key: self.obs.object.key.clone(),
-            object_version_id: self.obs.object.table_version_id().map(str::to_string),
-            object_join_key: self.join_key.clone(),
-            name: name.map(str::to_string),
-            record_type,
-            sequence_number: self.obs.sequence_number.clone(),
-            last_modified_date: None,
-            size: None,
-            e_tag: None,
-            checksum_algorithm: None,
-            replication_status: None,
-            text_value: None,
-            event_name: ctx.map(|c| c.event_name.clone()),
-            event_time: ctx.and_then(|c| c.event_time),
-            source: self.source,
-            requester: ctx.and_then(|c| c.requester.clone()),
-            source_ip_address: ctx.and_then(|c| c.source_ip_address.clone()),
-            request_id: ctx.and_then(|c| c.request_id.clone()),
-            ingested_at: self.ingested_at,
-        }
-    }
-
-    fn put(&self, a: &Annotation) -> JournalRow {
-        JournalRow {
-            last_modified_date: a.last_modified,
-            size: Some(a.size),
-            e_tag: a.e_tag.clone(),
-            checksum_algorithm: a.checksum_algorithm.clone(),
-            replication_status: a.replication_status.clone(),
-            text_value: Some(a.text_value.clone()),
-            ..self.row(Some(&a.name), RecordType::Put)
-        }
-    }
-
-    fn delete(&self, name: &str) -> JournalRow {
-        self.row(Some(name), RecordType::Delete)
-    }
-
-    fn reset(&self) -> JournalRow {
-        self.row(None, RecordType::ObjectReset)
-    }
-}
-
-/// Approximate bytes a row holds in memory (for flushing a batch on size).
-pub fn approx_row_bytes(row: &JournalRow) -> usize {
-    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-    200 + row.bucket.len()
-        + row.object_key.len()
-        + opt(&row.object_version_id)
-        + row.object_join_key.len()
-        + opt(&row.name)
-        + row.sequence_number.len()
-        + opt(&row.e_tag)
-        + opt(&row.text_value)
-        + opt(&row.event_name)
-        + opt(&row.requester)
-        + opt(&row.source_ip_address)
-        + opt(&row.request_id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rows::fixtures::{ann, obs, one};
+    use crate::rows::rows_of;
+    use annotation_table::Source;
+    use s3_events::EventContext;
     use std::time::Duration;
 
-    fn obj(version: Option<&str>) -> ObjectRef {
-        ObjectRef {
-            bucket: "b".into(),
-            key: "k".into(),
-            version_id: version.map(str::to_string),
-        }
-    }
-
-    fn ann(name: &str, text: &str) -> Annotation {
-        Annotation {
-            name: name.into(),
-            text_value: text.into(),
-            size: text.len() as i64,
-            e_tag: Some(format!("etag-{text}")),
-            last_modified: None,
-            checksum_algorithm: None,
-            replication_status: None,
-        }
-    }
-
-    fn obs(seq: u64, observed: Observed) -> Observation {
-        Observation {
-            object: obj(Some("v1")),
-            sequence_number: sequence_number(seq, "w"),
-            observed,
-            context: None,
-        }
-    }
-
-    fn one(name: &str, text: Option<&str>) -> Observed {
-        Observed::Annotation {
-            name: name.into(),
-            state: text.map(|t| ann(name, t)),
-        }
+    fn rows_for(cache: &mut StateCache, overlay: &mut Overlay, o: &Observation) -> Vec<JournalRow> {
+        cache.keep(overlay, o, rows_of(o, Source::Notification, Utc::now()))
     }
 
     fn write(cache: &mut StateCache, o: &Observation) -> Vec<(RecordType, Option<String>)> {
         let mut overlay = Overlay::default();
-        let rows = cache.rows_for(&mut overlay, o, Source::Notification, Utc::now());
+        let rows = rows_for(cache, &mut overlay, o);
         cache.commit(overlay);
         rows.into_iter().map(|r| (r.record_type, r.name)).collect()
-    }
-
-    #[test]
-    fn sequence_numbers_sort_by_time_and_have_one_width() {
-        let a = sequence_number(999, "0000abcd");
-        let b = sequence_number(1_000, "0000abcd");
-        assert!(a < b);
-        assert_eq!(a.len(), b.len());
-        assert_eq!(sequence_number(u64::MAX, "ffffffff").len(), a.len());
-    }
-
-    #[test]
-    fn join_key_is_one_per_object_version_whatever_the_event_says() {
-        let k1 = object_join_key(&obj(Some("v1")));
-        assert_eq!(k1.len(), 32);
-        assert_ne!(k1, object_join_key(&obj(Some("v2"))));
-        assert_eq!(
-            object_join_key(&obj(None)),
-            object_join_key(&obj(Some("null")))
-        );
-        // Pinned: the derivation is documented, and other engines may recompute it.
-        assert_eq!(
-            object_join_key(&ObjectRef {
-                bucket: "b".into(),
-                key: "k".into(),
-                version_id: None
-            }),
-            sha256_prefix("b\nk\nnull")
-        );
-        // Rows of one version carry one key whatever their events said of the object's ETag
-        // (empty on removals, stale on overwrites): the ETag is not an input.
-        let with_context = |etag: &str| {
-            let mut o = obs(1, one("a", Some("x")));
-            o.context = Some(EventContext {
-                object_e_tag: Some(etag.into()),
-                ..EventContext::default()
-            });
-            all_rows(&o, Source::Notification, Utc::now())[0]
-                .object_join_key
-                .clone()
-        };
-        assert_eq!(with_context(""), with_context("etag-1"));
-    }
-
-    fn sha256_prefix(s: &str) -> String {
-        Sha256::digest(s.as_bytes())[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
     }
 
     /// An observation made for the event `request` that happened at `event_at` (ns).
@@ -916,12 +587,7 @@ mod tests {
     fn an_uncommitted_overlay_changes_nothing() {
         let mut c = StateCache::new(10, Duration::ZERO);
         let mut overlay = Overlay::default();
-        let rows = c.rows_for(
-            &mut overlay,
-            &obs(1, one("a", Some("x"))),
-            Source::Notification,
-            Utc::now(),
-        );
+        let rows = rows_for(&mut c, &mut overlay, &obs(1, one("a", Some("x"))));
         assert_eq!(rows.len(), 1);
         drop(overlay);
         assert_eq!(write(&mut c, &obs(2, one("a", Some("x")))).len(), 1);
@@ -937,7 +603,7 @@ mod tests {
             for_event(30, one("a", None), 25, "r3"),
         ] {
             let mut overlay = Overlay::default();
-            rows.extend(written.rows_for(&mut overlay, &o, Source::Notification, Utc::now()));
+            rows.extend(rows_for(&mut written, &mut overlay, &o));
             written.commit(overlay);
         }
         let mut warmed = StateCache::new(10, Duration::ZERO);
