@@ -61,16 +61,6 @@ impl<T> Batcher<T> {
         self.items.is_empty()
     }
 
-    /// The items of the batch so far.
-    pub fn items(&self) -> &[T] {
-        &self.items
-    }
-
-    /// The items of the batch so far, to change in place.
-    pub fn items_mut(&mut self) -> &mut Vec<T> {
-        &mut self.items
-    }
-
     /// Takes the batch, leaving the batcher empty.
     pub fn take(&mut self) -> Vec<T> {
         self.rows = 0;

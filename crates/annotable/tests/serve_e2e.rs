@@ -709,9 +709,10 @@ async fn a_host_whose_clock_runs_fast_does_not_win_with_stale_reads() -> TestRes
 }
 
 /// Issue 19 item 4: object versions carrying far more payload than the read buffer (an object
-/// with 60 annotations of 1 MiB, copied 8 times: 540 MiB to read) are drained by `serve` and
-/// walked by `backfill` with a 16 MiB read buffer. Both converge, and neither process's peak
-/// memory grows with what it read: it stays within a fixed allowance of an idle run's.
+/// with 60 annotations of 1 MiB, copied 8 times: 540 MiB to read) are drained by `serve`, the
+/// writes landing while it runs, and walked by `backfill`, both with a 16 MiB read buffer. Both
+/// converge, and neither process's peak memory grows with what it read: it stays within a fixed
+/// allowance of an idle run's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_annotation_sets_are_read_in_parts_under_the_read_buffer() -> TestResult {
     const MIB: usize = 1 << 20;
@@ -732,6 +733,9 @@ async fn large_annotation_sets_are_read_in_parts_under_the_read_buffer() -> Test
         tokio::task::block_in_place(|| idle.wait_measuring(Duration::from_secs(120)));
     assert!(status.success(), "{}", idle.log());
 
+    // S3 changes while serve runs: the annotations and the copies arrive as it reads.
+    let mut serve = env.spawn_serve(&["--exit-when-idle", "5"], &limits);
+    tokio::time::sleep(Duration::from_secs(3)).await;
     env.stack.put_object(PLAIN, "big", "body").await;
     for i in 0..ANNOTATIONS {
         let mut payload = format!("{i:04}-");
@@ -754,7 +758,6 @@ async fn large_annotation_sets_are_read_in_parts_under_the_read_buffer() -> Test
             .await?;
     }
 
-    let mut serve = env.spawn_serve(&["--exit-when-idle", "5"], &limits);
     let (status, peak) =
         tokio::task::block_in_place(|| serve.wait_measuring(Duration::from_secs(600)));
     assert!(status.success(), "{}", serve.log());

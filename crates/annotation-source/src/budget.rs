@@ -46,11 +46,6 @@ impl ReadBudget {
         }
     }
 
-    /// The whole budget in bytes.
-    pub fn bytes(&self) -> u64 {
-        u64::from(self.units) * UNIT
-    }
-
     /// Bytes not reserved right now.
     pub fn available(&self) -> u64 {
         self.permits.available_permits() as u64 * UNIT
