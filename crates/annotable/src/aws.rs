@@ -82,8 +82,10 @@ pub fn annotation_source(config: &Config, sdk: &aws_config::SdkConfig) -> Annota
             .map(|b| b.iter().cloned().collect()),
         ..SourceOptions::default()
     };
-    if let Some(n) = config.aws.s3_concurrency {
-        options.concurrency = n.max(1);
-    }
+    options.concurrency = config
+        .aws
+        .s3_concurrency
+        .unwrap_or(crate::config::defaults::S3_CONCURRENCY)
+        .max(1);
     AnnotationSource::new(s3, options, clock)
 }

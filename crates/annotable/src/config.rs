@@ -1,6 +1,7 @@
 //! Configuration: one TOML file (`--config`), every key overridable by an `ANNOTABLE_*`
 //! environment variable, and the most used ones by flags (flags win, then the environment,
-//! then the file, then the embedded defaults).
+//! then the file, then the embedded defaults). Which keys exist, their variables, flags and
+//! defaults are one table, [`keys::KEYS`].
 //!
 //! A key `a.b` in the file is `ANNOTABLE_A_B` in the environment: `catalog.uri` is
 //! `ANNOTABLE_CATALOG_URI`. With nothing configured, annotable runs embedded: a SQLite catalog
@@ -13,7 +14,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use annotation_table::{Catalog, CatalogConfig, StorageConfig, TableError};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+
+pub mod keys;
+
+pub use keys::defaults;
+use keys::{Key, Kind};
 
 /// A configuration problem, naming the key or file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +65,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration, as read from the file (every field optional there).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Folder for the embedded catalog and warehouse (and backfill checkpoints).
@@ -90,7 +96,7 @@ pub struct Config {
 }
 
 /// `[maintain]`: compaction, snapshot expiry and orphan cleanup.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaintainSection {
     /// Size compaction writes files at, in MiB (default 128); files under 3/4 of it are small.
@@ -108,7 +114,7 @@ pub struct MaintainSection {
 }
 
 /// `[backfill]`: the bucket walker.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackfillSection {
     /// Object versions read at once (default 64; S3 calls stay under `aws.s3_concurrency`).
@@ -131,7 +137,7 @@ pub struct BackfillSection {
 }
 
 /// `[aws]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsSection {
     /// Custom endpoint for S3 and SQS (an emulator or S3-compatible store); `AWS_ENDPOINT_URL`
@@ -150,7 +156,7 @@ pub struct AwsSection {
 }
 
 /// `[serve]`: the queue consumer.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServeSection {
     /// The SQS queue URL the bucket notifications arrive on.
@@ -186,7 +192,7 @@ pub struct ServeSection {
 }
 
 /// `[catalog]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CatalogSection {
     /// `sql` (default), `rest`, `glue` or `s3tables`.
@@ -207,7 +213,7 @@ pub struct CatalogSection {
 }
 
 /// `[storage]`: how the warehouse's S3 files are reached.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
     /// Custom S3 endpoint (S3-compatible stores).
@@ -222,189 +228,81 @@ pub struct StorageSection {
     pub s3_path_style: Option<bool>,
 }
 
-/// Default Iceberg namespace (as AWS S3 Metadata's).
-pub const DEFAULT_NAMESPACE: &str = "s3_metadata";
-/// Default journal table name.
-pub const DEFAULT_TABLE: &str = "annotation_journal";
-/// Default data directory, relative to the working directory.
-pub const DEFAULT_DATA_DIR: &str = "annotable-data";
-
 impl Config {
     /// Reads `path` if given, then applies the `ANNOTABLE_*` variables of `env`.
     pub fn load(
         path: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut config = match path {
+        Config::load_layers(path, env, [])
+    }
+
+    /// The layers in order, each over the one before: the file at `path` (if any), the
+    /// `ANNOTABLE_*` variables of `env`, then `flags` (`(key path, value)`, as
+    /// [`keys::KEYS`] names them). Every key's layers come from that one table.
+    pub fn load_layers(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        flags: impl IntoIterator<Item = (&'static str, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                     path: path.to_path_buf(),
                     source,
                 })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                let parse_error = |e: toml::de::Error| ConfigError::Parse {
                     path: path.to_path_buf(),
                     message: e.to_string(),
-                })?
+                };
+                // Typed first, so a mistake in the file is reported with its line.
+                toml::from_str::<Config>(&text).map_err(parse_error)?;
+                toml::from_str::<toml::Table>(&text).map_err(parse_error)?
             }
-            None => Config::default(),
+            None => toml::Table::new(),
         };
         let env: BTreeMap<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("ANNOTABLE_"))
             .collect();
-        config.apply_env(&env)?;
-        Ok(config)
-    }
-
-    fn apply_env(&mut self, env: &BTreeMap<String, String>) -> Result<(), ConfigError> {
-        let get = |key: &str| env.get(&env_name(key)).cloned();
-        let set = |slot: &mut Option<String>, key: &str| {
-            if let Some(v) = get(key) {
-                *slot = Some(v);
+        for key in keys::KEYS {
+            if let Some(value) = key.env().and_then(|name| env.get(&name)) {
+                set(&mut tree, key, value, &env_name(key.path))?;
             }
-        };
-        if let Some(v) = get("data_dir") {
-            self.data_dir = Some(PathBuf::from(v));
         }
-        set(&mut self.namespace, "namespace");
-        set(&mut self.table, "table");
-        set(&mut self.catalog.kind, "catalog.type");
-        set(&mut self.catalog.uri, "catalog.uri");
-        set(&mut self.catalog.warehouse, "catalog.warehouse");
-        set(&mut self.catalog.name, "catalog.name");
-        set(&mut self.storage.s3_endpoint, "storage.s3_endpoint");
-        set(&mut self.storage.s3_region, "storage.s3_region");
-        set(
-            &mut self.storage.s3_access_key_id,
-            "storage.s3_access_key_id",
-        );
-        set(
-            &mut self.storage.s3_secret_access_key,
-            "storage.s3_secret_access_key",
-        );
-        if let Some(v) = get("storage.s3_path_style") {
-            self.storage.s3_path_style = Some(parse_bool("storage.s3_path_style", &v)?);
+        for (path, value) in flags {
+            let key = keys::find(path).ok_or_else(|| ConfigError::Invalid {
+                key: path.into(),
+                env: env_name(path),
+                message:
+                    "not a configuration key (a defect: flags must name keys of config::keys::KEYS)"
+                        .into(),
+            })?;
+            let flag = key.flag.unwrap_or(key.path);
+            set(&mut tree, key, &value, flag)?;
         }
-        set(&mut self.aws.endpoint_url, "aws.endpoint_url");
-        set(&mut self.aws.region, "aws.region");
-        if let Some(v) = get("aws.force_path_style") {
-            self.aws.force_path_style = Some(parse_bool("aws.force_path_style", &v)?);
-        }
-        set(
-            &mut self.aws.expected_bucket_owner,
-            "aws.expected_bucket_owner",
-        );
-        if let Some(v) = get("aws.allowed_buckets") {
-            self.aws.allowed_buckets = Some(
-                v.split(',')
-                    .map(str::trim)
-                    .filter(|b| !b.is_empty())
-                    .map(str::to_string)
-                    .collect(),
-            );
-        }
-        parse_num(&get, "aws.s3_concurrency", &mut self.aws.s3_concurrency)?;
-        set(&mut self.serve.queue_url, "serve.queue_url");
-        parse_num(&get, "serve.receivers", &mut self.serve.receivers)?;
-        parse_num(
-            &get,
-            "serve.messages_in_flight",
-            &mut self.serve.messages_in_flight,
-        )?;
-        parse_num(&get, "serve.flush_rows", &mut self.serve.flush_rows)?;
-        parse_num(&get, "serve.flush_bytes", &mut self.serve.flush_bytes)?;
-        parse_num(&get, "serve.flush_age_ms", &mut self.serve.flush_age_ms)?;
-        parse_num(
-            &get,
-            "serve.read_buffer_bytes",
-            &mut self.serve.read_buffer_bytes,
-        )?;
-        parse_num(
-            &get,
-            "serve.visibility_timeout_secs",
-            &mut self.serve.visibility_timeout_secs,
-        )?;
-        parse_num(
-            &get,
-            "serve.shutdown_timeout_secs",
-            &mut self.serve.shutdown_timeout_secs,
-        )?;
-        set(&mut self.serve.http_addr, "serve.http_addr");
-        set(
-            &mut self.serve.dead_letter_queue_url,
-            "serve.dead_letter_queue_url",
-        );
-        parse_num(&get, "serve.dedup_versions", &mut self.serve.dedup_versions)?;
-        parse_num(&get, "backfill.concurrency", &mut self.backfill.concurrency)?;
-        parse_num(&get, "backfill.flush_rows", &mut self.backfill.flush_rows)?;
-        parse_num(&get, "backfill.flush_bytes", &mut self.backfill.flush_bytes)?;
-        parse_num(
-            &get,
-            "backfill.read_buffer_bytes",
-            &mut self.backfill.read_buffer_bytes,
-        )?;
-        parse_num(
-            &get,
-            "backfill.flush_age_ms",
-            &mut self.backfill.flush_age_ms,
-        )?;
-        set(&mut self.backfill.state_url, "backfill.state_url");
-        parse_num(
-            &get,
-            "backfill.lease_ttl_secs",
-            &mut self.backfill.lease_ttl_secs,
-        )?;
-        parse_num(
-            &get,
-            "maintain.target_file_mb",
-            &mut self.maintain.target_file_mb,
-        )?;
-        parse_num(
-            &get,
-            "maintain.snapshot_retention_secs",
-            &mut self.maintain.snapshot_retention_secs,
-        )?;
-        parse_num(
-            &get,
-            "maintain.min_snapshots",
-            &mut self.maintain.min_snapshots,
-        )?;
-        parse_num(
-            &get,
-            "maintain.orphan_age_secs",
-            &mut self.maintain.orphan_age_secs,
-        )?;
-        parse_num(
-            &get,
-            "maintain.serve_interval_secs",
-            &mut self.maintain.serve_interval_secs,
-        )?;
-        parse_num(
-            &get,
-            "serve.dedup_lookback_secs",
-            &mut self.serve.dedup_lookback_secs,
-        )?;
-        parse_num(
-            &get,
-            "serve.max_clock_skew_ms",
-            &mut self.serve.max_clock_skew_ms,
-        )?;
-        Ok(())
+        Config::deserialize(toml::Value::Table(tree)).map_err(|e| ConfigError::Parse {
+            path: path.map(Path::to_path_buf).unwrap_or_default(),
+            message: e.to_string(),
+        })
     }
 
     /// The namespace, defaulted.
     pub fn namespace(&self) -> &str {
-        self.namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE)
+        self.namespace.as_deref().unwrap_or(defaults::NAMESPACE)
     }
 
     /// The journal table name, defaulted.
     pub fn table(&self) -> &str {
-        self.table.as_deref().unwrap_or(DEFAULT_TABLE)
+        self.table.as_deref().unwrap_or(defaults::TABLE)
     }
 
     /// The catalog name, defaulted.
     pub fn catalog_name(&self) -> &str {
-        self.catalog.name.as_deref().unwrap_or("annotable")
+        self.catalog
+            .name
+            .as_deref()
+            .unwrap_or(defaults::CATALOG_NAME)
     }
 
     /// Where backfill keeps its lease and checkpoint objects (see [`BackfillSection::state_url`]).
@@ -425,7 +323,7 @@ impl Config {
         let dir = self
             .data_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+            .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR));
         std::fs::create_dir_all(&dir).map_err(|source| ConfigError::DataDir {
             path: dir.clone(),
             source,
@@ -444,7 +342,12 @@ impl Config {
                 message: format!("required for this catalog type: {what}"),
             })
         };
-        match self.catalog.kind.as_deref().unwrap_or("sql") {
+        match self
+            .catalog
+            .kind
+            .as_deref()
+            .unwrap_or(defaults::CATALOG_TYPE)
+        {
             "sql" => {}
             "rest" => {
                 return Ok(CatalogConfig::Rest {
@@ -553,30 +456,63 @@ pub fn env_name(key: &str) -> String {
     format!("ANNOTABLE_{}", key.replace('.', "_").to_ascii_uppercase())
 }
 
-fn parse_num<T: std::str::FromStr>(
-    get: &impl Fn(&str) -> Option<String>,
-    key: &str,
-    slot: &mut Option<T>,
-) -> Result<(), ConfigError> {
-    if let Some(v) = get(key) {
-        *slot = Some(v.trim().parse().map_err(|_| ConfigError::Invalid {
-            key: key.into(),
-            env: env_name(key),
-            message: format!("{v:?} is not a non-negative whole number"),
-        })?);
+/// Sets `key` to `raw` (from the environment variable or flag `origin`) in the layered tree,
+/// read according to the key's kind.
+fn set(tree: &mut toml::Table, key: &Key, raw: &str, origin: &str) -> Result<(), ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        key: key.path.into(),
+        env: origin.into(),
+        message,
+    };
+    let value = match key.kind {
+        Kind::Text => toml::Value::String(raw.to_string()),
+        Kind::Number => toml::Value::Integer(
+            raw.trim()
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| i64::try_from(n).ok())
+                .ok_or_else(|| invalid(format!("{raw:?} is not a non-negative whole number")))?,
+        ),
+        Kind::Bool => toml::Value::Boolean(
+            parse_bool(raw)
+                .ok_or_else(|| invalid(format!("{raw:?} is not a boolean (true/false)")))?,
+        ),
+        Kind::List => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(|v| toml::Value::String(v.to_string()))
+                .collect(),
+        ),
+        Kind::Map => return Err(invalid("set in the configuration file only".into())),
+    };
+    let mut table = tree;
+    let mut parts = key.path.split('.').peekable();
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            table.insert(part.to_string(), value);
+            return Ok(());
+        }
+        let entry = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = match entry {
+            toml::Value::Table(t) => t,
+            _ => {
+                return Err(invalid(format!(
+                    "[{part}] in the configuration file is not a table"
+                )));
+            }
+        };
     }
     Ok(())
 }
 
-fn parse_bool(key: &str, v: &str) -> Result<bool, ConfigError> {
-    match v.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" => Ok(false),
-        _ => Err(ConfigError::Invalid {
-            key: key.into(),
-            env: env_name(key),
-            message: format!("{v:?} is not a boolean (true/false)"),
-        }),
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Some(true),
+        "0" | "false" | "no" | "off" => Some(false),
+        _ => None,
     }
 }
 
@@ -604,7 +540,7 @@ mod tests {
             env(&[("ANNOTABLE_NAMESPACE", "from_env"), ("OTHER", "x")]),
         )?;
         assert_eq!(config.namespace(), "from_env");
-        assert_eq!(config.table(), DEFAULT_TABLE);
+        assert_eq!(config.table(), defaults::TABLE);
         assert_eq!(
             config.catalog_config()?,
             CatalogConfig::Sql {

@@ -9,7 +9,7 @@ pub mod backfill;
 pub mod batcher;
 pub mod config;
 pub mod doctor;
-pub mod journal_commit;
+pub mod lease;
 pub mod maintain;
 pub mod query;
 pub mod rows;

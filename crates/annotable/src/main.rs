@@ -11,10 +11,10 @@ use annotable::maintain::{self, MaintainRequest};
 use annotable::query::{self, QueryRequest};
 use annotable::serve::{self, ServeOptions};
 use annotable::setup::{self, SetupRequest};
-use annotation_source::ListScope;
+use annotation_source::{ListScope, Versions};
 use annotation_sql::OutputFormat;
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -98,9 +98,32 @@ struct ServeArgs {
     /// Address of /metrics, /healthz and /readyz, or `off` [default: 127.0.0.1:9464].
     #[arg(long)]
     http_addr: Option<String>,
-    /// Log format: json (default, one object per line on stdout) or text.
-    #[arg(long, default_value = "json")]
-    log_format: String,
+    /// Log format: json (one object per line on stdout) or text (on stderr).
+    #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+}
+
+/// `serve --log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+/// `backfill --versions`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum VersionsArg {
+    Current,
+    All,
+}
+
+impl From<VersionsArg> for Versions {
+    fn from(v: VersionsArg) -> Versions {
+        match v {
+            VersionsArg::Current => Versions::Current,
+            VersionsArg::All => Versions::All,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -112,8 +135,8 @@ struct BackfillArgs {
     #[arg(long, default_value = "")]
     prefix: String,
     /// current (each key's current version) or all (every version).
-    #[arg(long, default_value = "current", value_parser = ["current", "all"])]
-    versions: String,
+    #[arg(long, value_enum, default_value_t = VersionsArg::Current)]
+    versions: VersionsArg,
     /// Object versions read at once [config: backfill.concurrency, default 64].
     #[arg(long)]
     concurrency: Option<usize>,
@@ -121,8 +144,8 @@ struct BackfillArgs {
     #[arg(long)]
     dry_run: bool,
     /// Progress: auto (a bar on a terminal, log lines otherwise), log, or off.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "log", "off"])]
-    progress: String,
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
+    progress: ProgressMode,
     /// Seconds between progress log lines.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     progress_interval: f64,
@@ -190,7 +213,7 @@ struct QueryArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
-        Command::Serve(args) => init_logging(args.log_format == "json", "info"),
+        Command::Serve(args) => init_logging(args.log_format == LogFormat::Json, "info"),
         Command::Backfill(_) | Command::Maintain(_) => init_logging(false, "info"),
         _ => init_logging(false, "warn"),
     }
@@ -240,20 +263,11 @@ fn init_logging(json: bool, default_level: &str) {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mut config = Config::load(cli.global.config.as_deref(), std::env::vars())?;
-    let g = cli.global;
-    if g.data_dir.is_some() {
-        config.data_dir = g.data_dir;
-    }
-    if g.catalog_uri.is_some() {
-        config.catalog.uri = g.catalog_uri;
-    }
-    if g.warehouse.is_some() {
-        config.catalog.warehouse = g.warehouse;
-    }
-    if g.namespace.is_some() {
-        config.namespace = g.namespace;
-    }
+    let config = Config::load_layers(
+        cli.global.config.as_deref(),
+        std::env::vars(),
+        flag_layer(&cli),
+    )?;
     match cli.command {
         Command::Query(args) => {
             let sql = read_sql(&args)?;
@@ -267,15 +281,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => {
-            if args.queue_url.is_some() {
-                config.serve.queue_url = args.queue_url;
-            }
-            if let Some(t) = args.shutdown_timeout {
-                config.serve.shutdown_timeout_secs = Some(t);
-            }
-            if args.http_addr.is_some() {
-                config.serve.http_addr = args.http_addr;
-            }
             let mut options = ServeOptions::from_config(&config)?;
             options.exit_when_idle = args
                 .exit_when_idle
@@ -286,23 +291,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Backfill(args) => {
-            let versions = backfill::parse_versions(&args.versions)
-                .context("--versions must be current or all")?;
             let scope = ListScope {
                 bucket: args.bucket,
                 prefix: args.prefix,
-                versions,
+                versions: args.versions.into(),
             };
             let mut options = BackfillOptions::from_config(&config, scope);
-            if let Some(n) = args.concurrency {
-                options.concurrency = n.max(1);
-            }
             options.dry_run = args.dry_run;
-            options.progress = match args.progress.as_str() {
-                "log" => ProgressMode::Log,
-                "off" => ProgressMode::Off,
-                _ => ProgressMode::Auto,
-            };
+            options.progress = args.progress;
             options.progress_interval = Duration::from_secs_f64(args.progress_interval.max(0.1));
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -382,6 +378,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The flags that set configuration keys, as `(key, value)` for the flag layer (the keys'
+/// table, `config::keys::KEYS`, names each key's flag).
+fn flag_layer(cli: &Cli) -> Vec<(&'static str, String)> {
+    let g = &cli.global;
+    let mut flags = vec![
+        (
+            "data_dir",
+            g.data_dir.as_ref().map(|p| p.display().to_string()),
+        ),
+        ("catalog.uri", g.catalog_uri.clone()),
+        ("catalog.warehouse", g.warehouse.clone()),
+        ("namespace", g.namespace.clone()),
+    ];
+    match &cli.command {
+        Command::Serve(a) => flags.extend([
+            ("serve.queue_url", a.queue_url.clone()),
+            (
+                "serve.shutdown_timeout_secs",
+                a.shutdown_timeout.map(|t| t.to_string()),
+            ),
+            ("serve.http_addr", a.http_addr.clone()),
+        ]),
+        Command::Backfill(a) => {
+            flags.push(("backfill.concurrency", a.concurrency.map(|n| n.to_string())))
+        }
+        _ => {}
+    }
+    flags
+        .into_iter()
+        .filter_map(|(key, value)| value.map(|v| (key, v)))
+        .collect()
 }
 
 /// Cancels `shutdown` on SIGTERM (ECS stopping the task) or SIGINT (Ctrl-C).

@@ -14,8 +14,8 @@ use annotation_table::{
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::backfill::Holder;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, defaults};
+use crate::lease::Holder;
 
 /// Which steps to run.
 #[derive(Debug, Clone, Copy, Default)]
@@ -80,18 +80,17 @@ pub const LEASE_TTL: Duration = Duration::from_secs(300);
 /// Options from `[maintain]` and the request.
 pub fn options(config: &Config, request: MaintainRequest) -> Result<MaintainOptions, ConfigError> {
     let m = &config.maintain;
-    let defaults = MaintainOptions::default();
     let retention = at_least(
         "maintain.snapshot_retention_secs",
         m.snapshot_retention_secs,
-        defaults.snapshot_retention,
+        Duration::from_secs(defaults::MAINTAIN_SNAPSHOT_RETENTION_SECS),
         MIN_SNAPSHOT_RETENTION,
         "a commit whose outcome is unknown is settled by finding its batch id in the snapshots",
     )?;
     let orphan_age = at_least(
         "maintain.orphan_age_secs",
         m.orphan_age_secs,
-        defaults.orphan_age,
+        Duration::from_secs(defaults::MAINTAIN_ORPHAN_AGE_SECS),
         MIN_ORPHAN_AGE,
         "files a writer has written but not yet committed are unreferenced until the commit lands",
     )?;
@@ -102,10 +101,15 @@ pub fn options(config: &Config, request: MaintainRequest) -> Result<MaintainOpti
         dry_run: request.dry_run,
         target_file_bytes: m
             .target_file_mb
-            .map(|mb| mb.max(1) * 1024 * 1024)
-            .unwrap_or(defaults.target_file_bytes),
+            .unwrap_or(defaults::MAINTAIN_TARGET_FILE_MB)
+            .max(1)
+            * 1024
+            * 1024,
         snapshot_retention: retention,
-        min_snapshots: m.min_snapshots.unwrap_or(defaults.min_snapshots).max(1),
+        min_snapshots: m
+            .min_snapshots
+            .unwrap_or(defaults::MAINTAIN_MIN_SNAPSHOTS)
+            .max(1),
         orphan_age,
     })
 }

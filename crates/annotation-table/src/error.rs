@@ -70,6 +70,21 @@ pub enum TableError {
         #[source]
         source: Box<iceberg::Error>,
     },
+    /// The caller's deadline (a shutdown) passed before the commit went through. Whether the
+    /// last attempt landed is unknown; its rows are either all committed or not at all.
+    #[error(
+        "committing batch {batch_id} ({rows} rows) to table {table} was abandoned after {attempts} attempt(s): the shutdown deadline passed; its messages are redelivered and committed again"
+    )]
+    GaveUp {
+        /// Table identifier.
+        table: String,
+        /// Batch id.
+        batch_id: String,
+        /// Number of rows in the batch.
+        rows: usize,
+        /// Attempts made.
+        attempts: u32,
+    },
     /// A maintenance step (compaction, expiry, orphan cleanup) failed. The table is unchanged
     /// or fully updated, never in between.
     #[error("maintenance of table {table}: {action} failed: {source}")]
@@ -93,6 +108,7 @@ impl TableError {
             TableError::SpecInvalid(_)
             | TableError::SchemaMismatch { .. }
             | TableError::Encode { .. } => false,
+            TableError::GaveUp { .. } => true,
             TableError::Catalog { source, .. }
             | TableError::Write { source, .. }
             | TableError::Commit { source, .. }

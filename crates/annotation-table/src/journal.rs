@@ -33,7 +33,7 @@ use parquet::schema::types::ColumnPath;
 use tracing::{debug, warn};
 
 use crate::encode::{encode_sorted, sort_keys};
-use crate::error::is_transient;
+
 use crate::{JournalRow, Source, TableError, journal_spec};
 
 /// Snapshot-summary key holding the batch id.
@@ -124,25 +124,53 @@ impl CommitReport {
     }
 }
 
-/// How commit attempts are retried.
+/// How long the commit loop keeps retrying transient failures.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
-    /// Attempts in all, including the first.
-    pub max_attempts: u32,
     /// Wait before the second attempt; doubles each time, with full jitter.
     pub initial_backoff: Duration,
     /// Longest wait between attempts.
     pub max_backoff: Duration,
+    /// Stop retrying once this much time has passed since the first attempt; `None` keeps
+    /// retrying until the commit lands, fails permanently, or the caller's deadline passes
+    /// (`serve` holds a batch's messages through a catalog outage this way).
+    pub max_elapsed: Option<Duration>,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 10,
             initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
+            max_elapsed: Some(Duration::from_secs(120)),
         }
     }
+}
+
+/// A failed attempt that the commit loop is about to retry.
+#[derive(Debug)]
+pub struct Retry<'a> {
+    /// Why the attempt failed.
+    pub error: &'a TableError,
+    /// The attempt that failed (1 for the first).
+    pub attempt: u32,
+    /// The wait before the next attempt.
+    pub wait: Duration,
+}
+
+/// Data files written by an earlier attempt (they are written once per batch).
+struct Written {
+    files: Vec<DataFile>,
+    encode_time: Duration,
+    write_time: Duration,
+}
+
+/// How one attempt failed.
+enum Failed {
+    GaveUp,
+    Encode(arrow::error::ArrowError),
+    Write(iceberg::Error),
+    Commit(iceberg::Error),
 }
 
 /// What a commit did.
@@ -294,8 +322,29 @@ impl JournalTable {
     }
 
     /// Writes the batch as Parquet data files and commits them in one snapshot, exactly once
-    /// (see the module doc). An empty batch commits nothing.
+    /// (see the module doc), retrying transient failures for as long as the table's
+    /// [`RetryPolicy`] allows. An empty batch commits nothing.
     pub async fn append(&self, batch: Batch) -> Result<CommitReport, TableError> {
+        self.append_until(batch, std::future::pending(), |_| {})
+            .await
+    }
+
+    /// [`append`](Self::append) with a deadline and an observer: the one commit loop.
+    ///
+    /// Every transient failure (writing the files, loading the table, the commit itself) is
+    /// retried in this one loop, with full-jitter backoff; every attempt after the first looks
+    /// for the batch id before committing, so an attempt whose answer was lost is not written
+    /// twice. The loop stops on success, on a permanent error, when the policy's
+    /// `max_elapsed` is spent, or when `give_up` completes (a shutdown deadline): an attempt
+    /// or a wait in progress is abandoned then, which is safe because an abandoned commit
+    /// either landed whole or not at all. `on_retry` sees every failure that is retried
+    /// (callers report health and metrics through it).
+    pub async fn append_until(
+        &self,
+        batch: Batch,
+        give_up: impl Future<Output = ()>,
+        mut on_retry: impl FnMut(&Retry<'_>),
+    ) -> Result<CommitReport, TableError> {
         let Batch {
             id,
             source,
@@ -317,25 +366,6 @@ impl JournalTable {
                 commit_time: Duration::ZERO,
             });
         }
-        let started = Instant::now();
-        let mut table = self.load().await?;
-        let (files, encode_time) = write_data_files(&table, &self.arrow_schema, &id, rows)
-            .await
-            .map_err(|failure| match failure {
-                WriteFailure::Encode(source) => TableError::Encode {
-                    table: table_name.clone(),
-                    rows: row_count,
-                    source,
-                },
-                WriteFailure::Write(source) => TableError::Write {
-                    table: table_name.clone(),
-                    batch_id: id.to_string(),
-                    source: Box::new(source),
-                },
-            })?;
-        let write_time = started.elapsed();
-        let started = Instant::now();
-
         let mut summary: HashMap<String, String> = properties.into_iter().collect();
         summary.extend([
             (SUMMARY_BATCH_ID.to_string(), id.to_string()),
@@ -343,64 +373,151 @@ impl JournalTable {
             (SUMMARY_SOURCE.to_string(), source.as_str().to_string()),
             (SUMMARY_WRITER.to_string(), self.writer_id.clone()),
         ]);
-        let report = |snapshot_id, attempts, already_committed| CommitReport {
-            batch_id: id.clone(),
-            rows: row_count,
-            data_files: files.len(),
-            snapshot_id,
-            attempts,
-            already_committed,
-            encode_time,
-            write_time,
-            commit_time: started.elapsed(),
-        };
-
+        let started = Instant::now();
+        let mut give_up = std::pin::pin!(give_up);
+        let mut written: Option<Written> = None;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let result = async {
-                if attempt > 1 {
-                    table = self.catalog.load_table(&self.ident).await?;
-                    if let Some(snapshot) = find_batch(&table, &id) {
-                        return Ok((Some(snapshot), true));
-                    }
+            let result = tokio::select! {
+                biased;
+                _ = &mut give_up => Err(Failed::GaveUp),
+                r = self.attempt(&id, &rows, &summary, &mut written, attempt) => r,
+            };
+            let error = match result {
+                Ok((snapshot_id, already_committed)) => {
+                    let (data_files, encode_time, write_time) = written
+                        .as_ref()
+                        .map(|w| (w.files.len(), w.encode_time, w.write_time))
+                        .unwrap_or_default();
+                    return Ok(CommitReport {
+                        batch_id: id,
+                        rows: row_count,
+                        data_files,
+                        snapshot_id,
+                        attempts: attempt,
+                        already_committed,
+                        encode_time,
+                        write_time,
+                        commit_time: started.elapsed().saturating_sub(write_time),
+                    });
                 }
-                let tx = Transaction::new(&table);
-                let tx = tx
-                    .fast_append()
-                    .with_check_duplicate(false)
-                    .add_data_files(files.clone())
-                    .set_snapshot_properties(summary.clone())
-                    .apply(tx)?;
-                let committed = tx.commit(self.catalog.as_ref()).await?;
-                let snapshot = find_batch(&committed, &id).or_else(|| {
-                    committed
-                        .metadata()
-                        .current_snapshot()
-                        .map(|s| s.snapshot_id())
-                });
-                Ok::<_, iceberg::Error>((snapshot, false))
-            }
-            .await;
-            match result {
-                Ok((snapshot_id, already)) => return Ok(report(snapshot_id, attempt, already)),
-                Err(e) if attempt < self.retry.max_attempts && is_transient(&e) => {
-                    let wait = backoff(&self.retry, attempt);
-                    warn!(table = %table_name, batch_id = %id, attempt, error = %e, wait_ms = wait.as_millis() as u64,
-                        "commit did not go through; checking for the batch and retrying");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(source) => {
-                    return Err(TableError::Commit {
+                Err(Failed::GaveUp) => {
+                    return Err(TableError::GaveUp {
                         table: table_name,
                         batch_id: id.to_string(),
                         rows: row_count,
                         attempts: attempt,
-                        source: Box::new(source),
                     });
                 }
+                Err(Failed::Encode(source)) => {
+                    return Err(TableError::Encode {
+                        table: table_name,
+                        rows: row_count,
+                        source,
+                    });
+                }
+                Err(Failed::Write(source)) => TableError::Write {
+                    table: table_name.clone(),
+                    batch_id: id.to_string(),
+                    source: Box::new(source),
+                },
+                Err(Failed::Commit(source)) => TableError::Commit {
+                    table: table_name.clone(),
+                    batch_id: id.to_string(),
+                    rows: row_count,
+                    attempts: attempt,
+                    source: Box::new(source),
+                },
+            };
+            let within_budget = self
+                .retry
+                .max_elapsed
+                .is_none_or(|limit| started.elapsed() < limit);
+            if !(error.is_retryable() && within_budget) {
+                return Err(error);
+            }
+            let wait = backoff(&self.retry, attempt);
+            warn!(table = %table_name, batch_id = %id, attempt, error = %error, wait_ms = wait.as_millis() as u64,
+                "commit did not go through; checking for the batch and retrying");
+            on_retry(&Retry {
+                error: &error,
+                attempt,
+                wait,
+            });
+            tokio::select! {
+                biased;
+                _ = &mut give_up => {
+                    return Err(TableError::GaveUp {
+                        table: table_name,
+                        batch_id: id.to_string(),
+                        rows: row_count,
+                        attempts: attempt,
+                    });
+                }
+                _ = tokio::time::sleep(wait) => {}
             }
         }
+    }
+
+    /// One attempt: from the second on, look for the batch first; write the data files unless
+    /// an earlier attempt did; commit them.
+    async fn attempt(
+        &self,
+        id: &BatchId,
+        rows: &Arc<Vec<JournalRow>>,
+        summary: &HashMap<String, String>,
+        written: &mut Option<Written>,
+        attempt: u32,
+    ) -> Result<(Option<i64>, bool), Failed> {
+        let table = self
+            .catalog
+            .load_table(&self.ident)
+            .await
+            .map_err(Failed::Commit)?;
+        if attempt > 1
+            && let Some(snapshot) = find_batch(&table, id)
+        {
+            return Ok((Some(snapshot), true));
+        }
+        let files = match written {
+            Some(w) => w.files.clone(),
+            None => {
+                let started = Instant::now();
+                let (files, encode_time) =
+                    write_data_files(&table, &self.arrow_schema, id, rows.clone())
+                        .await
+                        .map_err(|failure| match failure {
+                            WriteFailure::Encode(e) => Failed::Encode(e),
+                            WriteFailure::Write(e) => Failed::Write(e),
+                        })?;
+                *written = Some(Written {
+                    files: files.clone(),
+                    encode_time,
+                    write_time: started.elapsed(),
+                });
+                files
+            }
+        };
+        let tx = Transaction::new(&table);
+        let tx = tx
+            .fast_append()
+            .with_check_duplicate(false)
+            .add_data_files(files)
+            .set_snapshot_properties(summary.clone())
+            .apply(tx)
+            .map_err(Failed::Commit)?;
+        let committed = tx
+            .commit(self.catalog.as_ref())
+            .await
+            .map_err(Failed::Commit)?;
+        let snapshot = find_batch(&committed, id).or_else(|| {
+            committed
+                .metadata()
+                .current_snapshot()
+                .map(|s| s.snapshot_id())
+        });
+        Ok((snapshot, false))
     }
 
     /// The summary of the newest snapshot (by sequence number) whose summary has

@@ -29,7 +29,8 @@ pub use error::TableError;
 /// depend on `iceberg` to hold one).
 pub use iceberg::Catalog;
 pub use journal::{
-    Batch, BatchId, CommitReport, JournalTable, RetryPolicy, SUMMARY_BATCH_ID, SUMMARY_WRITER,
+    Batch, BatchId, CommitReport, JournalTable, Retry, RetryPolicy, SUMMARY_BATCH_ID,
+    SUMMARY_WRITER,
 };
 pub use maintain::{
     CompactionReport, ExpiryReport, LeaseState, MaintainOptions, MaintainReport, Maintainer,

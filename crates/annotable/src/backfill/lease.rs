@@ -27,6 +27,7 @@ use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::BackfillError;
+use crate::lease::Holder;
 
 /// Where the documents live.
 #[derive(Debug, Clone)]
@@ -235,48 +236,6 @@ fn local_swap(
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, &path)?;
     Ok(Some(content_tag(body)))
-}
-
-/// Who holds a lease.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Holder {
-    /// Host name.
-    pub host: String,
-    /// Process id.
-    pub pid: u32,
-    /// The run's writer id (also in its snapshot summaries).
-    pub writer: String,
-}
-
-impl Holder {
-    /// This process, running as `writer`.
-    pub fn this_process(writer: impl Into<String>) -> Holder {
-        Holder {
-            host: super::hostname(),
-            pid: std::process::id(),
-            writer: writer.into(),
-        }
-    }
-
-    /// Whether this holder is a process of `me`'s host that no longer exists (a killed
-    /// backfill or maintainer): its lease need not be waited out. Only decided where `/proc` exists; a pid
-    /// reused by another process only means waiting for the expiry.
-    pub(crate) fn is_gone(&self, me: &Holder) -> bool {
-        self.host == me.host
-            && self.pid != me.pid
-            && std::path::Path::new("/proc/self").exists()
-            && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
-    }
-}
-
-impl std::fmt::Display for Holder {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "pid {} on {} (writer {})",
-            self.pid, self.host, self.writer
-        )
-    }
 }
 
 /// A listing position as stored.

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use annotation_source::{
     AnnotationSource, ListPosition, ListScope, Listed, Op, ReadBudget, Reservation, SourceError,
-    Versions, is_directory_bucket,
+    is_directory_bucket,
 };
 use annotation_table::{Batch, JournalRow, JournalTable, Source, TableError};
 use chrono::Utc;
@@ -40,12 +40,11 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-pub use lease::Holder;
+use crate::lease::Holder;
 pub use progress::{Counters, ProgressMode};
 
 use crate::batcher::{Batcher, FlushPolicy};
-use crate::config::{Config, ConfigError};
-use crate::journal_commit::commit_batch;
+use crate::config::{Config, ConfigError, defaults};
 use crate::rows::{Observation, Observed, rows_of};
 use crate::set_reader::{ListedSet, SetReader};
 use lease::{Lease, StateStore, StoredPosition};
@@ -167,17 +166,28 @@ impl BackfillOptions {
         let b = &config.backfill;
         let read_buffer_bytes = b
             .read_buffer_bytes
-            .unwrap_or(crate::serve::DEFAULT_READ_BUFFER_BYTES)
+            .unwrap_or(defaults::READ_BUFFER_BYTES)
             .max(crate::serve::MIN_READ_BUFFER_BYTES);
         BackfillOptions {
             scope,
-            concurrency: b.concurrency.unwrap_or(64).max(1),
+            concurrency: b
+                .concurrency
+                .unwrap_or(defaults::BACKFILL_CONCURRENCY)
+                .max(1),
             dry_run: false,
-            flush_rows: b.flush_rows.unwrap_or(50_000).max(1),
-            flush_bytes: b.flush_bytes.unwrap_or(64 << 20).max(1),
-            flush_age: Duration::from_millis(b.flush_age_ms.unwrap_or(10_000).max(1)),
+            flush_rows: b.flush_rows.unwrap_or(defaults::BACKFILL_FLUSH_ROWS).max(1),
+            flush_bytes: b.flush_bytes.unwrap_or(defaults::FLUSH_BYTES).max(1),
+            flush_age: Duration::from_millis(
+                b.flush_age_ms
+                    .unwrap_or(defaults::BACKFILL_FLUSH_AGE_MS)
+                    .max(1),
+            ),
             read_buffer_bytes,
-            lease_ttl: Duration::from_secs(b.lease_ttl_secs.unwrap_or(60).max(3)),
+            lease_ttl: Duration::from_secs(
+                b.lease_ttl_secs
+                    .unwrap_or(defaults::BACKFILL_LEASE_TTL_SECS)
+                    .max(3),
+            ),
             progress: ProgressMode::Auto,
             progress_interval: Duration::from_secs(10),
         }
@@ -868,7 +878,7 @@ async fn commit_loop(
         // Rows may be empty (every version restated nothing): the position still advances,
         // recorded in the lease document only.
         if rows > 0 {
-            commit_batch(table, &batch).await?;
+            table.append(batch).await?;
             counters.commits.fetch_add(1, Ordering::Relaxed);
         }
         counters.rows.fetch_add(rows, Ordering::Relaxed);
@@ -889,24 +899,6 @@ async fn commit_loop(
         }
     }
     Ok(())
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown-host".into())
-}
-
-/// Parses `current` / `all`.
-pub fn parse_versions(s: &str) -> Option<Versions> {
-    match s {
-        "current" => Some(Versions::Current),
-        "all" => Some(Versions::All),
-        _ => None,
-    }
 }
 
 /// The bucket of an `s3://bucket/...` URL.

@@ -14,7 +14,6 @@ use super::Shared;
 use super::batch::PendingBatch;
 use super::health::Cause;
 use super::visibility::{Held, release, retry_backoff};
-use crate::journal_commit::commit_batch;
 use crate::rows::rows_of;
 use crate::suppression::{Overlay, StateCache};
 
@@ -99,50 +98,59 @@ pub(crate) async fn commit_loop(
     }
 }
 
-/// Commits `batch`; while the catalog fails transiently, keeps trying (the batch's messages
-/// stay held and invisible) until it lands or the process stops. Every try after the first
-/// looks for the batch id first, so a commit whose outcome was unknown is not written twice.
+/// Commits `batch` through the table's one commit loop. While the catalog fails
+/// transiently the loop keeps trying (the serve table's policy has no time limit; the batch's
+/// messages stay held and invisible) and readiness reports the outage; once the process stops
+/// receiving, the loop gives up at the commit deadline, inside the shutdown deadline, and the
+/// messages come back to be committed again.
 async fn commit_through_outages(
     shared: &Shared,
     table: &JournalTable,
     batch: Batch,
 ) -> Result<(), TableError> {
-    let mut outage = 0u32;
-    loop {
-        let started = Instant::now();
-        let landed = match outage {
-            0 => None,
-            _ => table.committed_batch(&batch.id).await.ok().flatten(),
-        };
-        let result = match landed {
-            Some(_) => Ok(()),
-            None => commit_batch(table, &batch).await.map(|report| {
-                debug!(batch_id = %report.batch_id, rows = report.rows, attempts = report.attempts, "committed");
-            }),
-        };
-        match result {
-            Ok(()) => {
-                shared
-                    .metrics
-                    .commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                if outage > 0 {
-                    shared.health.recovered(Cause::Catalog);
-                    info!(table = %table.ident(), batch_id = %batch.id, tries = outage + 1, "commits work again; the held batch is committed");
-                }
-                return Ok(());
-            }
-            Err(e) if e.is_retryable() && !shared.stopping.is_cancelled() => {
-                outage += 1;
-                shared.health.failing(Cause::Catalog, e.to_string());
-                let wait = Duration::from_secs(2u64 << outage.min(4));
-                warn!(table = %table.ident(), batch_id = %batch.id, tries = outage, ?wait, error = %e, "commits keep failing; the batch's messages are held (not returned to the queue) and the commit is retried");
-                tokio::select! {
-                    _ = shared.stopping.cancelled() => {}
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
-            Err(e) => return Err(e),
-        }
+    let started = Instant::now();
+    let batch_id = batch.id.clone();
+    let give_up = async {
+        shared.stopping.cancelled().await;
+        tokio::time::sleep(commit_grace(shared.options.shutdown_timeout)).await;
+    };
+    let mut failed = false;
+    let report = table
+        .append_until(batch, give_up, |retry| {
+            failed = true;
+            shared
+                .health
+                .failing(Cause::Catalog, retry.error.to_string());
+        })
+        .await?;
+    debug!(batch_id = %report.batch_id, rows = report.rows, attempts = report.attempts, "committed");
+    shared
+        .metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    if failed {
+        shared.health.recovered(Cause::Catalog);
+        info!(table = %table.ident(), batch_id = %batch_id, attempts = report.attempts, "commits work again; the held batch is committed");
+    }
+    Ok(())
+}
+
+/// How long a commit may keep trying once the process stops receiving: most of the shutdown
+/// deadline, leaving the rest to acknowledge what committed and release what did not.
+pub(crate) fn commit_grace(shutdown_timeout: Duration) -> Duration {
+    shutdown_timeout.saturating_sub(shutdown_timeout / 5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_gives_up_inside_the_shutdown_deadline() {
+        assert_eq!(
+            commit_grace(Duration::from_secs(25)),
+            Duration::from_secs(20)
+        );
+        assert_eq!(commit_grace(Duration::ZERO), Duration::ZERO);
     }
 }

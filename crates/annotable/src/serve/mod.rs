@@ -40,12 +40,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use annotation_source::{AnnotationSource, ReadBudget};
-use annotation_table::{JournalTable, TableError};
+use annotation_table::{JournalTable, RetryPolicy, TableError};
 use aws_sdk_sqs::types::QueueAttributeName;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::config::defaults;
 use crate::config::{Config, ConfigError};
 use crate::rows;
 use crate::set_reader::SetReader;
@@ -89,13 +90,8 @@ pub struct ServeOptions {
     pub max_clock_skew: Duration,
 }
 
-/// Default of `serve.read_buffer_bytes` and `backfill.read_buffer_bytes`.
-pub const DEFAULT_READ_BUFFER_BYTES: u64 = 256 << 20;
 /// The smallest read buffer: four of the largest annotation.
 pub const MIN_READ_BUFFER_BYTES: u64 = 4 * annotation_source::MAX_ANNOTATION_BYTES;
-
-/// Default address of `/metrics`, `/healthz`, `/readyz`.
-pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9464";
 
 impl ServeOptions {
     /// Options from the configuration; `queue_url` is required.
@@ -109,7 +105,7 @@ impl ServeOptions {
         let http = s
             .http_addr
             .clone()
-            .unwrap_or_else(|| DEFAULT_HTTP_ADDR.into());
+            .unwrap_or_else(|| defaults::SERVE_HTTP_ADDR.into());
         let http_addr = if http == "off" {
             None
         } else {
@@ -121,27 +117,41 @@ impl ServeOptions {
         };
         let read_buffer_bytes = s
             .read_buffer_bytes
-            .unwrap_or(DEFAULT_READ_BUFFER_BYTES)
+            .unwrap_or(defaults::READ_BUFFER_BYTES)
             .max(MIN_READ_BUFFER_BYTES);
         Ok(ServeOptions {
             queue_url,
-            receivers: s.receivers.unwrap_or(2).max(1),
-            messages_in_flight: s.messages_in_flight.unwrap_or(64).max(1),
-            flush_rows: s.flush_rows.unwrap_or(20_000).max(1),
-            flush_bytes: s.flush_bytes.unwrap_or(64 << 20).clamp(
+            receivers: s.receivers.unwrap_or(defaults::SERVE_RECEIVERS).max(1),
+            messages_in_flight: s
+                .messages_in_flight
+                .unwrap_or(defaults::SERVE_MESSAGES_IN_FLIGHT)
+                .max(1),
+            flush_rows: s.flush_rows.unwrap_or(defaults::SERVE_FLUSH_ROWS).max(1),
+            flush_bytes: s.flush_bytes.unwrap_or(defaults::FLUSH_BYTES).clamp(
                 1,
                 usize::try_from(read_buffer_bytes / 4).unwrap_or(usize::MAX),
             ),
             read_buffer_bytes,
-            flush_age: Duration::from_millis(s.flush_age_ms.unwrap_or(2_000)),
+            flush_age: Duration::from_millis(
+                s.flush_age_ms.unwrap_or(defaults::SERVE_FLUSH_AGE_MS),
+            ),
             visibility_timeout: s.visibility_timeout_secs.map(Duration::from_secs),
-            shutdown_timeout: Duration::from_secs(s.shutdown_timeout_secs.unwrap_or(25)),
+            shutdown_timeout: Duration::from_secs(
+                s.shutdown_timeout_secs
+                    .unwrap_or(defaults::SERVE_SHUTDOWN_TIMEOUT_SECS),
+            ),
             exit_when_idle: None,
             http_addr,
             dead_letter_queue_url: s.dead_letter_queue_url.clone(),
-            dedup_versions: s.dedup_versions.unwrap_or(200_000),
-            dedup_lookback: Duration::from_secs(s.dedup_lookback_secs.unwrap_or(3_600)),
-            max_clock_skew: Duration::from_millis(s.max_clock_skew_ms.unwrap_or(50)),
+            dedup_versions: s.dedup_versions.unwrap_or(defaults::SERVE_DEDUP_VERSIONS),
+            dedup_lookback: Duration::from_secs(
+                s.dedup_lookback_secs
+                    .unwrap_or(defaults::SERVE_DEDUP_LOOKBACK_SECS),
+            ),
+            max_clock_skew: Duration::from_millis(
+                s.max_clock_skew_ms
+                    .unwrap_or(defaults::SERVE_MAX_CLOCK_SKEW_MS),
+            ),
         })
     }
 }
@@ -249,8 +259,15 @@ pub async fn run(
     }
 
     let (catalog_config, catalog) = config.connect_catalog::<ServeError>().await?;
-    let table =
-        JournalTable::open(catalog.clone(), config.namespace(), Some(config.table())).await?;
+    // A batch is retried through an outage for as long as it lasts (its messages stay held);
+    // only the shutdown deadline ends the retries.
+    let table = JournalTable::open(catalog.clone(), config.namespace(), Some(config.table()))
+        .await?
+        .with_retry(RetryPolicy {
+            max_backoff: Duration::from_secs(10),
+            max_elapsed: None,
+            ..RetryPolicy::default()
+        });
     let mut cache = StateCache::new(options.dedup_versions, options.max_clock_skew);
     match warm_up::warm_up(
         &table,
@@ -338,8 +355,7 @@ pub async fn run(
                 info!(note, "maintenance in serve: compaction is handed off");
             }
             info!(every_secs = secs, "maintenance in serve is on");
-            let holder =
-                crate::backfill::Holder::this_process(format!("serve {}", shared.writer_id));
+            let holder = crate::lease::Holder::this_process(format!("serve {}", shared.writer_id));
             Some(tokio::spawn(crate::maintain::periodic(
                 maintainer,
                 maintain_options,
