@@ -2,8 +2,7 @@
 //! wrote, through the same SQLite catalog, and reads exactly the rows annotable wrote, with
 //! a partition-pruning filter too.
 
-#[path = "common.rs"]
-mod common;
+use super::common;
 
 use annotation_table::{Batch, CatalogConfig, JournalTable, Source, StorageConfig, connect};
 use chrono::Utc;

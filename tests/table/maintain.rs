@@ -3,8 +3,7 @@
 //! correct while another writer commits, and expiry and the orphan sweep delete only what no
 //! snapshot references.
 
-#[path = "common.rs"]
-mod common;
+use super::common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

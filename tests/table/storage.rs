@@ -1,8 +1,7 @@
 //! The warehouse on S3: the table written to an S3-compatible store (the emulator: custom
 //! endpoint, path style, static keys) and read back through SQL.
 
-#[path = "common.rs"]
-mod common;
+use super::common;
 
 use annotable_tests::Stack;
 use annotation_sql::QuerySession;

@@ -2,7 +2,7 @@
 //! what each returns, so the examples users copy keep working (and keep meaning what their
 //! comment says).
 
-mod common;
+use super::common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 //! bucket of one real table; rows are committed in an order unrelated to their sequence
 //! numbers, over several snapshots, so nothing may depend on commit order.
 
-mod common;
+use super::common;
 
 use std::collections::{BTreeMap, BTreeSet};
 

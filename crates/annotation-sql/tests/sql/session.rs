@@ -1,7 +1,7 @@
 //! The query session against a real embedded catalog: freshness without restart, read-only
 //! refusals, clear errors, output formats.
 
-mod common;
+use super::common;
 
 use annotation_sql::{OutputFormat, SqlError, write_result};
 use annotation_table::RecordType;

@@ -4,12 +4,10 @@
 //! serve and backfill together while annotations change, and the clean early stops (no
 //! annotation API, directory bucket).
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use annotable_tests::{Env, PLAIN, TestResult, VERSIONED, Workload, assert_converged};
 use futures::StreamExt;
-use support::{Env, PLAIN, TestResult, VERSIONED, Workload, assert_converged};
 
 /// Objects per bucket; every third key of the versioned bucket gets a second version.
 const OBJECTS: usize = 1_000;
@@ -20,7 +18,11 @@ async fn populate(env: &Env, bucket: &'static str, versioned: bool) -> (usize, u
     let stack = &env.stack;
     let results: Vec<(usize, usize)> = futures::stream::iter(0..OBJECTS)
         .map(|i| async move {
-            let key = format!("{:04}/{}", i, support::KEYS[i % support::KEYS.len()]);
+            let key = format!(
+                "{:04}/{}",
+                i,
+                annotable_tests::KEYS[i % annotable_tests::KEYS.len()]
+            );
             stack.put_object(bucket, &key, &format!("body {i}")).await;
             let names = 1 + i % 4;
             for n in 0..names {
@@ -336,7 +338,7 @@ async fn serve_and_backfill_together_converge_while_annotations_change() -> Test
 async fn no_annotation_api_and_directory_buckets_stop_before_writing_anything() -> TestResult {
     let env = Env::start_with(30, 5, false).await;
     populate_few(&env).await;
-    let proxy = support::FaultProxy::without_annotation_api(env.stack.stack.port()).await;
+    let proxy = annotable_tests::FaultProxy::without_annotation_api(env.stack.stack.port()).await;
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
     let out = env.annotable_env(
         &["backfill", "--bucket", PLAIN, "--progress", "off"],
@@ -373,7 +375,7 @@ async fn no_annotation_api_and_directory_buckets_stop_before_writing_anything() 
 async fn an_object_s3_refuses_is_reported_and_skipped_not_fatal() -> TestResult {
     let env = Env::start_with(30, 5, false).await;
     populate_few(&env).await;
-    let proxy = support::FaultProxy::denying(env.stack.stack.port(), "/k2?").await;
+    let proxy = annotable_tests::FaultProxy::denying(env.stack.stack.port(), "/k2?").await;
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
     let out = env.annotable_env(
         &["backfill", "--bucket", PLAIN, "--progress", "off"],
@@ -429,7 +431,7 @@ async fn backfill_keeps_its_lease_on_an_s3_warehouse_with_the_storage_settings()
     ] {
         env.env.push((k.into(), v.into()));
     }
-    let proxy = support::FaultProxy::refusing(env.stack.stack.port(), "/lake").await;
+    let proxy = annotable_tests::FaultProxy::refusing(env.stack.stack.port(), "/lake").await;
     let annotations_endpoint = format!("http://127.0.0.1:{}", proxy.port);
     let out = env.annotable_env(
         &["backfill", "--bucket", PLAIN, "--progress", "off"],

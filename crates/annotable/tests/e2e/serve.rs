@@ -2,15 +2,13 @@
 //! random workload, kill -9 and restart, redelivery under a short visibility timeout, poison
 //! messages, SIGTERM during a held batch, and two processes sharing a PostgreSQL catalog.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use annotable_tests::{Env, PLAIN, TestResult, VERSIONED, Workload, assert_converged};
 use aws_sdk_s3::types::{
     BucketVersioningStatus, Event as S3Event, NotificationConfiguration, QueueConfiguration,
     VersioningConfiguration,
 };
-use support::{Env, PLAIN, TestResult, VERSIONED, Workload, assert_converged};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_view_converges_to_s3_after_a_random_workload() -> TestResult {
@@ -122,7 +120,7 @@ async fn a_batch_held_past_the_visibility_timeout_is_extended_not_redelivered() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn messages_waiting_behind_back_pressure_are_extended_not_redelivered() -> TestResult {
     let mut env = Env::start(1, 50).await;
-    let switch = support::TcpSwitch::start(5432).await;
+    let switch = annotable_tests::TcpSwitch::start(5432).await;
     env.use_postgres_on(switch.port, "serve_backpressure");
     Workload::new(43, 30).run(&env.stack.s3, 100).await;
     let mut serve = env.spawn_serve(
@@ -180,9 +178,11 @@ async fn poison_messages_reach_the_dead_letter_queue_and_the_loop_lives_on() -> 
             .await?;
     }
     // A real annotation among them.
-    env.stack.put_object(support::PLAIN, "ok.txt", "x").await;
     env.stack
-        .put_annotation(support::PLAIN, "ok.txt", None, "status", "fine")
+        .put_object(annotable_tests::PLAIN, "ok.txt", "x")
+        .await;
+    env.stack
+        .put_annotation(annotable_tests::PLAIN, "ok.txt", None, "status", "fine")
         .await;
     let (status, log) = env.serve_until_idle("4", &[]);
     assert!(status.success(), "{log}");
@@ -291,7 +291,7 @@ async fn s3_throttling_and_5xx_are_retried_and_the_view_converges() -> TestResul
     let mut env = Env::start(30, 50).await;
     Workload::new(1234, 40).run(&env.stack.s3, 200).await;
     // S3 (only) goes through a proxy that fails 30% of the requests with SlowDown or 500.
-    let proxy = support::FaultProxy::start(env.stack.stack.port(), 30).await;
+    let proxy = annotable_tests::FaultProxy::start(env.stack.stack.port(), 30).await;
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
     let mut serve = env.spawn_serve(
         &["--exit-when-idle", "4"],
@@ -347,7 +347,7 @@ async fn a_delete_in_a_versioning_suspended_bucket_takes_the_null_versions_annot
     let (status, log) = env.serve_until_idle("3", &[]);
     assert!(status.success(), "{log}");
     assert_converged(&env).await;
-    let on_null = |view: &std::collections::BTreeSet<support::Row>| {
+    let on_null = |view: &std::collections::BTreeSet<annotable_tests::Row>| {
         view.iter()
             .any(|r| r.object_key == "k" && r.object_version_id.is_none())
     };
@@ -610,16 +610,18 @@ async fn s3_changing_under_two_writers_killed_at_random_with_maintenance_converg
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_catalog_outage_holds_messages_and_dead_letters_nothing() -> TestResult {
     let mut env = Env::start(5, 2).await;
-    let switch = support::TcpSwitch::start(5432).await;
+    let switch = annotable_tests::TcpSwitch::start(5432).await;
     env.use_postgres_on(switch.port, "serve_outage");
-    let http = support::free_port();
+    let http = annotable_tests::free_port();
     let http_addr = format!("127.0.0.1:{http}");
     let mut workload = Workload::new(0x07a6e, 20);
     workload.run(&env.stack.s3, 40).await;
     let mut serve = env.spawn_serve(&[], &[("ANNOTABLE_SERVE_HTTP_ADDR", &http_addr)]);
     env.wait_until_drained(Duration::from_secs(120)).await;
     assert_eq!(
-        support::http_get(http, "/readyz").await.map(|r| r.0),
+        annotable_tests::http_get(http, "/readyz")
+            .await
+            .map(|r| r.0),
         Some(200)
     );
 
@@ -628,7 +630,7 @@ async fn a_catalog_outage_holds_messages_and_dead_letters_nothing() -> TestResul
     let outage = Instant::now();
     let mut said_why = None;
     while outage.elapsed() < Duration::from_secs(80) {
-        if let Some((503, body)) = support::http_get(http, "/readyz").await {
+        if let Some((503, body)) = annotable_tests::http_get(http, "/readyz").await {
             said_why = Some(body);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -645,7 +647,7 @@ async fn a_catalog_outage_holds_messages_and_dead_letters_nothing() -> TestResul
 
     switch.set(true);
     env.wait_until_drained(Duration::from_secs(120)).await;
-    let ready = support::http_get(http, "/readyz").await;
+    let ready = annotable_tests::http_get(http, "/readyz").await;
     assert_eq!(ready.as_ref().map(|r| r.0), Some(200), "{ready:?}");
     serve.signal(15);
     let status = tokio::task::block_in_place(|| serve.wait(Duration::from_secs(60)));

@@ -1,0 +1,273 @@
+//! Network faults: an HTTP proxy that injects S3 errors or refusals, a TCP forwarder that can
+//! be cut, and small HTTP/port helpers.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a failed set-up is a failed test
+
+/// What a [`FaultProxy`] refuses outright.
+pub enum Refuse {
+    Nothing,
+    /// Every annotation API call: 501 NotImplemented.
+    AnnotationApi,
+    /// Annotation calls whose path contains this: 403 AccessDenied.
+    Path(String),
+    /// Any call whose path contains this: 403 AccessDenied (a bucket these credentials cannot
+    /// reach).
+    AnyPath(String),
+}
+
+/// An HTTP/1.1 proxy in front of the emulator that answers a share of the requests itself with
+/// S3 throttling and 5xx errors (one request per connection, `Connection: close`).
+pub struct FaultProxy {
+    pub port: u16,
+    /// Answer every annotation API call with 501 NotImplemented (a store without the API).
+    pub injected: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub forwarded: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream_port: u16, fault_percent: u32) -> FaultProxy {
+        FaultProxy::start_mode(upstream_port, fault_percent, Refuse::Nothing).await
+    }
+
+    /// A proxy that answers AccessDenied to every annotation call on a key whose request path
+    /// contains `path_part` (a bucket policy denying one object).
+    pub async fn denying(upstream_port: u16, path_part: &str) -> FaultProxy {
+        FaultProxy::start_mode(upstream_port, 0, Refuse::Path(path_part.to_string())).await
+    }
+
+    /// A proxy that answers AccessDenied to every call whose request path contains `path_part`.
+    pub async fn refusing(upstream_port: u16, path_part: &str) -> FaultProxy {
+        FaultProxy::start_mode(upstream_port, 0, Refuse::AnyPath(path_part.to_string())).await
+    }
+
+    /// A proxy whose S3 has no annotation API: every `?annotation` request gets 501
+    /// NotImplemented, as from IBM COS or another S3-compatible store.
+    pub async fn without_annotation_api(upstream_port: u16) -> FaultProxy {
+        FaultProxy::start_mode(upstream_port, 0, Refuse::AnnotationApi).await
+    }
+
+    async fn start_mode(upstream_port: u16, fault_percent: u32, refuse: Refuse) -> FaultProxy {
+        let refuse = std::sync::Arc::new(refuse);
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let injected = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let forwarded = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (inj, fwd) = (injected.clone(), forwarded.clone());
+        let task = tokio::spawn(async move {
+            let mut rng = fastrand::Rng::with_seed(99);
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let fault = rng.u32(0..100) < fault_percent;
+                let slow_down = rng.bool();
+                let (inj, fwd) = (inj.clone(), fwd.clone());
+                let refuse = refuse.clone();
+                tokio::spawn(async move {
+                    if fault {
+                        inj.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        fwd.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let _ = proxy_one(conn, upstream_port, fault, slow_down, &refuse).await;
+                });
+            }
+        });
+        FaultProxy {
+            port,
+            injected,
+            forwarded,
+            task,
+        }
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn proxy_one(
+    mut conn: tokio::net::TcpStream,
+    upstream_port: u16,
+    fault: bool,
+    slow_down: bool,
+    refuse: &Refuse,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let request_line = head.lines().next().unwrap_or("");
+    let annotation_call =
+        request_line.contains("?annotation") || request_line.contains("&annotation");
+    let refusal = match refuse {
+        Refuse::AnnotationApi if annotation_call => Some((
+            "501 Not Implemented",
+            "NotImplemented",
+            "A header you provided implies functionality that is not implemented.",
+        )),
+        Refuse::Path(part) if annotation_call && request_line.contains(part.as_str()) => {
+            Some(("403 Forbidden", "AccessDenied", "Access Denied"))
+        }
+        Refuse::AnyPath(part) if request_line.contains(part.as_str()) => {
+            Some(("403 Forbidden", "AccessDenied", "Access Denied"))
+        }
+        _ => None,
+    };
+    if let Some((status, code, message)) = refusal {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        );
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(response.as_bytes()).await?;
+        return conn.shutdown().await;
+    }
+    if fault {
+        let (status, code) = if slow_down {
+            ("503 Slow Down", "SlowDown")
+        } else {
+            ("500 Internal Server Error", "InternalError")
+        };
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>"
+        );
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        conn.write_all(response.as_bytes()).await?;
+        return conn.shutdown().await;
+    }
+    let mut rewritten: String = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    rewritten.push_str("Connection: close\r\n\r\n");
+    let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await?;
+    upstream.write_all(rewritten.as_bytes()).await?;
+    upstream.write_all(&buf[head_end..]).await?;
+    let mut response = Vec::new();
+    upstream.read_to_end(&mut response).await?;
+    conn.write_all(&response).await?;
+    conn.shutdown().await
+}
+
+/// A TCP forwarder to a local service that can be switched off: then every open connection is
+/// cut and new ones are closed at once (a database outage, as the client sees it).
+pub struct TcpSwitch {
+    pub port: u16,
+    on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TcpSwitch {
+    pub async fn start(upstream_port: u16) -> TcpSwitch {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind switch");
+        let port = listener.local_addr().expect("addr").port();
+        let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let (on2, conns2) = (on.clone(), connections.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !on2.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                conns2.lock().expect("lock").spawn(async move {
+                    let Ok(mut upstream) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream).await;
+                });
+            }
+        });
+        TcpSwitch {
+            port,
+            on,
+            connections,
+            accept,
+        }
+    }
+
+    /// Cuts every connection and refuses new ones, or forwards again.
+    pub fn set(&self, on: bool) {
+        self.on.store(on, std::sync::atomic::Ordering::SeqCst);
+        if !on {
+            self.connections.lock().expect("lock").abort_all();
+        }
+    }
+}
+
+impl Drop for TcpSwitch {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.connections.lock().expect("lock").abort_all();
+    }
+}
+
+/// `GET path` on 127.0.0.1:`port`: (status code, body); `None` when nothing answers.
+pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response).await.ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((status, body))
+}
+
+/// A port that was free a moment ago, on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
