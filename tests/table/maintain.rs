@@ -230,22 +230,24 @@ async fn compaction_beside_a_committing_writer_loses_and_doubles_nothing() -> Te
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgresql_compaction_beside_a_writer_and_the_lease_work_too() -> TestResult {
     let f = Fixture::with(Some(PG_URI)).await?;
-    // One maintainer at a time: a second holder is told who has the lease.
+    // The lease row is a compare-and-swap register: of two writers of the same version, one
+    // wins; a write naming a version that is gone fails.
     let (a, b) = (f.maintainer().await?, f.maintainer().await?);
-    assert_eq!(
-        a.try_lease("a", Duration::from_secs(60)).await?,
-        annotation_table::LeaseState::Granted
+    assert_eq!(a.lease().await?, None);
+    assert!(a.swap_lease("a", 1_000, None).await?);
+    assert!(!b.swap_lease("b", 2_000, None).await?, "the row exists");
+    assert_eq!(b.lease().await?, Some(("a".to_string(), 1_000)));
+    assert!(
+        !b.swap_lease("b", 2_000, Some(("a", 999))).await?,
+        "stale expiry"
     );
-    assert!(matches!(
-        b.try_lease("b", Duration::from_secs(60)).await?,
-        annotation_table::LeaseState::Held { holder, .. } if holder == "a"
-    ));
-    a.release_lease("a").await?;
-    assert_eq!(
-        b.try_lease("b", Duration::from_secs(60)).await?,
-        annotation_table::LeaseState::Granted
+    assert!(b.swap_lease("b", 2_000, Some(("a", 1_000))).await?);
+    assert!(
+        !a.swap_lease("a", 3_000, Some(("a", 1_000))).await?,
+        "a lost it"
     );
-    b.release_lease("b").await?;
+    assert_eq!(a.lease().await?, Some(("b".to_string(), 2_000)));
+    assert!(b.swap_lease("b", 0, Some(("b", 2_000))).await?);
     compaction_beside_a_writer(f).await
 }
 

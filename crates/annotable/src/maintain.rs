@@ -9,13 +9,14 @@ use std::fmt;
 use std::time::Duration;
 
 use annotation_table::{
-    JournalTable, LeaseState, MaintainOptions, MaintainReport, Maintainer, TableError, TableStats,
+    JournalTable, MaintainOptions, MaintainReport, Maintainer, TableError, TableStats,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Config, ConfigError, defaults};
-use crate::lease::Holder;
+use crate::lease::catalog_row::CatalogRow;
+use crate::lease::{Holder, Lease, LeaseError};
 
 /// Which steps to run.
 #[derive(Debug, Clone, Copy, Default)]
@@ -39,6 +40,9 @@ pub enum MaintainError {
     /// The catalog, the table, or a maintenance step.
     #[error(transparent)]
     Table(#[from] TableError),
+    /// The maintenance lease could not be read or written.
+    #[error("table maintenance: {0}")]
+    Lease(LeaseError),
     /// There is no table to maintain.
     #[error(
         "table {table} does not exist in {catalog}: nothing to maintain; check --namespace, \
@@ -181,17 +185,6 @@ pub async fn run(
     }
 }
 
-/// A lease holder as the catalog's lease row keeps it (JSON, so it reads back as a
-/// [`Holder`] and a dead holder can be recognised).
-fn stored(holder: &Holder) -> String {
-    serde_json::to_string(holder).unwrap_or_else(|_| holder.to_string())
-}
-
-/// A stored holder, for people: `pid N on HOST (writer W)`, or the text as stored.
-fn shown(stored: &str) -> String {
-    serde_json::from_str::<Holder>(stored).map_or_else(|_| stored.to_string(), |h| h.to_string())
-}
-
 /// The lease is held by someone else.
 #[derive(Debug)]
 pub struct Busy {
@@ -201,46 +194,40 @@ pub struct Busy {
     pub until_ms: i64,
 }
 
-/// Runs maintenance if the lease can be had (taking it over from a dead process of this
-/// host), renewing it while the run lasts and giving it up afterwards. `Err(Busy)` when a
-/// live process holds it.
+/// Runs maintenance if the table's lease can be had (see [`crate::lease`]: taken over at once
+/// from a process of this host that is gone), renewing it while the run lasts and giving it up
+/// afterwards. `Err(Busy)` when a live process holds it.
 pub async fn run_leased(
     maintainer: &Maintainer,
     options: &MaintainOptions,
     me: &Holder,
-) -> Result<Result<MaintainReport, Busy>, TableError> {
-    let holder = stored(me);
-    let holder = holder.as_str();
-    match maintainer.try_lease(holder, LEASE_TTL).await? {
-        LeaseState::Granted => {}
-        LeaseState::Held {
-            holder: previous,
-            until_ms,
-        } => {
-            let gone = serde_json::from_str::<Holder>(&previous).is_ok_and(|h| h.is_gone(me));
-            let taken = gone
-                && maintainer
-                    .take_over_lease(&previous, holder, LEASE_TTL)
-                    .await?;
-            if !taken {
+) -> Result<Result<MaintainReport, Busy>, MaintainError> {
+    let table = maintainer.table().ident().to_string();
+    let acquired =
+        match Lease::acquire(CatalogRow::new(maintainer), me.clone(), LEASE_TTL, |_| ()).await {
+            Ok(acquired) => acquired,
+            Err(LeaseError::Held { holder, until, .. }) => {
                 return Ok(Err(Busy {
-                    holder: shown(&previous),
-                    until_ms,
+                    holder: holder.to_string(),
+                    until_ms: until.timestamp_millis(),
                 }));
             }
-            info!(table = %maintainer.table().ident(), previous = %shown(&previous), "took the maintenance lease over from a process that is gone");
-        }
+            Err(e) => return Err(MaintainError::Lease(e)),
+        };
+    if let Some(previous) = &acquired.took_over {
+        info!(table = %table, previous = %previous, "took the maintenance lease over from a process that is gone");
     }
+    let lease = acquired.lease;
     let renewing = async {
         loop {
-            tokio::time::sleep(LEASE_TTL / 3).await;
-            match maintainer.try_lease(holder, LEASE_TTL).await {
-                Ok(LeaseState::Granted) => {}
-                Ok(LeaseState::Held { holder, .. }) => {
-                    warn!(table = %maintainer.table().ident(), %holder, "the maintenance lease was taken over; finishing this step")
+            tokio::time::sleep(lease.renew_every()).await;
+            match lease.renew().await {
+                Ok(()) => {}
+                Err(LeaseError::Lost { .. }) => {
+                    warn!(table = %table, "the maintenance lease was taken over; finishing this step")
                 }
                 Err(e) => {
-                    warn!(table = %maintainer.table().ident(), error = %e, "could not renew the maintenance lease")
+                    warn!(table = %table, error = %e, "could not renew the maintenance lease")
                 }
             }
         }
@@ -249,10 +236,10 @@ pub async fn run_leased(
         result = maintainer.run(options) => result,
         () = renewing => unreachable!("the lease renewal loop never ends"),
     };
-    if let Err(e) = maintainer.release_lease(holder).await {
-        warn!(table = %maintainer.table().ident(), error = %e, "could not release the maintenance lease; it lapses by itself");
+    if let Err(e) = lease.release(|_| ()).await {
+        warn!(table = %table, error = %e, "could not release the maintenance lease; it lapses by itself");
     }
-    result.map(Ok)
+    result.map(Ok).map_err(MaintainError::from)
 }
 
 /// `serve`'s periodic maintenance: every `interval`, one full run (compaction, expiry,
@@ -288,7 +275,7 @@ pub(crate) async fn periodic(
                 info!(table = %maintainer.table().ident(), holder = %busy.holder, "another process is maintaining the table; skipped this round")
             }
             Err(e) => {
-                warn!(table = %maintainer.table().ident(), error = %e, retryable = e.is_retryable(), "table maintenance failed; trying again next round")
+                warn!(table = %maintainer.table().ident(), error = %e, "table maintenance failed; trying again next round")
             }
         }
     }

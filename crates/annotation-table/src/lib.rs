@@ -33,8 +33,8 @@ pub use journal::{
     SUMMARY_WRITER,
 };
 pub use maintain::{
-    CompactionReport, ExpiryReport, LeaseState, MaintainOptions, MaintainReport, Maintainer,
-    OrphanReport, SUMMARY_MAINTENANCE, TableStats, changes_rows,
+    CompactionReport, ExpiryReport, MaintainOptions, MaintainReport, Maintainer, OrphanReport,
+    SUMMARY_MAINTENANCE, TableStats, changes_rows,
 };
 /// The identifier of `namespace.table` (`None` if the namespace is not a valid identifier).
 pub fn table_ident(namespace: &str, table: &str) -> Option<iceberg::TableIdent> {

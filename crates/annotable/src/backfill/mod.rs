@@ -11,7 +11,7 @@
 //! position of its last object version. The summary is committed atomically with the rows, so
 //! a run killed at any point resumes exactly after the last committed object version: nothing
 //! committed is fetched or written again. The position is also copied into the lease document
-//! ([`lease`]) after each commit, which survives snapshot expiry.
+//! ([`checkpoint`]) after each commit, which survives snapshot expiry.
 //!
 //! **Beside `serve`.** Every version read is an `OBJECT_RESET` plus a `PUT` per annotation,
 //! stamped with the time the listing of that version was sent (the same sequence-number rule
@@ -21,8 +21,11 @@
 //! **Where annotations cannot exist** (a directory bucket, or a store answering NotImplemented)
 //! the run stops before creating the table, taking a lease or writing anything.
 
-mod lease;
+mod checkpoint;
+mod commit;
+mod outbox;
 mod progress;
+mod read;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,24 +33,27 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use annotation_source::{
-    AnnotationSource, ListPosition, ListScope, Listed, Op, ReadBudget, Reservation, SourceError,
-    is_directory_bucket,
+    ListPosition, ListScope, Listed, Op, ReadBudget, Reservation, SourceError, is_directory_bucket,
 };
-use annotation_table::{Batch, JournalRow, JournalTable, Source, TableError};
+use annotation_table::{JournalTable, TableError};
 use chrono::Utc;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::lease::Holder;
 pub use progress::{Counters, ProgressMode};
 
 use crate::batcher::{Batcher, FlushPolicy};
 use crate::config::{Config, ConfigError, defaults};
-use crate::rows::{Observation, Observed, rows_of};
-use crate::set_reader::{ListedSet, SetReader};
-use lease::{Lease, StateStore, StoredPosition};
+use crate::lease::Holder;
+use crate::lease::document::StateStore;
+use crate::rows::Observed;
+use crate::set_reader::SetReader;
+use checkpoint::{StoredPosition, WalkLease};
+use commit::commit_loop;
+use outbox::{Outbox, Pending};
+use read::{Read, ReadResult, list_all, read_one, skip_log, skippable};
 
 /// Snapshot-summary key: the backfill run a commit belongs to.
 pub const SUMMARY_RUN: &str = "annotable.backfill.run";
@@ -298,109 +304,6 @@ impl std::fmt::Display for BackfillReport {
     }
 }
 
-/// One object version, listed and, when its set is small, read.
-struct ReadResult {
-    listed: Listed,
-    read: Read,
-}
-
-enum Read {
-    /// Read whole by the concurrent stage.
-    Whole(Box<Observation>),
-    /// Too large for the concurrent stage's share of the read buffer: read part by part, in
-    /// listing order, by the stage that batches rows.
-    Deferred(ListedSet),
-    /// S3 refused to read it (logged, counted, no row written).
-    Skipped,
-}
-
-/// Rows ready to commit, and where the listing stands after them.
-#[derive(Default)]
-struct Pending {
-    rows: Vec<JournalRow>,
-    objects: u64,
-    /// After the last object version completed in this batch; `None` when the batch holds
-    /// only early parts of one large set (the checkpoint must not move past it yet).
-    position: Option<ListPosition>,
-    /// The payload bytes the rows hold, given back once committed.
-    held: Vec<Reservation>,
-}
-
-/// What the batcher gathers for the committer.
-enum Piece {
-    /// A version's rows (or a part's), and the payload bytes they hold.
-    Rows(Vec<JournalRow>, Reservation),
-    /// A version is done: the checkpoint may move past it.
-    Done(ListPosition),
-}
-
-impl Pending {
-    fn of(pieces: Vec<Piece>) -> Pending {
-        let mut pending = Pending::default();
-        for piece in pieces {
-            match piece {
-                Piece::Rows(rows, held) => {
-                    pending.rows.extend(rows);
-                    pending.held.push(held);
-                }
-                Piece::Done(position) => {
-                    pending.objects += 1;
-                    pending.position = Some(position);
-                }
-            }
-        }
-        pending
-    }
-}
-
-/// Feeds the committer, batching by the shared flush policy.
-struct Outbox {
-    batch: Batcher<Piece>,
-    dry_run: bool,
-    dry_rows: u64,
-    tx: mpsc::Sender<Pending>,
-    /// The committer is gone: stop reading.
-    closed: bool,
-}
-
-impl Outbox {
-    /// Adds an observation's rows (call [`Outbox::flush_if_full`] after, once the version is
-    /// [complete](Outbox::complete) if it is: a batch must carry the position after its rows'
-    /// version, or a resume would write them again).
-    fn add(&mut self, observation: &Observation, held: Reservation) {
-        // Each version is listed once per walk: nothing to suppress.
-        let mut rows = rows_of(observation, Source::Backfill, Utc::now());
-        let (count, bytes) = (rows.len(), observation.observed.estimated_bytes());
-        if self.dry_run {
-            self.dry_rows += count as u64;
-            rows.clear();
-        }
-        let now = tokio::time::Instant::now();
-        self.batch.push(Piece::Rows(rows, held), count, bytes, now);
-    }
-
-    /// Marks an object version done: the checkpoint may move past it.
-    fn complete(&mut self, position: ListPosition) {
-        let now = tokio::time::Instant::now();
-        self.batch.push(Piece::Done(position), 0, 0, now);
-    }
-
-    async fn flush_if_full(&mut self) {
-        if self.batch.is_full() {
-            self.flush().await;
-        }
-    }
-
-    async fn flush(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        if self.tx.send(Pending::of(self.batch.take())).await.is_err() {
-            self.closed = true;
-        }
-    }
-}
-
 /// Runs a backfill until the listing ends, `shutdown` fires (commits what is read, then
 /// returns an incomplete report), or an error stops it.
 pub async fn run(
@@ -466,7 +369,7 @@ pub async fn run(
         };
         let store = StateStore::from_url(&state_url, client);
         let holder = Holder::this_process(table.writer_id());
-        let (lease, mut start) = Lease::acquire(
+        let (lease, mut start) = WalkLease::acquire(
             store,
             &table.ident().to_string(),
             &scope,
@@ -751,154 +654,6 @@ pub async fn run(
         }
         None => Ok(report),
     }
-}
-
-/// Pages through the listing into `tx`, from `from` (after the first page if it was read).
-#[allow(clippy::too_many_arguments)]
-async fn list_all(
-    source: AnnotationSource,
-    scope: ListScope,
-    versioned: bool,
-    first_page: Option<annotation_source::ListPage>,
-    from: ListPosition,
-    tx: mpsc::Sender<Result<Listed, SourceError>>,
-    counters: Arc<Counters>,
-    stop: CancellationToken,
-) -> Result<(), SourceError> {
-    let mut page = match first_page {
-        Some(p) => p,
-        None => match source.list_page(&scope, versioned, &from).await {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return Ok(());
-            }
-        },
-    };
-    loop {
-        for listed in std::mem::take(&mut page.objects) {
-            counters.listed.fetch_add(1, Ordering::Relaxed);
-            tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                sent = tx.send(Ok(listed)) => if sent.is_err() { return Ok(()) },
-            }
-        }
-        let Some(next) = page.next.take() else {
-            counters.listing_done.store(true, Ordering::Relaxed);
-            return Ok(());
-        };
-        page = tokio::select! {
-            _ = stop.cancelled() => return Ok(()),
-            p = source.list_page(&scope, versioned, &next) => match p {
-                Ok(p) => p,
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return Ok(());
-                }
-            },
-        };
-    }
-}
-
-/// Lists one object version's annotations and reads them whole when they fit `whole_limit`.
-async fn read_one(
-    reader: &SetReader,
-    listed: Listed,
-    whole_limit: u64,
-) -> Result<ReadResult, SourceError> {
-    let read = async {
-        let set = reader.list(&listed.object, None).await?;
-        if set.bytes() > whole_limit {
-            return Ok(Read::Deferred(set));
-        }
-        // One part: the set fits.
-        match reader.read(set, None).next().await? {
-            Some(whole) => Ok(Read::Whole(Box::new(whole.observation))),
-            None => Ok(Read::Skipped),
-        }
-    }
-    .await;
-    let read = match read {
-        Ok(read) => read,
-        Err(e) if skippable(&e) => {
-            skip_log(&listed, &e);
-            Read::Skipped
-        }
-        Err(e) => return Err(e),
-    };
-    Ok(ReadResult { listed, read })
-}
-
-/// One object S3 will not let us read must not stop (and, on every resume, stop again) the
-/// whole walk: it is logged, counted, and gets no row.
-fn skippable(e: &SourceError) -> bool {
-    matches!(e, SourceError::Refused { .. } | SourceError::NotUtf8 { .. })
-}
-
-fn skip_log(listed: &Listed, e: &SourceError) {
-    tracing::error!(bucket = %listed.object.bucket, key = %listed.object.key, version_id = ?listed.object.version_id, error = %e, "skipping an object version S3 refused to read");
-}
-
-/// Commits batches in order; each carries the run id and the position after its last object.
-async fn commit_loop(
-    table: Option<JournalTable>,
-    lease: Option<Arc<Lease>>,
-    run_id: String,
-    mut objects_done: u64,
-    mut rx: mpsc::Receiver<Pending>,
-    counters: Arc<Counters>,
-) -> Result<(), BackfillError> {
-    while let Some(pending) = rx.recv().await {
-        let (Some(table), Some(lease)) = (&table, &lease) else {
-            // Dry run: count and drop.
-            counters
-                .committed_objects
-                .fetch_add(pending.objects, Ordering::Relaxed);
-            continue;
-        };
-        if !lease.is_valid().await {
-            // One renewal may be late on a stalled machine: try it before giving up.
-            lease.renew().await?;
-        }
-        objects_done += pending.objects;
-        let rows = pending.rows.len() as u64;
-        let mut batch = Batch::new(Source::Backfill, pending.rows);
-        if let Some(position) = &pending.position {
-            batch
-                .properties
-                .insert(SUMMARY_RUN.to_string(), run_id.clone());
-            batch.properties.insert(
-                SUMMARY_POSITION.to_string(),
-                serde_json::to_string(&StoredPosition::from(position)).unwrap_or_default(),
-            );
-            batch
-                .properties
-                .insert(SUMMARY_OBJECTS.to_string(), objects_done.to_string());
-        }
-        // Rows may be empty (every version restated nothing): the position still advances,
-        // recorded in the lease document only.
-        if rows > 0 {
-            table.append(batch).await?;
-            counters.commits.fetch_add(1, Ordering::Relaxed);
-        }
-        counters.rows.fetch_add(rows, Ordering::Relaxed);
-        counters
-            .committed_objects
-            .fetch_add(pending.objects, Ordering::Relaxed);
-        drop(pending.held);
-        let Some(position) = &pending.position else {
-            continue;
-        };
-        if let Err(e) = lease.checkpoint(position, objects_done).await {
-            match e {
-                BackfillError::LeaseLost { .. } => return Err(e),
-                other => {
-                    warn!(error = %other, "could not record the checkpoint in the lease document; the committed snapshot has it")
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The bucket of an `s3://bucket/...` URL.

@@ -241,21 +241,23 @@ async fn a_second_maintainer_is_refused_while_a_live_one_holds_the_lease() -> Te
         annotation_table::Maintainer::new(table, &config, "annotable", &StorageConfig::default())
             .await?;
     // This test process is alive, so its lease is not taken over.
-    let holder = format!("test pid {} on this-host", std::process::id());
-    assert_eq!(
-        maintainer
-            .try_lease(&holder, Duration::from_secs(60))
-            .await?,
-        annotation_table::LeaseState::Granted
-    );
+    let holder = annotable::lease::Holder::this_process("test");
+    let held = annotable::lease::Lease::acquire(
+        annotable::lease::catalog_row::CatalogRow::new(&maintainer),
+        holder.clone(),
+        Duration::from_secs(60),
+        |_| (),
+    )
+    .await?
+    .lease;
     let out = run(dir.path(), &["maintain"])?;
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(
-        err.contains("being maintained by another process") && err.contains(&holder),
+        err.contains("being maintained by another process") && err.contains(&holder.to_string()),
         "{err}"
     );
-    maintainer.release_lease(&holder).await?;
+    held.release(|_| ()).await?;
     let out = run(dir.path(), &["maintain"])?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     Ok(())

@@ -158,20 +158,6 @@ pub struct MaintainReport {
     pub took: Duration,
 }
 
-/// Whether a process may maintain the table now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LeaseState {
-    /// This holder has the lease.
-    Granted,
-    /// Another holder has it until `until_ms` (ms since the epoch).
-    Held {
-        /// Who (as it described itself).
-        holder: String,
-        /// Until when.
-        until_ms: i64,
-    },
-}
-
 /// Maintains one journal table.
 pub struct Maintainer {
     table: JournalTable,
@@ -721,48 +707,40 @@ impl Maintainer {
         Ok(())
     }
 
-    /// Takes or renews the table's maintenance lease for `holder` (SQL catalogs; other
-    /// catalogs always grant it, as their compaction is handed off and expiry is a plain
-    /// optimistic commit).
-    pub async fn try_lease(&self, holder: &str, ttl: Duration) -> Result<LeaseState, TableError> {
-        let Some(db) = &self.db else {
-            return Ok(LeaseState::Granted);
-        };
-        let name = self.lease_name();
-        if db.try_lease(&name, holder, ttl).await? {
-            return Ok(LeaseState::Granted);
+    /// The table's maintenance lease as the catalog's database holds it: the holder (as it
+    /// described itself) and until when (ms since the epoch). `None` when nobody ever took it,
+    /// and always on catalogs without a database of ours (their compaction is handed off and
+    /// expiry is a plain optimistic commit, so they need no lease).
+    pub async fn lease(&self) -> Result<Option<(String, i64)>, TableError> {
+        match &self.db {
+            Some(db) => db.lease_holder(&self.lease_name()).await,
+            None => Ok(None),
         }
-        Ok(match db.lease_holder(&name).await? {
-            Some((holder, until_ms)) => LeaseState::Held { holder, until_ms },
-            // Released between the two statements: the next try gets it.
-            None => LeaseState::Held {
-                holder: "unknown".into(),
-                until_ms: 0,
-            },
-        })
     }
 
-    /// Takes the lease from `previous`, a holder known to be dead, if it still holds it.
-    pub async fn take_over_lease(
+    /// Compare-and-swap of the maintenance lease: sets (`holder`, `until_ms`) if it is still
+    /// `expect` (`None`: never taken). False when another process changed it first; always
+    /// true on catalogs without a lease (see [`Maintainer::lease`]).
+    pub async fn swap_lease(
         &self,
-        previous: &str,
         holder: &str,
-        ttl: Duration,
+        until_ms: i64,
+        expect: Option<(&str, i64)>,
     ) -> Result<bool, TableError> {
         match &self.db {
             Some(db) => {
-                db.take_over_lease(&self.lease_name(), previous, holder, ttl)
+                db.swap_lease(&self.lease_name(), holder, until_ms, expect)
                     .await
             }
             None => Ok(true),
         }
     }
 
-    /// Gives the maintenance lease up.
-    pub async fn release_lease(&self, holder: &str) -> Result<(), TableError> {
+    /// Where the lease is kept, for messages.
+    pub fn lease_location(&self) -> String {
         match &self.db {
-            Some(db) => db.release_lease(&self.lease_name(), holder).await,
-            None => Ok(()),
+            Some(_) => format!("annotable_leases row {}", self.lease_name()),
+            None => format!("(no lease needed on this catalog) {}", self.lease_name()),
         }
     }
 

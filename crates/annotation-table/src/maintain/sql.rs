@@ -5,11 +5,10 @@
 //! The swap is the same statement iceberg-catalog-sql runs for its own commits: update the
 //! table's row only where `metadata_location` still holds the location the new metadata was
 //! built on. Whoever commits in between (a `serve` appending) makes it touch no row, which is
-//! the conflict signal. The lease is a row in `annotable_leases` in the same database, taken
-//! and renewed with one conditional UPDATE, so it works for SQLite and PostgreSQL alike and
-//! needs nothing besides the catalog.
-
-use std::time::Duration;
+//! the conflict signal. The lease is a row in `annotable_leases` in the same database, read and
+//! replaced by compare-and-swap (an INSERT that does nothing on conflict, or an UPDATE that
+//! names the holder and expiry it read), so it works for SQLite and PostgreSQL alike and needs
+//! nothing besides the catalog; the rules of leasing live in `annotable`'s `lease` module.
 
 use iceberg::TableIdent;
 use iceberg_catalog_sql::SqlBindStyle;
@@ -161,45 +160,6 @@ impl CatalogDb {
         })
     }
 
-    /// Takes or renews lease `name` for `holder` until now + `ttl`: true if `holder` has it.
-    pub(crate) async fn try_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> Result<bool, TableError> {
-        let now = chrono::Utc::now().timestamp_millis();
-        let until = now.saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64);
-        let context = |e| db_error(&self.uri, &format!("taking the lease {name}"), e);
-        // Whoever inserts first holds it; everyone else (and the holder, renewing) updates.
-        let inserted = self
-            .execute(
-                "INSERT INTO annotable_leases (name, holder, expires_at_ms) VALUES (?, ?, ?) \
-                 ON CONFLICT (name) DO NOTHING",
-                &[Arg::Text(name), Arg::Text(holder), Arg::Int(until)],
-            )
-            .await
-            .map_err(context)?;
-        if inserted == 1 {
-            return Ok(true);
-        }
-        let updated = self
-            .execute(
-                "UPDATE annotable_leases SET holder = ?, expires_at_ms = ? \
-                 WHERE name = ? AND (holder = ? OR expires_at_ms < ?)",
-                &[
-                    Arg::Text(holder),
-                    Arg::Int(until),
-                    Arg::Text(name),
-                    Arg::Text(holder),
-                    Arg::Int(now),
-                ],
-            )
-            .await
-            .map_err(context)?;
-        Ok(updated == 1)
-    }
-
     /// Who holds lease `name`, and until when (ms since the epoch).
     pub(crate) async fn lease_holder(
         &self,
@@ -229,37 +189,41 @@ impl CatalogDb {
             })
     }
 
-    /// Takes lease `name` from `previous` (known to be dead) for `holder`, if `previous`
-    /// still holds it.
-    pub(crate) async fn take_over_lease(
+    /// Compare-and-swap of lease `name`: sets (`holder`, `until_ms`) if the row is still
+    /// `expect` (`None`: absent). False when someone else changed it first.
+    pub(crate) async fn swap_lease(
         &self,
         name: &str,
-        previous: &str,
         holder: &str,
-        ttl: Duration,
+        until_ms: i64,
+        expect: Option<(&str, i64)>,
     ) -> Result<bool, TableError> {
-        let until = chrono::Utc::now()
-            .timestamp_millis()
-            .saturating_add(ttl.as_millis().min(i64::MAX as u128) as i64);
-        let updated = self
-            .execute(
-                "UPDATE annotable_leases SET holder = ?, expires_at_ms = ? WHERE name = ? AND holder = ?",
-                &[Arg::Text(holder), Arg::Int(until), Arg::Text(name), Arg::Text(previous)],
-            )
-            .await
-            .map_err(|e| db_error(&self.uri, &format!("taking over the lease {name}"), e))?;
-        Ok(updated == 1)
-    }
-
-    /// Gives lease `name` up if `holder` has it.
-    pub(crate) async fn release_lease(&self, name: &str, holder: &str) -> Result<(), TableError> {
-        self.execute(
-            "UPDATE annotable_leases SET expires_at_ms = 0 WHERE name = ? AND holder = ?",
-            &[Arg::Text(name), Arg::Text(holder)],
-        )
-        .await
-        .map_err(|e| db_error(&self.uri, &format!("releasing the lease {name}"), e))?;
-        Ok(())
+        let context = |e| db_error(&self.uri, &format!("writing the lease {name}"), e);
+        let changed = match expect {
+            None => self
+                .execute(
+                    "INSERT INTO annotable_leases (name, holder, expires_at_ms) VALUES (?, ?, ?) \
+                     ON CONFLICT (name) DO NOTHING",
+                    &[Arg::Text(name), Arg::Text(holder), Arg::Int(until_ms)],
+                )
+                .await
+                .map_err(context)?,
+            Some((previous, previous_until_ms)) => self
+                .execute(
+                    "UPDATE annotable_leases SET holder = ?, expires_at_ms = ? \
+                     WHERE name = ? AND holder = ? AND expires_at_ms = ?",
+                    &[
+                        Arg::Text(holder),
+                        Arg::Int(until_ms),
+                        Arg::Text(name),
+                        Arg::Text(previous),
+                        Arg::Int(previous_until_ms),
+                    ],
+                )
+                .await
+                .map_err(context)?,
+        };
+        Ok(changed == 1)
     }
 }
 
