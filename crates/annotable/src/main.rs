@@ -461,3 +461,60 @@ fn read_sql(args: &QueryArgs) -> anyhow::Result<String> {
     }
     Ok(sql)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flag layer and the keys' table name the same flags: every flag the table lists is
+    /// passed through, as the key the table gives it.
+    #[test]
+    fn the_flag_layer_covers_the_flags_of_the_key_table() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let global = [
+            "annotable",
+            "--data-dir",
+            "d",
+            "--catalog-uri",
+            "u",
+            "--warehouse",
+            "w",
+            "--namespace",
+            "n",
+        ];
+        let serve = [
+            "serve",
+            "--queue-url",
+            "q",
+            "--shutdown-timeout",
+            "5",
+            "--http-addr",
+            "off",
+        ];
+        let backfill = ["backfill", "--bucket", "b", "--concurrency", "3"];
+        let mut passed = std::collections::BTreeMap::new();
+        for command in [&serve[..], &backfill[..]] {
+            let cli = Cli::try_parse_from(global.iter().chain(command))?;
+            passed.extend(flag_layer(&cli));
+        }
+        let table: std::collections::BTreeMap<&str, &str> = annotable::config::keys::KEYS
+            .iter()
+            .filter_map(|k| k.flag.map(|f| (k.path, f)))
+            .collect();
+        assert_eq!(
+            passed.keys().collect::<Vec<_>>(),
+            table.keys().collect::<Vec<_>>()
+        );
+        let args: Vec<&str> = global
+            .iter()
+            .chain(&serve)
+            .chain(&backfill)
+            .copied()
+            .collect();
+        for (key, flag) in table {
+            let at = args.iter().position(|a| *a == flag).ok_or(flag)?;
+            assert_eq!(passed[key], args[at + 1], "{flag} should set {key}");
+        }
+        Ok(())
+    }
+}

@@ -102,28 +102,6 @@ impl Batch {
     }
 }
 
-impl CommitReport {
-    /// The report of a batch found already committed (an earlier attempt landed).
-    pub fn already_committed(
-        batch_id: BatchId,
-        rows: usize,
-        snapshot_id: i64,
-        attempts: u32,
-    ) -> Self {
-        CommitReport {
-            batch_id,
-            rows,
-            data_files: 0,
-            snapshot_id: Some(snapshot_id),
-            attempts,
-            already_committed: true,
-            encode_time: Duration::ZERO,
-            write_time: Duration::ZERO,
-            commit_time: Duration::ZERO,
-        }
-    }
-}
-
 /// How long the commit loop keeps retrying transient failures.
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
