@@ -5,7 +5,7 @@
 #[non_exhaustive]
 pub enum TableError {
     /// The embedded schema file does not describe a valid Iceberg table (a build defect).
-    #[error("schemas/annotation_journal.json is invalid: {0}")]
+    #[error("a table definition in schemas/ is invalid: {0}")]
     SpecInvalid(String),
     /// The catalog could not be reached or configured.
     #[error("catalog {catalog}: {action} failed: {source}. Check the catalog settings ({hint})")]

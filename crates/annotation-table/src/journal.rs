@@ -34,7 +34,7 @@ use tracing::{debug, warn};
 
 use crate::encode::{encode_sorted, sort_keys};
 
-use crate::{JournalRow, Source, TableError, journal_spec};
+use crate::{JournalRow, JournalSpec, Source, TableError, journal_spec};
 
 /// Snapshot-summary key holding the batch id.
 pub const SUMMARY_BATCH_ID: &str = "annotable.batch-id";
@@ -202,9 +202,20 @@ impl JournalTable {
         table: Option<&str>,
     ) -> Result<Self, TableError> {
         let spec = journal_spec()?;
+        Self::open_spec(catalog, namespace, table.unwrap_or(&spec.table), spec).await
+    }
+
+    /// Opens (creating if missing) the table `namespace.table` defined by `spec`: the journal,
+    /// or one of the current-state tables [`crate::state`] keeps.
+    pub async fn open_spec(
+        catalog: Arc<dyn Catalog>,
+        namespace: &str,
+        table: &str,
+        spec: &JournalSpec,
+    ) -> Result<Self, TableError> {
         let ns = NamespaceIdent::from_strs(namespace.split('.'))
             .map_err(|e| catalog_error(namespace, "parsing the namespace", e))?;
-        let ident = TableIdent::new(ns.clone(), table.unwrap_or(&spec.table).to_string());
+        let ident = TableIdent::new(ns.clone(), table.to_string());
         let name = ident.to_string();
 
         let namespace_exists = catalog
@@ -233,7 +244,7 @@ impl JournalTable {
                 .format_version(spec.format_version)
                 .build();
             match catalog.create_table(&ns, creation).await {
-                Ok(_) => debug!(table = %name, "created the journal table"),
+                Ok(_) => debug!(table = %name, "created the table"),
                 // Another writer created it first (its schema is checked below like any other).
                 Err(e) if catalog.table_exists(&ident).await.unwrap_or(false) => {
                     debug!(table = %name, error = %e, "the table was created concurrently");

@@ -7,7 +7,8 @@
 //! `fast_append` per [`Batch`], carrying the batch id in the snapshot summary, so a commit whose
 //! outcome is unknown is resolved by looking for that id before trying again (docs/correctness.md §3).
 //! It also builds the catalogs annotable supports from configuration ([`CatalogConfig`]), and
-//! maintains the table ([`Maintainer`]: compaction, snapshot expiry, orphan cleanup).
+//! maintains the table ([`Maintainer`]: compaction, snapshot expiry, orphan cleanup), and keeps
+//! the current state as a table of its own, refreshed from the journal ([`state`]).
 //!
 //! It does no S3 event handling and no querying: rows come from the pipeline, SQL goes through
 //! `annotation-sql`.
@@ -20,6 +21,7 @@ mod journal;
 mod maintain;
 mod row;
 mod spec;
+pub mod state;
 
 pub use catalog::{CatalogConfig, StorageConfig, connect};
 pub use decode::{DecodeError, decode_rows};
@@ -42,4 +44,4 @@ pub fn table_ident(namespace: &str, table: &str) -> Option<iceberg::TableIdent> 
     Some(iceberg::TableIdent::new(ns, table.to_string()))
 }
 pub use row::{JournalRow, RecordType, Source};
-pub use spec::{JournalSpec, journal_spec};
+pub use spec::{JournalSpec, journal_spec, state_spec, tombstones_spec};

@@ -1,4 +1,5 @@
-//! The table definition, read from `schemas/annotation_journal.json`.
+//! The table definitions, read from `schemas/*.json`: the journal, and the current-state table
+//! with its tombstones (see [`crate::state`]).
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -9,8 +10,10 @@ use serde::Deserialize;
 use crate::TableError;
 
 const SPEC_JSON: &str = include_str!("../../../schemas/annotation_journal.json");
+const STATE_JSON: &str = include_str!("../../../schemas/annotations.json");
+const TOMBSTONES_JSON: &str = include_str!("../../../schemas/annotations_tombstones.json");
 
-/// The journal table's definition: schema, partition spec, sort order and properties.
+/// A table's definition: schema, partition spec, sort order and properties.
 #[derive(Debug, Clone)]
 pub struct JournalSpec {
     /// Default table name.
@@ -46,6 +49,22 @@ pub fn journal_spec() -> Result<&'static JournalSpec, TableError> {
     SPEC.get_or_init(|| parse(SPEC_JSON))
         .as_ref()
         .map_err(|e| TableError::SpecInvalid(e.clone()))
+}
+
+/// The current-state table's definition, from `schemas/annotations.json`.
+pub fn state_spec() -> Result<&'static JournalSpec, TableError> {
+    static SPEC: OnceLock<Result<JournalSpec, String>> = OnceLock::new();
+    SPEC.get_or_init(|| parse(STATE_JSON))
+        .as_ref()
+        .map_err(|e| TableError::SpecInvalid(format!("schemas/annotations.json: {e}")))
+}
+
+/// The tombstones table's definition, from `schemas/annotations_tombstones.json`.
+pub fn tombstones_spec() -> Result<&'static JournalSpec, TableError> {
+    static SPEC: OnceLock<Result<JournalSpec, String>> = OnceLock::new();
+    SPEC.get_or_init(|| parse(TOMBSTONES_JSON))
+        .as_ref()
+        .map_err(|e| TableError::SpecInvalid(format!("schemas/annotations_tombstones.json: {e}")))
 }
 
 fn parse(text: &str) -> Result<JournalSpec, String> {
@@ -146,6 +165,57 @@ mod tests {
         );
         assert_eq!(spec.format_version, FormatVersion::V2);
         assert_eq!(spec.schema_difference(&spec.schema), None);
+    }
+
+    #[test]
+    fn the_state_table_has_exactly_the_aws_columns_with_the_journal_types() {
+        let journal = journal_spec().unwrap_or_else(|e| panic!("{e}"));
+        let state = state_spec().unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<&str> = state
+            .schema
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "bucket",
+                "object_key",
+                "object_version_id",
+                "object_join_key",
+                "name",
+                "sequence_number",
+                "last_modified_date",
+                "size",
+                "e_tag",
+                "checksum_algorithm",
+                "replication_status",
+                "text_value"
+            ]
+        );
+        for field in state.schema.as_struct().fields() {
+            let theirs = journal
+                .schema
+                .field_by_name(&field.name)
+                .unwrap_or_else(|| panic!("{} is not a journal column", field.name));
+            assert_eq!(
+                (&field.field_type, field.required),
+                (&theirs.field_type, theirs.required),
+                "{}",
+                field.name
+            );
+        }
+        let tombstones = tombstones_spec().unwrap_or_else(|e| panic!("{e}"));
+        for field in tombstones.schema.as_struct().fields() {
+            assert!(
+                journal.schema.field_by_name(&field.name).is_some(),
+                "{}",
+                field.name
+            );
+        }
+        assert_eq!(state.partition_spec, tombstones.partition_spec);
     }
 
     #[test]

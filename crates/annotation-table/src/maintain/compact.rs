@@ -133,7 +133,7 @@ fn arrow_error(e: arrow::error::ArrowError) -> Error {
 
 /// Reads one Parquet file as batches of `schema`, matching columns by name and casting where
 /// another writer chose a different physical type (e.g. large strings).
-fn read_parquet(
+pub(crate) fn read_parquet(
     bytes: bytes::Bytes,
     schema: &SchemaRef,
     path: &str,
@@ -171,6 +171,14 @@ pub(crate) struct Rewrite {
     pub added: Vec<DataFile>,
     /// What the snapshot summary records under [`SUMMARY_MAINTENANCE`].
     pub kind: &'static str,
+    /// `Replace` for maintenance (same rows), `Overwrite` for a rewrite that changes rows
+    /// (the current-state refresh).
+    pub operation: Operation,
+    /// More snapshot summary properties (the state's journal watermark).
+    pub properties: Vec<(String, String)>,
+    /// When set, the table's current snapshot must still be this one (`None`: no snapshot):
+    /// the rewrite was computed from it and would be wrong on any other.
+    pub expect_current: Option<Option<i64>>,
 }
 
 /// Files written for one commit attempt (deleted again if the attempt loses).
@@ -206,14 +214,27 @@ pub(crate) async fn stage(
         .metadata_location()
         .ok_or_else(|| Error::new(ErrorKind::DataInvalid, "the table has no metadata location"))?
         .to_string();
-    let Some(parent) = metadata.current_snapshot().cloned() else {
-        return Err(Error::new(
-            ErrorKind::DataInvalid,
-            "the table has no snapshot to rewrite",
-        )
-        .into());
+    let parent = metadata.current_snapshot().cloned();
+    if let Some(expected) = rewrite.expect_current
+        && parent.as_ref().map(|p| p.snapshot_id()) != expected
+    {
+        return Err(BuildFailure::Gone(format!(
+            "the current snapshot (expected {expected:?}, found {:?})",
+            parent.as_ref().map(|p| p.snapshot_id())
+        )));
+    }
+    let files = match &parent {
+        Some(parent) => cache.snapshot(table, parent).await?,
+        None if rewrite.removed.is_empty() => super::inventory::SnapshotFiles::default(),
+        None => {
+            return Err(Error::new(
+                ErrorKind::DataInvalid,
+                "the table has no snapshot to rewrite",
+            )
+            .into());
+        }
     };
-    let files = cache.snapshot(table, &parent).await?;
+    let parent_id = parent.as_ref().map(|p| p.snapshot_id());
     let live: HashMap<&str, &ManifestEntryRef> =
         files.live.iter().map(|e| (e.file_path(), e)).collect();
     if let Some(gone) = rewrite
@@ -260,7 +281,7 @@ pub(crate) async fn stage(
             total_records += file.record_count();
             total_files += 1;
             total_bytes += file.file_size_in_bytes();
-            let added_by = entry.snapshot_id().unwrap_or(parent.snapshot_id());
+            let added_by = entry.snapshot_id().or(parent_id).unwrap_or(snapshot_id);
             writer.add_existing_file(file, added_by, data_seq, file_seq)?;
         }
     }
@@ -271,7 +292,7 @@ pub(crate) async fn stage(
     let mut list = ManifestListWriter::v2(
         table.file_io().new_output(&list_path)?.writer().await?,
         snapshot_id,
-        Some(parent.snapshot_id()),
+        parent_id,
         sequence_number,
     );
     list.add_manifests(std::iter::once(manifest))?;
@@ -280,6 +301,7 @@ pub(crate) async fn stage(
 
     let mut properties = summary.build();
     properties.insert(SUMMARY_MAINTENANCE.to_string(), rewrite.kind.to_string());
+    properties.extend(rewrite.properties.iter().cloned());
     properties.insert("total-records".into(), total_records.to_string());
     properties.insert("total-data-files".into(), total_files.to_string());
     properties.insert("total-files-size".into(), total_bytes.to_string());
@@ -292,13 +314,13 @@ pub(crate) async fn stage(
     }
     let snapshot = Snapshot::builder()
         .with_snapshot_id(snapshot_id)
-        .with_parent_snapshot_id(Some(parent.snapshot_id()))
+        .with_parent_snapshot_id(parent_id)
         .with_sequence_number(sequence_number)
         .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
         .with_manifest_list(list_path)
         .with_schema_id(metadata.current_schema_id())
         .with_summary(Summary {
-            operation: Operation::Replace,
+            operation: rewrite.operation.clone(),
             additional_properties: properties,
         })
         .build();
@@ -335,7 +357,8 @@ fn unique_snapshot_id(metadata: &TableMetadata) -> i64 {
     }
 }
 
-/// Whether the snapshot's rows differ from its parent's: appends do, maintenance does not.
+/// Whether the snapshot's rows differ from its parent's: appends and the state's overwrites
+/// do, maintenance does not.
 pub fn changes_rows(snapshot: &Snapshot) -> bool {
     snapshot.summary().operation != Operation::Replace
 }

@@ -9,6 +9,7 @@ use iceberg::table::Table;
 use iceberg::{Error, ErrorKind};
 
 /// The live data files of one snapshot, with the manifests that hold them.
+#[derive(Default)]
 pub(crate) struct SnapshotFiles {
     /// The snapshot's manifests.
     pub manifests: Vec<ManifestFile>,

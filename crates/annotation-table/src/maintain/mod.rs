@@ -24,9 +24,9 @@
 //! through the final compare-and-swap. A crash leaves, at worst, unreferenced files for a
 //! later orphan sweep.
 
-mod compact;
+pub(crate) mod compact;
 mod files;
-mod inventory;
+pub(crate) mod inventory;
 mod sql;
 
 use std::collections::HashSet;
@@ -357,6 +357,9 @@ impl Maintainer {
                 .collect(),
             added,
             kind: "compaction",
+            operation: iceberg::spec::Operation::Replace,
+            properties: Vec::new(),
+            expect_current: None,
         };
         match self.commit_rewrite(db, &rewrite, cache).await {
             Ok((snapshot_id, attempts)) => {
@@ -404,6 +407,9 @@ impl Maintainer {
             removed: HashSet::new(),
             added: Vec::new(),
             kind: "manifest-rewrite",
+            operation: iceberg::spec::Operation::Replace,
+            properties: Vec::new(),
+            expect_current: None,
         };
         self.commit_rewrite(db, &rewrite, cache).await?;
         Ok(true)
@@ -435,18 +441,18 @@ impl Maintainer {
                 Ok(staged) => staged,
                 Err(BuildFailure::Gone(path)) => {
                     return Err(self.error(
-                        "committing the compaction",
+                        &format!("committing the {}", rewrite.kind),
                         Error::new(
                             ErrorKind::DataInvalid,
                             format!(
                                 "{path} is no longer in the table (another process rewrote or \
-                                 removed it meanwhile); nothing was changed: run maintain again"
+                                 removed it meanwhile); nothing was changed: run it again"
                             ),
                         ),
                     ));
                 }
                 Err(BuildFailure::Iceberg(e)) => {
-                    return Err(self.error("building the compaction snapshot", e));
+                    return Err(self.error(&format!("building the {} snapshot", rewrite.kind), e));
                 }
             };
             let outcome = match lock {
@@ -455,7 +461,7 @@ impl Maintainer {
             };
             match outcome {
                 Ok(true) => {
-                    info!(table = %ident, snapshot_id = staged.snapshot_id, attempt, "compaction committed");
+                    info!(table = %ident, snapshot_id = staged.snapshot_id, attempt, kind = rewrite.kind, "rewrite committed");
                     return Ok((staged.snapshot_id, attempt));
                 }
                 Ok(false) => {}
@@ -475,23 +481,49 @@ impl Maintainer {
             self.discard(&table, staged.written.into_iter()).await;
             if attempt >= ATTEMPTS {
                 return Err(self.error(
-                    "committing the compaction",
+                    &format!("committing the {}", rewrite.kind),
                     Error::new(
                         ErrorKind::CatalogCommitConflicts,
-                        format!(
-                            "other commits kept winning ({attempt} attempts); run maintain again"
-                        ),
+                        format!("other commits kept winning ({attempt} attempts); run it again"),
                     ),
                 ));
             }
-            warn!(table = %ident, attempt, "another commit landed first; rebuilding the compaction on it");
+            warn!(table = %ident, attempt, kind = rewrite.kind, "another commit landed first; rebuilding the rewrite on it");
             tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt.min(10)))).await;
         }
     }
 
+    /// Commits `rewrite` (files replaced by files, with its summary properties) through the
+    /// catalog's compare-and-swap, as compaction does; the SQL catalog only.
+    pub(crate) async fn commit(&self, rewrite: &Rewrite) -> Result<i64, TableError> {
+        let Some(db) = &self.db else {
+            return Err(self.error(
+                &format!("committing the {}", rewrite.kind),
+                Error::new(
+                    ErrorKind::FeatureUnsupported,
+                    format!(
+                        "{} needs the SQL catalog (SQLite or PostgreSQL), the only one whose \
+                         pointer swap annotable can perform",
+                        rewrite.kind
+                    ),
+                ),
+            ));
+        };
+        let (id, _) = self
+            .commit_rewrite(db, rewrite, &mut ManifestCache::default())
+            .await?;
+        Ok(id)
+    }
+
+    /// Whether rewrites (compaction, the current-state refresh) can be committed on this
+    /// catalog.
+    pub fn can_rewrite(&self) -> bool {
+        self.db.is_some()
+    }
+
     /// Deletes files this run wrote but did not commit (best effort: the orphan sweep gets any
     /// left over).
-    async fn discard(&self, table: &Table, paths: impl Iterator<Item = String>) {
+    pub(crate) async fn discard(&self, table: &Table, paths: impl Iterator<Item = String>) {
         let paths: Vec<String> = paths.collect();
         if paths.is_empty() {
             return;

@@ -1,0 +1,736 @@
+//! The current state as Iceberg tables: `annotations` (exactly the AWS annotation-table
+//! columns, one row per live annotation) and its bookkeeping table `annotations_tombstones`,
+//! refreshed incrementally from the journal.
+//!
+//! **What a refresh does.** It reads the journal rows committed since the watermark (the
+//! journal snapshot the state's current snapshot records under [`SUMMARY_WATERMARK`]; see
+//! `delta`), finds the partitions of the state those rows fall in, reads those partitions of
+//! both tables, folds everything with the view's rule (`fold`) and writes the partitions
+//! again; the files replaced and the files written are committed as one `overwrite` snapshot
+//! per table through the catalog's compare-and-swap, the same commit compaction uses. The
+//! tombstones table is committed first, the state table (and with it the new watermark)
+//! second: a crash in between leaves tombstones ahead of the state, and since folding is
+//! idempotent the next refresh folds the same rows again and lands on the same answer.
+//!
+//! **Why copy-on-write of whole partitions.** Readers get plain data files and nothing else:
+//! pyiceberg, DuckDB, Spark, Trino and Athena read them without delete-file support, and a
+//! lookup reads one file. iceberg 0.10.1 can neither write nor commit delete files, so
+//! merge-on-read would mean hand-writing both, and every reader would pay for the deletes
+//! until a compaction. The price is that a refresh rewrites every partition a change falls
+//! in: partitions are `bucket` × a 64-way hash of `object_key`, so a refresh costs (partitions
+//! touched / 64) of the bucket's state, which grows with what changed until changes touch
+//! every partition. A hash rather than key ranges because iceberg truncates string bounds, so
+//! ranges of long keys with a common prefix could not be told apart; the hash also prunes a
+//! lookup by (bucket, object_key) to one partition in every engine that reads the spec.
+//!
+//! **Safety beside other writers.** Appends to the journal never conflict with a refresh (it
+//! reads a snapshot and records which). Each commit requires the table's current snapshot to
+//! be the one the refresh read; another refresher or a compaction of the state in between
+//! makes it fail cleanly (nothing changed; run again). One refresher at a time is the
+//! caller's lease. The full rebuild folds the whole journal and replaces every file.
+
+mod delta;
+mod fold;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use futures::TryFutureExt;
+use iceberg::spec::{DataFile, Datum, Literal, Operation, PrimitiveLiteral};
+use iceberg::table::Table;
+use iceberg::{Catalog, Error, ErrorKind};
+use tracing::info;
+
+use crate::encode::{encode_rows, sort_batch, sort_keys};
+use crate::journal::{WriteFailure, file_writer, write_partitioned};
+use crate::maintain::compact::{Rewrite, read_parquet};
+use crate::maintain::inventory::ManifestCache;
+use crate::{
+    CatalogConfig, JournalRow, JournalTable, Maintainer, StorageConfig, TableError, decode_rows,
+    state_spec, tombstones_spec,
+};
+use fold::Fold;
+
+/// Snapshot summary key of the state table: the journal snapshot id the state reflects.
+pub const SUMMARY_WATERMARK: &str = "annotable.state.journal-snapshot-id";
+/// Snapshot summary key of the state table: when that journal snapshot was committed (ms).
+pub const SUMMARY_WATERMARK_MS: &str = "annotable.state.journal-committed-at-ms";
+/// Snapshot summary key of the state table: `incremental` or `rebuild`.
+pub const SUMMARY_REFRESH: &str = "annotable.state.refresh";
+
+/// Data files of the state are rolled at this size (a partition is normally one file).
+const TARGET_FILE_BYTES: usize = 128 * 1024 * 1024;
+
+/// The journal snapshot the state reflects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watermark {
+    /// The journal snapshot id.
+    pub snapshot_id: i64,
+    /// When it was committed (ms since the epoch).
+    pub committed_at_ms: i64,
+}
+
+/// What one refresh did.
+#[derive(Debug, Clone, Default)]
+pub struct RefreshReport {
+    /// The watermark before (`None`: never refreshed).
+    pub from: Option<i64>,
+    /// The watermark after.
+    pub to: Option<i64>,
+    /// True when the whole journal was folded (no usable watermark, or asked to).
+    pub rebuilt: bool,
+    /// Journal appends folded in.
+    pub journal_snapshots: usize,
+    /// Journal data files read.
+    pub journal_files: usize,
+    /// Journal rows read.
+    pub journal_rows: usize,
+    /// State partitions rewritten.
+    pub partitions: usize,
+    /// State and tombstone files replaced.
+    pub files_removed: usize,
+    /// Their bytes.
+    pub bytes_removed: u64,
+    /// State and tombstone files written.
+    pub files_written: usize,
+    /// Their bytes.
+    pub bytes_written: u64,
+    /// Live annotations in the partitions written.
+    pub live_rows: usize,
+    /// Tombstones in the partitions written.
+    pub tombstones: usize,
+    /// The state snapshot committed (`None`: already up to date, or deferred).
+    pub snapshot_id: Option<i64>,
+    /// Set when nothing was done because the oldest journal append not folded in needs this
+    /// many bytes, more than the budget allowed.
+    pub deferred: Option<u64>,
+    /// Wall time.
+    pub took: Duration,
+}
+
+/// The state table and its tombstones, in the journal's namespace.
+pub struct StateTables {
+    state: Maintainer,
+    tombstones: Maintainer,
+}
+
+impl std::fmt::Debug for StateTables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateTables")
+            .field("state", &self.state.table().ident())
+            .finish()
+    }
+}
+
+/// The tombstones table's name for a state table named `state`.
+pub fn tombstones_name(state: &str) -> String {
+    format!("{state}_tombstones")
+}
+
+impl StateTables {
+    /// Opens `namespace.name` and `namespace.name_tombstones`, creating them if missing.
+    pub async fn open(
+        catalog: Arc<dyn Catalog>,
+        catalog_config: &CatalogConfig,
+        catalog_name: &str,
+        storage: &StorageConfig,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Self, TableError> {
+        let state =
+            JournalTable::open_spec(catalog.clone(), namespace, name, state_spec()?).await?;
+        let tombstones = JournalTable::open_spec(
+            catalog,
+            namespace,
+            &tombstones_name(name),
+            tombstones_spec()?,
+        )
+        .await?;
+        Ok(StateTables {
+            state: Maintainer::new(state, catalog_config, catalog_name, storage).await?,
+            tombstones: Maintainer::new(tombstones, catalog_config, catalog_name, storage).await?,
+        })
+    }
+
+    /// The state table's maintainer (its lease is the refresher's lease).
+    pub fn state(&self) -> &Maintainer {
+        &self.state
+    }
+
+    /// The tombstones table's maintainer.
+    pub fn tombstones(&self) -> &Maintainer {
+        &self.tombstones
+    }
+
+    /// Whether this catalog lets annotable commit refreshes (the SQL catalog).
+    pub fn can_refresh(&self) -> bool {
+        self.state.can_rewrite()
+    }
+
+    /// The journal snapshot the state reflects (`None`: never refreshed).
+    pub async fn watermark(&self) -> Result<Option<Watermark>, TableError> {
+        Ok(watermark_of(&self.state.table().load().await?))
+    }
+
+    /// Folds the journal rows committed since the watermark into the state (all of the
+    /// journal when `rebuild`, or when the watermark's snapshot is gone), and commits.
+    pub async fn refresh(
+        &self,
+        journal: &JournalTable,
+        rebuild: bool,
+    ) -> Result<RefreshReport, TableError> {
+        self.refresh_within(journal, rebuild, None).await
+    }
+
+    /// [`refresh`](Self::refresh), holding at most about `budget` bytes of journal rows
+    /// (uncompressed) in memory: the appends after the watermark are folded oldest first, as
+    /// many as fit, and the watermark advances to the last one folded. If the oldest alone does
+    /// not fit, nothing is done and [`RefreshReport::deferred`] says how much it needs. A
+    /// whole-journal fold (asked for, or because the watermark left the journal's history) is
+    /// all or nothing: over the budget it is deferred the same way. Either way the state is processed one partition at a time,
+    /// so memory holds the folded journal rows plus one partition of the state.
+    pub async fn refresh_within(
+        &self,
+        journal: &JournalTable,
+        rebuild: bool,
+        budget: Option<u64>,
+    ) -> Result<RefreshReport, TableError> {
+        let started = Instant::now();
+        let journal_table = journal.load().await?;
+        let state_table = self.state.table().load().await?;
+        let tomb_table = self.tombstones.table().load().await?;
+        let from = watermark_of(&state_table).map(|w| w.snapshot_id);
+        let mut report = RefreshReport {
+            from,
+            to: from,
+            ..RefreshReport::default()
+        };
+        let current = journal_table
+            .metadata()
+            .current_snapshot()
+            .map(|s| s.snapshot_id());
+        if !rebuild && from.is_some() && from == current {
+            report.took = started.elapsed();
+            return Ok(report);
+        }
+        let journal_error = |e| journal_error(journal, "reading the rows to fold", e);
+        let since = match (rebuild, from) {
+            (true, _) => delta::From::Everything,
+            (false, Some(watermark)) => delta::From::Watermark(watermark),
+            (false, None) => delta::From::Beginning,
+        };
+        let delta = delta::since(&journal_table, since)
+            .await
+            .map_err(journal_error)?;
+        let Some(mut to) = delta.to.clone() else {
+            report.took = started.elapsed();
+            return Ok(report);
+        };
+        info!(
+            table = %self.state.table().ident(), from = ?from, rebuild = delta.full,
+            journal_files = delta.files.len(), "refreshing the state"
+        );
+        report.rebuilt = delta.full;
+
+        // The journal rows to fold, by partition of the state.
+        let partitioner = Partitioner::new()?;
+        let mut rows: BTreeMap<PartitionId, Vec<JournalRow>> = BTreeMap::new();
+        let mut add = |file_rows: Vec<JournalRow>, report: &mut RefreshReport| {
+            for row in file_rows {
+                report.journal_rows += 1;
+                rows.entry(partitioner.of(&row)).or_default().push(row);
+            }
+        };
+        if delta.full {
+            // A whole-journal fold cannot stop half way (the watermark is all or nothing): under
+            // a budget it gives up as soon as the journal turns out bigger than the budget.
+            let mut held = 0u64;
+            for file in &delta.files {
+                let raw = fetch(&journal_table, file).await.map_err(journal_error)?;
+                held += uncompressed_size(&raw, file).map_err(journal_error)?;
+                if let Some(budget) = budget
+                    && held > budget
+                {
+                    report.deferred = Some(held);
+                    report.took = started.elapsed();
+                    return Ok(report);
+                }
+                let file_rows = decode(raw, journal.arrow_schema(), file, None)
+                    .await
+                    .map_err(journal_error)?;
+                report.journal_files += 1;
+                add(file_rows, &mut report);
+            }
+        } else {
+            let mut held = 0u64;
+            for (snapshot, files) in &delta.appends {
+                // Sized from the footers before anything is decoded.
+                let mut fetched = Vec::with_capacity(files.len());
+                let mut bytes = 0;
+                for file in files {
+                    let raw = fetch(&journal_table, file).await.map_err(journal_error)?;
+                    bytes += uncompressed_size(&raw, file).map_err(journal_error)?;
+                    fetched.push((file, raw));
+                }
+                if let Some(budget) = budget
+                    && held + bytes > budget
+                {
+                    if report.journal_snapshots == 0 {
+                        report.deferred = Some(bytes);
+                        report.took = started.elapsed();
+                        return Ok(report);
+                    }
+                    break;
+                }
+                held += bytes;
+                report.journal_snapshots += 1;
+                report.journal_files += files.len();
+                for (file, raw) in fetched {
+                    let file_rows = decode(raw, journal.arrow_schema(), file, None)
+                        .await
+                        .map_err(journal_error)?;
+                    add(file_rows, &mut report);
+                }
+                to = snapshot.clone();
+            }
+        }
+
+        let state_schema = self.state.table().arrow_schema().clone();
+        let tomb_schema = self.tombstones.table().arrow_schema().clone();
+        let by_partition =
+            |files: Vec<DataFile>| -> Result<BTreeMap<PartitionId, Vec<DataFile>>, Error> {
+                let mut out: BTreeMap<PartitionId, Vec<DataFile>> = BTreeMap::new();
+                for file in files {
+                    out.entry(partition_of(&file)?).or_default().push(file);
+                }
+                Ok(out)
+            };
+        let mut state_files = live_files(&state_table)
+            .and_then(|f| async { by_partition(f) })
+            .await
+            .map_err(|e| self.state_error("reading the manifests", e))?;
+        let mut tomb_files = live_files(&tomb_table)
+            .and_then(|f| async { by_partition(f) })
+            .await
+            .map_err(|e| self.tomb_error("reading the manifests", e))?;
+
+        // One partition at a time: its rows, its old files, its new files.
+        let prefix = format!("state-{}", uuid::Uuid::now_v7());
+        let mut replaced_state = Vec::new();
+        let mut replaced_tombs = Vec::new();
+        let mut new_state = Vec::new();
+        let mut new_tombs = Vec::new();
+        let mut partitions: Vec<PartitionId> = rows.keys().cloned().collect();
+        if delta.full {
+            // A rebuild replaces every file, also those of partitions the journal no longer has.
+            partitions.extend(state_files.keys().cloned());
+            partitions.extend(tomb_files.keys().cloned());
+            partitions.sort();
+            partitions.dedup();
+        }
+        report.partitions = partitions.len();
+        let written = async {
+            for partition in partitions {
+                let mut fold = Fold::default();
+                for row in rows.remove(&partition).unwrap_or_default() {
+                    fold.add(row);
+                }
+                let old_state = state_files.remove(&partition).unwrap_or_default();
+                let old_tombs = tomb_files.remove(&partition).unwrap_or_default();
+                if !delta.full {
+                    for file in &old_state {
+                        let file_rows = read_rows(&state_table, &state_schema, file, Some("PUT"))
+                            .await
+                            .map_err(|e| self.state_error("reading a partition to rewrite", e))?;
+                        for row in file_rows {
+                            fold.add(row);
+                        }
+                    }
+                    for file in &old_tombs {
+                        let file_rows = read_rows(&tomb_table, &tomb_schema, file, None)
+                            .await
+                            .map_err(|e| self.tomb_error("reading a partition to rewrite", e))?;
+                        for row in file_rows {
+                            fold.add(row);
+                        }
+                    }
+                }
+                let folded = fold.finish();
+                report.live_rows += folded.live.len();
+                report.tombstones += folded.tombstones.len();
+                new_tombs.extend(
+                    write(&tomb_table, &tomb_schema, &folded.tombstones, &prefix)
+                        .await
+                        .map_err(|e| self.tomb_error("writing tombstones", e))?,
+                );
+                new_state.extend(
+                    write(&state_table, &state_schema, &folded.live, &prefix)
+                        .await
+                        .map_err(|e| self.state_error("writing the state", e))?,
+                );
+                replaced_state.extend(old_state);
+                replaced_tombs.extend(old_tombs);
+            }
+            Ok::<(), TableError>(())
+        }
+        .await;
+        if let Err(e) = written {
+            self.discard(&state_table, &tomb_table, &new_state, &new_tombs)
+                .await;
+            return Err(e);
+        }
+        report.files_removed = replaced_state.len() + replaced_tombs.len();
+        report.bytes_removed = replaced_state
+            .iter()
+            .chain(&replaced_tombs)
+            .map(DataFile::file_size_in_bytes)
+            .sum();
+        report.files_written = new_state.len() + new_tombs.len();
+        report.bytes_written = new_state
+            .iter()
+            .chain(&new_tombs)
+            .map(DataFile::file_size_in_bytes)
+            .sum();
+
+        let properties = vec![
+            (SUMMARY_WATERMARK.to_string(), to.snapshot_id().to_string()),
+            (
+                SUMMARY_WATERMARK_MS.to_string(),
+                to.timestamp_ms().to_string(),
+            ),
+            (
+                SUMMARY_REFRESH.to_string(),
+                if delta.full { "rebuild" } else { "incremental" }.to_string(),
+            ),
+        ];
+        let rewrite = |table: &Table, removed: &[DataFile], added: Vec<DataFile>| Rewrite {
+            removed: removed.iter().map(|f| f.file_path().to_string()).collect(),
+            added,
+            kind: "state refresh",
+            operation: Operation::Overwrite,
+            properties: properties.clone(),
+            expect_current: Some(table.metadata().current_snapshot().map(|s| s.snapshot_id())),
+        };
+        if (!replaced_tombs.is_empty() || !new_tombs.is_empty())
+            && let Err(e) = self
+                .tombstones
+                .commit(&rewrite(&tomb_table, &replaced_tombs, new_tombs.clone()))
+                .await
+        {
+            self.discard(&state_table, &tomb_table, &new_state, &new_tombs)
+                .await;
+            return Err(e);
+        }
+        match self
+            .state
+            .commit(&rewrite(&state_table, &replaced_state, new_state.clone()))
+            .await
+        {
+            Ok(id) => report.snapshot_id = Some(id),
+            Err(e) => {
+                // The tombstones may have landed: harmless, the next refresh folds them again.
+                self.discard(&state_table, &tomb_table, &new_state, &[])
+                    .await;
+                return Err(e);
+            }
+        }
+        report.to = Some(to.snapshot_id());
+        report.took = started.elapsed();
+        info!(
+            table = %self.state.table().ident(),
+            from = ?report.from, to = ?report.to, rebuilt = report.rebuilt,
+            journal_rows = report.journal_rows, partitions = report.partitions,
+            bytes_written = report.bytes_written, took_ms = report.took.as_millis() as u64,
+            "state refreshed"
+        );
+        Ok(report)
+    }
+
+    /// Deletes files written for a refresh that did not commit (the orphan sweep gets any
+    /// left over).
+    async fn discard(
+        &self,
+        state_table: &Table,
+        tomb_table: &Table,
+        state_files: &[DataFile],
+        tomb_files: &[DataFile],
+    ) {
+        self.state
+            .discard(
+                state_table,
+                state_files.iter().map(|f| f.file_path().to_string()),
+            )
+            .await;
+        self.tombstones
+            .discard(
+                tomb_table,
+                tomb_files.iter().map(|f| f.file_path().to_string()),
+            )
+            .await;
+    }
+
+    fn state_error(&self, action: &str, source: Error) -> TableError {
+        table_error(self.state.table(), action, source)
+    }
+
+    fn tomb_error(&self, action: &str, source: Error) -> TableError {
+        table_error(self.tombstones.table(), action, source)
+    }
+}
+
+/// The watermark a state table's current snapshot records.
+pub fn watermark_of(state: &Table) -> Option<Watermark> {
+    let summary = &state
+        .metadata()
+        .current_snapshot()?
+        .summary()
+        .additional_properties;
+    Some(Watermark {
+        snapshot_id: summary.get(SUMMARY_WATERMARK)?.parse().ok()?,
+        committed_at_ms: summary
+            .get(SUMMARY_WATERMARK_MS)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default(),
+    })
+}
+
+fn table_error(table: &JournalTable, action: &str, source: Error) -> TableError {
+    TableError::Maintenance {
+        table: table.ident().to_string(),
+        action: action.to_string(),
+        source: Box::new(source),
+    }
+}
+
+fn journal_error(journal: &JournalTable, action: &str, source: Error) -> TableError {
+    table_error(journal, action, source)
+}
+
+/// A partition of the state (and of the tombstones, same spec): the bucket and the hash of
+/// the object key.
+type PartitionId = (String, i32);
+
+/// A data file's partition, read from its manifest entry.
+fn partition_of(file: &DataFile) -> Result<PartitionId, Error> {
+    let fields = file.partition().fields();
+    let bucket = match fields.first() {
+        Some(Some(Literal::Primitive(PrimitiveLiteral::String(b)))) => b.clone(),
+        _ => String::new(),
+    };
+    let hash = match fields.get(1) {
+        Some(Some(Literal::Primitive(PrimitiveLiteral::Int(h)))) => *h,
+        _ => {
+            return Err(Error::new(
+                ErrorKind::DataInvalid,
+                format!(
+                    "{} is not partitioned as schemas/annotations.json says (bucket, bucket[64](object_key)); rebuild the state with `annotable maintain --rebuild-state`",
+                    file.file_path()
+                ),
+            ));
+        }
+    };
+    Ok((bucket, hash))
+}
+
+/// The partition a row falls in, by the state spec's transform of `object_key`.
+struct Partitioner {
+    hash: iceberg::transform::BoxedTransformFunction,
+}
+
+impl Partitioner {
+    fn new() -> Result<Self, TableError> {
+        let spec = state_spec()?;
+        let transform = spec
+            .partition_spec
+            .fields()
+            .get(1)
+            .map(|f| f.transform)
+            .ok_or_else(|| {
+                TableError::SpecInvalid("schemas/annotations.json: no object_key partition".into())
+            })?;
+        Ok(Partitioner {
+            hash: iceberg::transform::create_transform_function(&transform)
+                .map_err(|e| TableError::SpecInvalid(e.to_string()))?,
+        })
+    }
+
+    fn of(&self, row: &JournalRow) -> PartitionId {
+        let hash = match self.hash.transform_literal(&Datum::string(&row.object_key)) {
+            Ok(Some(datum)) => match datum.literal() {
+                PrimitiveLiteral::Int(h) => *h,
+                _ => 0,
+            },
+            _ => 0,
+        };
+        (row.bucket.clone(), hash)
+    }
+}
+
+async fn live_files(table: &Table) -> Result<Vec<DataFile>, Error> {
+    let Some(current) = table.metadata().current_snapshot().cloned() else {
+        return Ok(Vec::new());
+    };
+    let files = ManifestCache::default().snapshot(table, &current).await?;
+    Ok(files.live.iter().map(|e| e.data_file().clone()).collect())
+}
+
+/// Reads one data file's rows; `record_type` fills that column when the table has none (the
+/// state table's rows are all `PUT`s).
+async fn read_rows(
+    table: &Table,
+    schema: &SchemaRef,
+    file: &DataFile,
+    record_type: Option<&'static str>,
+) -> Result<Vec<JournalRow>, Error> {
+    let bytes = fetch(table, file).await?;
+    decode(bytes, schema, file, record_type).await
+}
+
+/// A data file's bytes.
+async fn fetch(table: &Table, file: &DataFile) -> Result<bytes::Bytes, Error> {
+    table.file_io().new_input(file.file_path())?.read().await
+}
+
+/// What a Parquet file's rows take uncompressed, from its footer (before decoding them).
+fn uncompressed_size(bytes: &bytes::Bytes, file: &DataFile) -> Result<u64, Error> {
+    let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
+        .parse_and_finish(bytes)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::DataInvalid,
+                format!("reading the footer of {}: {e}", file.file_path()),
+            )
+        })?;
+    Ok(metadata
+        .row_groups()
+        .iter()
+        .map(|g| u64::try_from(g.total_byte_size()).unwrap_or(0))
+        .sum())
+}
+
+async fn decode(
+    bytes: bytes::Bytes,
+    schema: &SchemaRef,
+    file: &DataFile,
+    record_type: Option<&'static str>,
+) -> Result<Vec<JournalRow>, Error> {
+    let schema = schema.clone();
+    let path = file.file_path().to_string();
+    tokio::task::spawn_blocking(move || -> Result<Vec<JournalRow>, Error> {
+        let mut rows = Vec::new();
+        for batch in read_parquet(bytes, &schema, &path)? {
+            let batch = match record_type {
+                Some(value) => with_constant(&batch, "record_type", value).map_err(arrow_error)?,
+                None => batch,
+            };
+            for row in decode_rows(&batch).map_err(arrow_error)? {
+                rows.push(row.map_err(|e| {
+                    Error::new(ErrorKind::DataInvalid, format!("reading {path}: {e}"))
+                })?);
+            }
+        }
+        Ok(rows)
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?
+}
+
+fn with_constant(
+    batch: &RecordBatch,
+    name: &str,
+    value: &str,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(name, DataType::Utf8, false));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(StringArray::from(vec![value; batch.num_rows()])));
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+}
+
+/// Writes `rows` sorted and split by partition as new data files of `table`.
+async fn write(
+    table: &Table,
+    schema: &SchemaRef,
+    rows: &[JournalRow],
+    prefix: &str,
+) -> Result<Vec<DataFile>, Error> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let keys = sort_keys(table.metadata(), schema);
+    let batch = encode_rows(schema, rows).map_err(arrow_error)?;
+    let sorted = tokio::task::spawn_blocking(move || sort_batch(&batch, &keys))
+        .await
+        .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?
+        .map_err(arrow_error)?;
+    let (builder, splitter) = file_writer(table, prefix, Some(TARGET_FILE_BYTES))?;
+    write_partitioned(&builder, splitter.split(&sorted)?)
+        .await
+        .map_err(|e| match e {
+            WriteFailure::Write(e) => e,
+            WriteFailure::Encode(e) => arrow_error(e),
+        })
+}
+
+fn arrow_error(e: arrow::error::ArrowError) -> Error {
+    Error::new(ErrorKind::Unexpected, format!("arrow: {e}"))
+}
+
+/// What a reader must add to the state to see everything the journal has.
+#[derive(Debug)]
+pub enum Unfolded {
+    /// The journal rows committed after the watermark, in the journal's schema (possibly none).
+    Rows(Vec<RecordBatch>),
+    /// The state has never been refreshed, its watermark is no longer in the journal's history,
+    /// or more than the reader's limit of rows wait: read the journal itself.
+    UseJournal,
+}
+
+/// The journal rows of `journal` (whose Arrow schema is `schema`) the state `state` has not
+/// folded in: at most `max_rows`.
+pub async fn unfolded(
+    journal: &Table,
+    schema: &SchemaRef,
+    state: &Table,
+    max_rows: u64,
+) -> Result<Unfolded, Error> {
+    let Some(watermark) = watermark_of(state) else {
+        return Ok(Unfolded::UseJournal);
+    };
+    if journal
+        .metadata()
+        .current_snapshot()
+        .map(|s| s.snapshot_id())
+        == Some(watermark.snapshot_id)
+    {
+        return Ok(Unfolded::Rows(Vec::new()));
+    }
+    let delta = delta::since(journal, delta::From::Watermark(watermark.snapshot_id)).await?;
+    let rows: u64 = delta.files.iter().map(DataFile::record_count).sum();
+    if delta.full || rows > max_rows {
+        return Ok(Unfolded::UseJournal);
+    }
+    let mut batches = Vec::new();
+    for file in &delta.files {
+        let bytes = journal
+            .file_io()
+            .new_input(file.file_path())?
+            .read()
+            .await?;
+        let schema = schema.clone();
+        let path = file.file_path().to_string();
+        let read = tokio::task::spawn_blocking(move || read_parquet(bytes, &schema, &path))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))??;
+        batches.extend(read);
+    }
+    Ok(Unfolded::Rows(batches))
+}
