@@ -37,8 +37,8 @@ pub enum SqlError {
         /// The kind of statement refused.
         what: String,
     },
-    /// A view file of `queries/views` does not load.
-    #[error("view file queries/views/{file} does not load: {source}")]
+    /// A view (a file of `queries/views`, or the state overlay) does not load.
+    #[error("view {file} does not load: {source}")]
     View {
         /// The file name.
         file: String,

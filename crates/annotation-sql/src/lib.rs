@@ -2,8 +2,9 @@
 //!
 //! This crate owns the query side: a read-only DataFusion session on an Iceberg catalog
 //! ([`QuerySession`]) in which new tables and new snapshots are visible to the next query,
-//! the views of `queries/views/*.sql` (embedded at build time; `annotations` is the
-//! AWS-compatible current state), the JSON functions of `datafusion-functions-json` over
+//! the views of `queries/views/*.sql` (embedded at build time), the SQL name `annotations` (the
+//! AWS-compatible current state: the state table with the journal's newest rows folded in,
+//! see `state`), the JSON functions of `datafusion-functions-json` over
 //! `text_value` (`json_get_str`, `json_get_int`, `json_contains`, `->`, `->>`, ...), and the
 //! output formats of `annotable query` ([`OutputFormat`]).
 //!
@@ -14,7 +15,9 @@ mod format;
 mod provider;
 mod scan;
 mod session;
+mod state;
 
 pub use error::SqlError;
 pub use format::{OutputFormat, write_result};
 pub use session::{CATALOG_NAME, QueryResult, QuerySession, view_definitions};
+pub use state::{AnnotationsSource, MAX_UNFOLDED_ROWS, StateComparison};

@@ -33,8 +33,29 @@ use crate::scan::PartitionedScan;
 /// The name the views use for the journal, whatever the configured table is called.
 pub(crate) const JOURNAL_ALIAS: &str = "annotation_journal";
 
+/// The name of the current-state table as plain readers see it (the SQL name `annotations`
+/// is the state with the journal's newest rows folded in; see `state`).
+pub(crate) const STATE_ALIAS: &str = "annotations_state";
+
+/// The name the state overlay uses for the state's tombstones table.
+pub(crate) const TOMBSTONES_ALIAS: &str = "annotations_tombstones";
+
 fn df_error(e: iceberg::Error) -> DataFusionError {
     DataFusionError::External(Box::new(e))
+}
+
+/// `schema` without field metadata. iceberg puts each column's field id (and doc) there, and
+/// the journal, the state table and its tombstones number their columns differently: a UNION
+/// of them (the `annotations` overlay) would otherwise carry conflicting metadata, which
+/// DataFusion 53 merges differently in the logical and the physical plan and then refuses.
+pub(crate) fn without_metadata(schema: &datafusion::arrow::datatypes::Schema) -> SchemaRef {
+    Arc::new(datafusion::arrow::datatypes::Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_metadata(HashMap::new()))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 /// The table each statement in planning has loaded, by table: (statement start time, table).
@@ -47,9 +68,45 @@ pub(crate) struct LiveTable {
     ident: TableIdent,
     schema: SchemaRef,
     pins: Pins,
+    /// A table read at one fixed snapshot instead of the current one.
+    fixed: Option<(Table, i64)>,
 }
 
 impl LiveTable {
+    /// `table` as of `snapshot_id`, whatever is committed later.
+    pub(crate) fn at_snapshot(
+        catalog: Arc<dyn Catalog>,
+        table: Table,
+        snapshot_id: i64,
+    ) -> DFResult<Self> {
+        let snapshot = table
+            .metadata()
+            .snapshot_by_id(snapshot_id)
+            .ok_or_else(|| {
+                DataFusionError::Plan(format!(
+                    "snapshot {snapshot_id} of table {} does not exist (expired?)",
+                    table.identifier()
+                ))
+            })?;
+        let schema = without_metadata(
+            &schema_to_arrow_schema(
+                &snapshot
+                    .schema(table.metadata())
+                    .map_err(df_error)?
+                    .as_ref()
+                    .clone(),
+            )
+            .map_err(df_error)?,
+        );
+        Ok(LiveTable {
+            catalog,
+            ident: table.identifier().clone(),
+            schema,
+            pins: Pins::default(),
+            fixed: Some((table, snapshot_id)),
+        })
+    }
+
     /// The table as the statement planned in `state` sees it: the one its first scan loaded.
     async fn for_statement(&self, state: &dyn Session) -> DFResult<Table> {
         let Some(started) = state
@@ -97,11 +154,17 @@ impl TableProvider for LiveTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
-        let table = self.for_statement(state).await?;
-        let current = IcebergStaticTableProvider::try_new_from_table(table)
-            .await
-            .map_err(df_error)?;
-        if current.schema() != self.schema {
+        let current = match &self.fixed {
+            Some((table, id)) => {
+                IcebergStaticTableProvider::try_new_from_table_snapshot(table.clone(), *id).await
+            }
+            None => {
+                IcebergStaticTableProvider::try_new_from_table(self.for_statement(state).await?)
+                    .await
+            }
+        }
+        .map_err(df_error)?;
+        if without_metadata(&current.schema()) != self.schema {
             return Err(DataFusionError::Plan(format!(
                 "the schema of table {} changed while this query was planned; run it again",
                 self.ident
@@ -136,6 +199,9 @@ pub(crate) struct NamespaceSchema {
     namespace: NamespaceIdent,
     /// The configured journal table name, reachable as [`JOURNAL_ALIAS`] too.
     journal: Option<String>,
+    /// The state table's name, reachable as [`STATE_ALIAS`] (its tombstones as
+    /// [`TOMBSTONES_ALIAS`]).
+    state: String,
     views: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
     /// Table names seen at the last [`NamespaceSchema::refresh`], for `SHOW TABLES`.
     listed: RwLock<Vec<String>>,
@@ -153,16 +219,65 @@ impl NamespaceSchema {
             catalog,
             namespace,
             journal,
+            state: annotation_table::state_spec()
+                .map(|s| s.table.clone())
+                .unwrap_or_else(|_| "annotations".into()),
             views: RwLock::default(),
             listed: RwLock::default(),
             pins: Pins::default(),
         }
     }
 
-    fn table_name<'a>(&'a self, name: &'a str) -> &'a str {
+    /// Names the state table (default `annotations`).
+    pub(crate) fn with_state(mut self, state: &str) -> Self {
+        self.state = state.to_string();
+        self
+    }
+
+    fn table_name(&self, name: &str) -> String {
         match &self.journal {
-            Some(journal) if name == JOURNAL_ALIAS => journal,
-            _ => name,
+            Some(journal) if name == JOURNAL_ALIAS => journal.clone(),
+            _ if name == STATE_ALIAS => self.state.clone(),
+            _ if name == TOMBSTONES_ALIAS => annotation_table::state::tombstones_name(&self.state),
+            _ => name.to_string(),
+        }
+    }
+
+    /// Loads a table of the namespace by name or alias; `None` if it does not exist.
+    pub(crate) async fn load(&self, name: &str) -> Result<Option<Table>, iceberg::Error> {
+        let ident = TableIdent::new(self.namespace.clone(), self.table_name(name));
+        match self.catalog.load_table(&ident).await {
+            Ok(table) => Ok(Some(table)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::TableNotFound | ErrorKind::NamespaceNotFound
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `table` as of `snapshot_id`, as a provider.
+    pub(crate) fn pinned(
+        &self,
+        table: Table,
+        snapshot_id: i64,
+    ) -> DFResult<Arc<dyn TableProvider>> {
+        Ok(Arc::new(LiveTable::at_snapshot(
+            self.catalog.clone(),
+            table,
+            snapshot_id,
+        )?))
+    }
+
+    /// Registers a provider of the session's own (a view, or the in-memory rows the state
+    /// overlay reads), replacing any of that name.
+    pub(crate) fn set_internal(&self, name: &str, provider: Arc<dyn TableProvider>) {
+        if let Ok(mut views) = self.views.write() {
+            views.insert(name.to_string(), provider);
         }
     }
 
@@ -192,7 +307,7 @@ impl NamespaceSchema {
 
     /// Whether the Iceberg table exists now (views aside).
     pub(crate) async fn table_exists_now(&self, name: &str) -> Result<bool, iceberg::Error> {
-        let ident = TableIdent::new(self.namespace.clone(), self.table_name(name).to_string());
+        let ident = TableIdent::new(self.namespace.clone(), self.table_name(name));
         match self.catalog.table_exists(&ident).await {
             Ok(exists) => Ok(exists),
             Err(e) if e.kind() == ErrorKind::NamespaceNotFound => Ok(false),
@@ -219,7 +334,7 @@ impl SchemaProvider for NamespaceSchema {
         if let Some(view) = self.views.read().ok().and_then(|v| v.get(name).cloned()) {
             return Ok(Some(view));
         }
-        let ident = TableIdent::new(self.namespace.clone(), self.table_name(name).to_string());
+        let ident = TableIdent::new(self.namespace.clone(), self.table_name(name));
         let table = match self.catalog.load_table(&ident).await {
             Ok(table) => table,
             Err(e)
@@ -232,13 +347,15 @@ impl SchemaProvider for NamespaceSchema {
             }
             Err(e) => return Err(df_error(e)),
         };
-        let schema =
-            Arc::new(schema_to_arrow_schema(table.metadata().current_schema()).map_err(df_error)?);
+        let schema = without_metadata(
+            &schema_to_arrow_schema(table.metadata().current_schema()).map_err(df_error)?,
+        );
         Ok(Some(Arc::new(LiveTable {
             catalog: self.catalog.clone(),
             ident,
             schema,
             pins: self.pins.clone(),
+            fixed: None,
         })))
     }
 
@@ -247,7 +364,7 @@ impl SchemaProvider for NamespaceSchema {
             || self
                 .listed
                 .read()
-                .is_ok_and(|l| l.iter().any(|t| t == self.table_name(name)))
+                .is_ok_and(|l| l.iter().any(|t| *t == self.table_name(name)))
     }
 
     /// Only views can be registered (the views of `queries/views`, at session start); the

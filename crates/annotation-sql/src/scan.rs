@@ -81,7 +81,7 @@ impl PartitionedScan {
             .await
             .map_err(df_error)?;
 
-        let schema = scan.schema();
+        let schema = crate::provider::without_metadata(&scan.schema());
         let statistics = statistics(&tasks, &schema, scan.predicates().is_some(), scan.limit());
         let groups = spread(tasks, partitions.max(1));
         let properties = Arc::new(PlanProperties::new(
@@ -210,11 +210,24 @@ impl ExecutionPlan for PartitionedScan {
             .with_data_file_concurrency_limit(FILES_IN_FLIGHT)
             .build();
         let files = futures::stream::iter(tasks.into_iter().map(Ok)).boxed();
+        let schema = self.schema();
         let batches = reader
             .read(files)
             .map_err(df_error)?
             .stream()
-            .map_err(df_error);
+            .map_err(df_error)
+            .and_then(move |batch| {
+                // The same columns under the schema without field metadata.
+                futures::future::ready(
+                    datafusion::arrow::record_batch::RecordBatch::try_new_with_options(
+                        schema.clone(),
+                        batch.columns().to_vec(),
+                        &datafusion::arrow::record_batch::RecordBatchOptions::new()
+                            .with_row_count(Some(batch.num_rows())),
+                    )
+                    .map_err(DataFusionError::from),
+                )
+            });
         let stream = match self.limit {
             None => batches.boxed(),
             Some(limit) => {

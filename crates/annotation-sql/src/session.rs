@@ -16,6 +16,7 @@ use tokio::sync::Mutex;
 
 use crate::error::SqlError;
 use crate::provider::{IcebergCatalog, JOURNAL_ALIAS, NamespaceSchema};
+use crate::state::{self, ANNOTATIONS, AnnotationsSource, FROM_JOURNAL, StateComparison};
 
 /// The name of the DataFusion catalog holding the Iceberg namespaces.
 pub const CATALOG_NAME: &str = "annotable";
@@ -69,6 +70,21 @@ impl QuerySession {
         namespace: &str,
         journal: &str,
     ) -> Result<Self, SqlError> {
+        let state = annotation_table::state_spec()
+            .map(|s| s.table.clone())
+            .unwrap_or_else(|_| ANNOTATIONS.to_string());
+        Self::with_state_table(catalog, catalog_name, namespace, journal, &state).await
+    }
+
+    /// [`QuerySession::new`] with the current-state table named `state` (default
+    /// `annotations`; its tombstones are `<state>_tombstones`).
+    pub async fn with_state_table(
+        catalog: Arc<dyn Catalog>,
+        catalog_name: impl Into<String>,
+        namespace: &str,
+        journal: &str,
+        state: &str,
+    ) -> Result<Self, SqlError> {
         let catalog_name = catalog_name.into();
         let listed = catalog
             .list_namespaces(None)
@@ -81,11 +97,14 @@ impl QuerySession {
             .into_iter()
             .map(|ns| ns.to_url_string())
             .collect();
-        let schema = Arc::new(NamespaceSchema::new(
-            catalog.clone(),
-            NamespaceIdent::new(namespace.to_string()),
-            (journal != JOURNAL_ALIAS).then(|| journal.to_string()),
-        ));
+        let schema = Arc::new(
+            NamespaceSchema::new(
+                catalog.clone(),
+                NamespaceIdent::new(namespace.to_string()),
+                (journal != JOURNAL_ALIAS).then(|| journal.to_string()),
+            )
+            .with_state(state),
+        );
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, namespace)
             .with_create_default_catalog_and_schema(false)
@@ -127,10 +146,17 @@ impl QuerySession {
             .sql_to_statement(sql, &dialect)
             .map_err(SqlError::from_planning)?;
         refuse_writes(&statement)?;
-        self.load_views().await?;
+        let views = self.load_views().await?;
         let references = state
             .resolve_table_references(&statement)
             .map_err(SqlError::from_planning)?;
+        if views
+            && references
+                .iter()
+                .any(|r| self.in_default(r) && r.table() == ANNOTATIONS)
+        {
+            self.define_annotations().await?;
+        }
         for reference in &references {
             self.check_table(reference).await?;
         }
@@ -155,11 +181,34 @@ impl QuerySession {
         Ok(QueryResult { schema, batches })
     }
 
-    /// Registers the views once the journal exists (they are plans over it).
-    async fn load_views(&self) -> Result<(), SqlError> {
+    /// Defines the SQL name `annotations` for the next statement: the state table, the state
+    /// with the journal's newest rows folded in, or the view over the journal (see `state`).
+    /// Returns which. Statements that name `annotations` do this themselves.
+    pub async fn define_annotations(&self) -> Result<AnnotationsSource, SqlError> {
+        state::define(&self.ctx, &self.schema, &self.journal, &self.catalog_name).await
+    }
+
+    /// Compares the state table with the journal view at the state's watermark (see
+    /// `state::compare`), returning up to `sample` differing rows of each side.
+    pub async fn compare_state(&self, sample: usize) -> Result<StateComparison, SqlError> {
+        self.load_views().await?;
+        state::compare(
+            &self.ctx,
+            &self.schema,
+            &self.journal,
+            &self.catalog_name,
+            sample,
+        )
+        .await
+    }
+
+    /// Registers the views once the journal exists (they are plans over it); true once they
+    /// are. The view of `annotations.sql` is registered as `annotations_from_journal`; the
+    /// name `annotations` is defined per statement.
+    async fn load_views(&self) -> Result<bool, SqlError> {
         let mut loaded = self.views_loaded.lock().await;
         if *loaded {
-            return Ok(());
+            return Ok(true);
         }
         let names = self
             .schema
@@ -167,15 +216,24 @@ impl QuerySession {
             .await
             .map_err(|e| self.catalog_error("listing tables", e))?;
         if !names.iter().any(|n| n == &self.journal) {
-            return Ok(());
+            return Ok(false);
         }
         for (file, sql) in view_definitions() {
             let view = |source| SqlError::View {
-                file: file.to_string(),
+                file: format!("queries/views/{file}"),
                 source: Box::new(source),
             };
+            let sql = if *file == "annotations.sql" {
+                sql.replacen(
+                    "CREATE VIEW annotations AS",
+                    &format!("CREATE VIEW {FROM_JOURNAL} AS"),
+                    1,
+                )
+            } else {
+                sql.to_string()
+            };
             self.ctx
-                .sql(sql)
+                .sql(&sql)
                 .await
                 .map_err(view)?
                 .collect()
@@ -183,16 +241,19 @@ impl QuerySession {
                 .map_err(view)?;
         }
         *loaded = true;
-        Ok(())
+        Ok(true)
     }
 
-    async fn check_table(&self, reference: &TableReference) -> Result<(), SqlError> {
-        let in_default = match (reference.catalog(), reference.schema()) {
+    fn in_default(&self, reference: &TableReference) -> bool {
+        match (reference.catalog(), reference.schema()) {
             (Some(c), _) if c != CATALOG_NAME => false,
             (_, Some(s)) => s == self.namespace,
             (_, None) => true,
-        };
-        if !in_default {
+        }
+    }
+
+    async fn check_table(&self, reference: &TableReference) -> Result<(), SqlError> {
+        if !self.in_default(reference) {
             return Ok(());
         }
         let name = reference.table();
