@@ -93,6 +93,20 @@ pub struct Config {
     /// `annotable maintain`, and maintenance inside `serve`.
     #[serde(default)]
     pub maintain: MaintainSection,
+    /// The current-state table and its refresh.
+    #[serde(default)]
+    pub state: StateSection,
+}
+
+/// `[state]`: the `annotations` table, the current state refreshed from the journal.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSection {
+    /// Its name (default `annotations`; its tombstones are `<name>_tombstones`).
+    pub table: Option<String>,
+    /// `serve` refreshes it every this many seconds (default 5; 0 turns the refresher off).
+    /// Only one process refreshes at a time (a lease in the catalog database).
+    pub refresh_interval_secs: Option<u64>,
 }
 
 /// `[maintain]`: compaction, snapshot expiry and orphan cleanup.
@@ -295,6 +309,11 @@ impl Config {
     /// The journal table name, defaulted.
     pub fn table(&self) -> &str {
         self.table.as_deref().unwrap_or(defaults::TABLE)
+    }
+
+    /// The current-state table name, defaulted.
+    pub fn state_table(&self) -> &str {
+        self.state.table.as_deref().unwrap_or(defaults::STATE_TABLE)
     }
 
     /// The catalog name, defaulted.

@@ -16,4 +16,5 @@ pub mod rows;
 pub mod serve;
 pub mod set_reader;
 pub mod setup;
+pub mod state;
 pub mod suppression;

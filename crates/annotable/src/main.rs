@@ -166,6 +166,18 @@ struct MaintainArgs {
     /// Report what would be done; change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Fold the journal rows committed since the last refresh into the `annotations` table
+    /// (created if missing), instead of the table maintenance steps.
+    #[arg(long, conflicts_with_all = ["compact", "expire", "orphans", "dry_run"])]
+    refresh: bool,
+    /// Rebuild the `annotations` table from the whole journal (after an upgrade, or to
+    /// recover), instead of the table maintenance steps.
+    #[arg(long, conflicts_with_all = ["compact", "expire", "orphans", "dry_run", "refresh"])]
+    rebuild_state: bool,
+    /// Compare the `annotations` table with the journal view at the journal snapshot it
+    /// reflects, row for row; exit 1 on any difference.
+    #[arg(long, conflicts_with_all = ["compact", "expire", "orphans", "dry_run"])]
+    verify_state: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -315,6 +327,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Maintain(args) if args.refresh || args.rebuild_state || args.verify_state => {
+            if args.refresh || args.rebuild_state {
+                let report = annotable::state::refresh(&config, args.rebuild_state).await?;
+                println!("{}", annotable::state::PrintedRefresh(&report));
+            }
+            if args.verify_state {
+                let comparison = annotable::state::verify(&config).await?;
+                println!("{}", annotable::state::PrintedComparison(&comparison));
+                if !comparison.is_equal() {
+                    bail!(
+                        "the annotations table differs from the journal; rebuild it with `annotable maintain --rebuild-state`"
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Maintain(args) => {
             let all = !(args.compact || args.expire || args.orphans);
             let request = MaintainRequest {
@@ -331,6 +359,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     dry_run: args.dry_run
                 }
             );
+            let options = maintain::options(&config, request)?;
+            for (table, report) in annotable::state::maintain(&config, &options).await? {
+                println!(
+                    "\n{table}\n{}",
+                    maintain::Printed {
+                        report: &report,
+                        dry_run: args.dry_run
+                    }
+                );
+            }
             Ok(())
         }
         Command::Setup(SetupCommand::Notifications(args)) => {

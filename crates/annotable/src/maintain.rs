@@ -40,6 +40,21 @@ pub enum MaintainError {
     /// The catalog, the table, or a maintenance step.
     #[error(transparent)]
     Table(#[from] TableError),
+    /// The catalog is not one annotable can commit a state refresh to.
+    #[error(
+        "cannot refresh table {table} on {catalog}: the refresh commits through the SQL \
+         catalog's compare-and-swap (SQLite or PostgreSQL); on this catalog `annotable query` \
+         answers `annotations` from the journal"
+    )]
+    StateUnsupported {
+        /// The state table.
+        table: String,
+        /// The catalog.
+        catalog: String,
+    },
+    /// Comparing the state table with the journal failed.
+    #[error(transparent)]
+    Sql(annotation_sql::SqlError),
     /// The maintenance lease could not be read or written.
     #[error("table maintenance: {0}")]
     Lease(LeaseError),
@@ -202,6 +217,16 @@ pub async fn run_leased(
     options: &MaintainOptions,
     me: &Holder,
 ) -> Result<Result<MaintainReport, Busy>, MaintainError> {
+    leased(maintainer, me, maintainer.run(options)).await
+}
+
+/// Runs `work` if the lease of `maintainer`'s table can be had, renewing it while `work`
+/// lasts and giving it up afterwards. `Err(Busy)` when a live process holds it.
+pub async fn leased<T>(
+    maintainer: &Maintainer,
+    me: &Holder,
+    work: impl std::future::Future<Output = Result<T, TableError>>,
+) -> Result<Result<T, Busy>, MaintainError> {
     let table = maintainer.table().ident().to_string();
     let acquired =
         match Lease::acquire(CatalogRow::new(maintainer), me.clone(), LEASE_TTL, |_| ()).await {
@@ -233,7 +258,7 @@ pub async fn run_leased(
         }
     };
     let result = tokio::select! {
-        result = maintainer.run(options) => result,
+        result = work => result,
         () = renewing => unreachable!("the lease renewal loop never ends"),
     };
     if let Err(e) = lease.release(|_| ()).await {
@@ -301,7 +326,7 @@ fn stats_line(f: &mut fmt::Formatter<'_>, label: &str, s: &TableStats) -> fmt::R
     )
 }
 
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const MIB: f64 = 1024.0 * 1024.0;
     if n >= 1024 * 1024 {
         format!("{:.1} MiB", n as f64 / MIB)

@@ -56,6 +56,11 @@ pub mod defaults {
     pub const MAINTAIN_MIN_SNAPSHOTS: usize = 10;
     /// `maintain.orphan_age_secs`.
     pub const MAINTAIN_ORPHAN_AGE_SECS: u64 = 86_400;
+    /// `state.table`.
+    pub const STATE_TABLE: &str = "annotations";
+    /// `state.refresh_interval_secs`: plain readers of the table lag by about this much;
+    /// annotable's own queries see the journal's newest rows regardless.
+    pub const STATE_REFRESH_INTERVAL_SECS: u64 = 5;
 }
 
 use defaults as d;
@@ -258,6 +263,12 @@ pub const KEYS: &[Key] = &[
         Number(d::MAINTAIN_ORPHAN_AGE_SECS),
     ),
     key("maintain.serve_interval_secs", Num, Derived("never")),
+    key("state.table", Str, Text(d::STATE_TABLE)),
+    key(
+        "state.refresh_interval_secs",
+        Num,
+        Number(d::STATE_REFRESH_INTERVAL_SECS),
+    ),
     key("storage.s3_endpoint", Str, Derived("AWS")),
     key("storage.s3_region", Str, Derived("the AWS default chain")),
     key(

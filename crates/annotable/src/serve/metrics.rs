@@ -34,6 +34,11 @@ pub struct Metrics {
     pub(crate) lag_seconds: Histogram,
     pub(crate) clock_correction_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub(crate) clock_uncertainty_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub(crate) state_refreshes: Counter,
+    pub(crate) state_refresh_failures: Counter,
+    pub(crate) state_refresh_seconds: Histogram,
+    pub(crate) state_bytes_rewritten: Counter,
+    pub(crate) state_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl Metrics {
@@ -129,8 +134,40 @@ impl Metrics {
             "Width of the range S3's Date headers allow for this host's clock offset",
             clock_uncertainty_seconds.clone(),
         );
+        let state_refreshes = counter(
+            &mut registry,
+            "state_refreshes",
+            "Refreshes of the annotations table that committed",
+        );
+        let state_refresh_failures = counter(
+            &mut registry,
+            "state_refresh_failures",
+            "Refreshes of the annotations table that failed (tried again next round)",
+        );
+        let state_refresh_seconds = hist(
+            &mut registry,
+            "state_refresh_seconds",
+            "Time to refresh the annotations table",
+            vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0],
+        );
+        let state_bytes_rewritten = counter(
+            &mut registry,
+            "state_bytes_written",
+            "Bytes of annotations and tombstone files written by refreshes",
+        );
+        let state_lag_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "state_lag_seconds",
+            "How far the annotations table (as plain Iceberg readers see it) is behind the journal: the age of the oldest journal commit it has not folded in, after the last refresh",
+            state_lag_seconds.clone(),
+        );
         Metrics {
             registry,
+            state_refreshes,
+            state_refresh_failures,
+            state_refresh_seconds,
+            state_bytes_rewritten,
+            state_lag_seconds,
             s3,
             clock_correction_seconds,
             clock_uncertainty_seconds,
@@ -150,6 +187,20 @@ impl Metrics {
             commit_seconds,
             lag_seconds,
         }
+    }
+
+    pub(crate) fn observe_refresh(
+        &self,
+        report: &annotation_table::state::RefreshReport,
+        lag: std::time::Duration,
+    ) {
+        if report.snapshot_id.is_some() {
+            self.state_refreshes.inc();
+            self.state_refresh_seconds
+                .observe(report.took.as_secs_f64());
+            self.state_bytes_rewritten.inc_by(report.bytes_written);
+        }
+        self.state_lag_seconds.set(lag.as_secs_f64());
     }
 
     pub(crate) fn observe_commit(

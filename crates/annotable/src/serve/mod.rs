@@ -366,6 +366,42 @@ pub async fn run(
         }
         _ => None,
     };
+    let refresher_stop = CancellationToken::new();
+    let refresher = match crate::state::refresh_interval(config) {
+        Some(every) => match crate::state::open(config).await {
+            Ok((journal, state)) => {
+                info!(every_secs = every.as_secs(), table = %state.state().table().ident(), "the state refresher is on");
+                let holder =
+                    crate::lease::Holder::this_process(format!("serve {}", shared.writer_id));
+                let upkeep = crate::maintain::options(
+                    config,
+                    crate::maintain::MaintainRequest {
+                        compact: false,
+                        expire: true,
+                        orphans: true,
+                        dry_run: false,
+                    },
+                )?;
+                Some(tokio::spawn(crate::state::periodic(
+                    journal,
+                    state,
+                    crate::state::Schedule {
+                        interval: every,
+                        budget: options.read_buffer_bytes,
+                        upkeep,
+                    },
+                    holder,
+                    Box::new(RefreshMetrics(metrics.clone())),
+                    refresher_stop.clone(),
+                )))
+            }
+            Err(e) => {
+                warn!(error = %e, "the state refresher is off: annotable's queries answer `annotations` from the journal");
+                None
+            }
+        },
+        None => None,
+    };
     info!(queue_url = %shared.queue.url, table = %table.ident(), visibility_timeout = ?shared.queue.visibility_timeout, "serve started");
 
     let (inbound_tx, inbound_rx) = mpsc::channel(options.messages_in_flight);
@@ -416,6 +452,11 @@ pub async fn run(
     // A maintenance run cut short leaves the table as it was (plus files the orphan sweep
     // removes later); its lease lapses.
     maintenance_stop.cancel();
+    // Likewise a refresh cut short: nothing of it is visible until its commit.
+    refresher_stop.cancel();
+    if let Some(task) = refresher {
+        let _ = task.await;
+    }
     if let Some(task) = maintenance {
         let _ = task.await;
     }
@@ -553,4 +594,17 @@ async fn queue_info(
             .max(Duration::from_secs(1)),
         has_redrive,
     })
+}
+
+/// The refresher's reports, as metrics.
+struct RefreshMetrics(Arc<Metrics>);
+
+impl crate::state::RefreshObserver for RefreshMetrics {
+    fn refreshed(&self, report: &annotation_table::state::RefreshReport, lag: Duration) {
+        self.0.observe_refresh(report, lag);
+    }
+
+    fn failed(&self) {
+        self.0.state_refresh_failures.inc();
+    }
 }

@@ -262,3 +262,152 @@ async fn a_second_maintainer_is_refused_while_a_live_one_holds_the_lease() -> Te
     assert!(out.status.success(), "{}", text(&out.stderr));
     Ok(())
 }
+
+/// `annotations` and the journal view, as `annotable query` prints them, in a fixed order.
+fn state_and_view(dir: &Path) -> Result<(String, String), Box<dyn std::error::Error>> {
+    let mut out = Vec::new();
+    for table in ["annotations", "annotations_from_journal"] {
+        let sql = format!("SELECT * FROM {table} ORDER BY bucket, object_key, name");
+        let result = annotable(dir, &["query", "--format", "ndjson", &sql]).output()?;
+        assert!(
+            result.status.success(),
+            "query failed: {}",
+            text(&result.stderr)
+        );
+        out.push(text(&result.stdout));
+    }
+    let view = out.pop().unwrap_or_default();
+    Ok((out.pop().unwrap_or_default(), view))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_killed_at_any_point_leaves_a_correct_state_and_the_next_one_continues()
+-> TestResult {
+    let dir = tempfile::tempdir()?;
+    let catalog = annotation_table::connect(
+        "annotable",
+        &CatalogConfig::embedded(&dir.path().join("annotable-data")),
+        &StorageConfig::default(),
+    )
+    .await?;
+    let table = JournalTable::open(catalog, "s3_metadata", None).await?;
+    let mut commit = 0;
+    let mut append = async |n: usize| -> TestResult {
+        for _ in 0..n {
+            let rows = (0..5).map(|i| row(commit, i)).collect();
+            table.append(Batch::new(Source::Notification, rows)).await?;
+            commit += 1;
+        }
+        Ok(())
+    };
+    append(60).await?;
+    let first = run(dir.path(), &["maintain", "--refresh"])?;
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    assert!(
+        text(&first.stdout).contains("folded"),
+        "{}",
+        text(&first.stdout)
+    );
+
+    // Kill refreshes at different moments after they begin; after each, the state is the old
+    // one or the new one, and either way equals the journal view at the snapshot it records.
+    let mut killed_refreshing = 0;
+    for after_ms in [
+        None,
+        Some(0u64),
+        Some(20),
+        Some(60),
+        Some(150),
+        Some(400),
+        Some(1000),
+    ] {
+        append(15).await?;
+        let mut child = annotable(dir.path(), &["maintain", "--refresh"]).spawn()?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.contains("refreshing the state") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let refreshing = match after_ms {
+            None => {
+                std::thread::sleep(Duration::from_millis(100));
+                false
+            }
+            Some(after) => {
+                let seen = rx.recv_timeout(Duration::from_secs(120)).is_ok();
+                let started = Instant::now();
+                while seen
+                    && started.elapsed() < Duration::from_millis(after)
+                    && child.try_wait()?.is_none()
+                {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                seen
+            }
+        };
+        let killed = child.try_wait()?.is_none();
+        if killed {
+            child.kill()?; // SIGKILL
+        }
+        child.wait()?;
+        let _ = reader.join();
+        if killed && refreshing {
+            killed_refreshing += 1;
+        }
+        let verify = run(dir.path(), &["maintain", "--verify-state"])?;
+        assert!(
+            verify.status.success(),
+            "after a refresh killed {after_ms:?} ms in: {}\n{}",
+            text(&verify.stdout),
+            text(&verify.stderr)
+        );
+        let (state, view) = state_and_view(dir.path())?;
+        assert_eq!(state, view, "annotations after a kill {after_ms:?} ms in");
+    }
+    assert!(
+        killed_refreshing > 0,
+        "no run was killed while refreshing: every one finished first"
+    );
+
+    // The next refresh takes the dead holder's lease over and brings the state up to date.
+    let last = run(dir.path(), &["maintain", "--refresh", "--verify-state"])?;
+    assert!(
+        last.status.success(),
+        "{}\n{}",
+        text(&last.stdout),
+        text(&last.stderr)
+    );
+    let printed = text(&last.stdout);
+    assert!(printed.contains("equal: every row"), "{printed}");
+    let up_to_date = run(dir.path(), &["maintain", "--refresh"])?;
+    assert!(
+        text(&up_to_date.stdout).contains("up to date"),
+        "{}",
+        text(&up_to_date.stdout)
+    );
+    let (state, view) = state_and_view(dir.path())?;
+    assert_eq!(state, view);
+    assert!(state.lines().count() > 100, "{state}");
+
+    // A rebuild from the whole journal lands on the same rows.
+    let rebuild = run(
+        dir.path(),
+        &["maintain", "--rebuild-state", "--verify-state"],
+    )?;
+    assert!(rebuild.status.success(), "{}", text(&rebuild.stderr));
+    assert!(
+        text(&rebuild.stdout).contains("rebuilt from"),
+        "{}",
+        text(&rebuild.stdout)
+    );
+    assert_eq!(state_and_view(dir.path())?.0, state);
+    Ok(())
+}
