@@ -12,5 +12,6 @@ mod table {
     mod common;
     mod interop;
     mod maintain;
+    mod state;
     mod storage;
 }

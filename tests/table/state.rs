@@ -1,0 +1,363 @@
+//! The current-state table against the full-journal computation, on a real SQLite catalog and
+//! real Parquet files: random histories written by several "writers" whose observations
+//! commit out of order, refreshed incrementally between commits, compared row for row in all
+//! 12 columns with the portable view over the journal; and read back by pyiceberg and by DuckDB
+//! (from pyiceberg's file plan).
+
+use std::collections::BTreeSet;
+use std::process::Command;
+
+use annotable_tests::py_tools_python;
+use annotation_sql::{AnnotationsSource, QuerySession};
+use annotation_table::state::StateTables;
+use annotation_table::{
+    Batch, CatalogConfig, JournalRow, JournalTable, RecordType, Source, StorageConfig,
+};
+use chrono::{TimeZone, Utc};
+
+use super::common::TestResult;
+
+const COLUMNS: &str = "bucket, object_key, object_version_id, object_join_key, name, \
+    sequence_number, last_modified_date, size, e_tag, checksum_algorithm, replication_status, \
+    text_value";
+
+/// One random observation of a small key space, so that rows collide: the same annotation
+/// put, deleted and reset many times, sequence numbers from several writers.
+fn observation(rng: &mut fastrand::Rng, seq: u64) -> JournalRow {
+    let bucket = if rng.bool() { "lake-a" } else { "lake-b" };
+    let key = format!("dir {}/obj+{}-ü.jpg", rng.u8(0..2), rng.u8(0..4));
+    let version = rng.bool().then(|| "v1".to_string());
+    let record_type = match rng.u8(0..10) {
+        0..=5 => RecordType::Put,
+        6..=8 => RecordType::Delete,
+        _ => RecordType::ObjectReset,
+    };
+    let put = record_type == RecordType::Put;
+    let writer = rng.u8(0..3);
+    let text = put.then(|| format!(r#"{{"seq":{seq},"w":{writer}}}"#));
+    let now = Utc::now();
+    JournalRow {
+        bucket: bucket.into(),
+        object_key: key.clone(),
+        object_version_id: version.clone(),
+        object_join_key: format!("{bucket}/{key}/{}", version.as_deref().unwrap_or("null")),
+        name: (record_type != RecordType::ObjectReset).then(|| format!("name-{}", rng.u8(0..3))),
+        record_type,
+        sequence_number: format!("{seq:020}-w{writer}"),
+        last_modified_date: put
+            .then(|| {
+                Utc.timestamp_opt(1_700_000_000 + seq as i64, 123_456_000)
+                    .single()
+                    .map(|t| t.naive_utc())
+            })
+            .flatten(),
+        size: text.as_ref().map(|t| t.len() as i64),
+        e_tag: put.then(|| format!("\"etag{seq}\"")),
+        checksum_algorithm: put.then(|| "CRC64NVME".to_string()),
+        replication_status: None,
+        text_value: text,
+        event_name: None,
+        event_time: None,
+        source: Source::Notification,
+        requester: None,
+        source_ip_address: None,
+        request_id: None,
+        ingested_at: now,
+    }
+}
+
+async fn rows(
+    session: &QuerySession,
+    table: &str,
+) -> Result<BTreeSet<String>, Box<dyn std::error::Error>> {
+    let result = session
+        .query(&format!("SELECT {COLUMNS} FROM {table}"))
+        .await?;
+    let mut out = BTreeSet::new();
+    let options = arrow::util::display::FormatOptions::default().with_null("∅");
+    for batch in &result.batches {
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| arrow::util::display::ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<Vec<_>, _>>()?;
+        for i in 0..batch.num_rows() {
+            let row: Vec<String> = formatters.iter().map(|f| f.value(i).to_string()).collect();
+            assert!(
+                out.insert(row.join(" | ")),
+                "duplicate row in {table}: {row:?}"
+            );
+        }
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_table_equals_the_full_journal_computation_under_late_commits() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("annotable-data");
+    let catalog_config = CatalogConfig::embedded(&data);
+    let storage = StorageConfig::default();
+    let catalog = annotation_table::connect("annotable", &catalog_config, &storage).await?;
+    let journal = JournalTable::open(catalog.clone(), "s3_metadata", None).await?;
+    let state = StateTables::open(
+        catalog.clone(),
+        &catalog_config,
+        "annotable",
+        &storage,
+        "s3_metadata",
+        "annotations",
+    )
+    .await?;
+    let session =
+        QuerySession::new(catalog.clone(), "test", "s3_metadata", "annotation_journal").await?;
+
+    for seed in [7_u64, 11, 42] {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        // Observations are numbered in observation order, but each batch commits a random
+        // slice of them: a slow writer's older observations land after newer ones.
+        let mut pending: Vec<JournalRow> = Vec::new();
+        let mut seq = seed * 1_000_000;
+        for round in 0..12 {
+            for _ in 0..rng.usize(20..60) {
+                seq += 1 + rng.u64(0..3);
+                pending.push(observation(&mut rng, seq));
+            }
+            rng.shuffle(&mut pending);
+            let keep = rng.usize(0..pending.len() / 3 + 1);
+            let batch: Vec<JournalRow> = pending.drain(keep..).collect();
+            journal
+                .append(Batch::new(Source::Notification, batch))
+                .await?;
+            if round % 3 != 2 {
+                let report = state.refresh(&journal, false).await?;
+                assert!(report.snapshot_id.is_some(), "{report:?}");
+            }
+            // Refreshed or not, `annotations` is the journal's current state.
+            let source = session.define_annotations().await?;
+            assert!(
+                matches!(
+                    source,
+                    AnnotationsSource::State | AnnotationsSource::Overlay(_)
+                ),
+                "{source:?}"
+            );
+            assert_eq!(
+                rows(&session, "annotations").await?,
+                rows(&session, "annotations_from_journal").await?,
+                "seed {seed} round {round}: annotations ({source:?}) differs from the journal view"
+            );
+        }
+        journal
+            .append(Batch::new(
+                Source::Notification,
+                std::mem::take(&mut pending),
+            ))
+            .await?;
+        let report = state.refresh(&journal, false).await?;
+        assert!(!report.rebuilt, "{report:?}");
+        // 2 buckets x 8 keys: at most 16 of the 128 partitions can hold rows.
+        assert!(
+            (1..=16).contains(&report.partitions) && report.files_removed <= 2 * 16,
+            "an incremental refresh rewrites only the partitions its rows fall in: {report:?}"
+        );
+        let comparison = session.compare_state(5).await?;
+        assert!(comparison.is_equal(), "seed {seed}: {comparison:?}");
+        assert!(comparison.state_rows > 0);
+        assert_eq!(
+            session.define_annotations().await?,
+            AnnotationsSource::State
+        );
+
+        // A rebuild lands on the same rows.
+        let before = rows(&session, "annotations_state").await?;
+        let rebuilt = state.refresh(&journal, true).await?;
+        assert!(rebuilt.rebuilt);
+        assert_eq!(rows(&session, "annotations_state").await?, before);
+    }
+
+    // pyiceberg reads the state table and gets exactly its rows.
+    let out = Command::new(py_tools_python())
+        .args(["-c", PYICEBERG_STATE])
+        .arg(data.join("catalog.db"))
+        .arg(format!("file://{}", data.join("warehouse").display()))
+        .output()?;
+    assert!(
+        out.status.success(),
+        "pyiceberg: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let ours = session
+        .query("SELECT count(*) AS n FROM annotations_state")
+        .await?;
+    let n = ours.batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<arrow::array::Int64Array>()
+        .map(|a| a.value(0))
+        .unwrap_or(-1);
+    assert_eq!(read["rows"].as_i64(), Some(n), "{read}");
+    let keys = session
+        .query(
+            "SELECT bucket, object_key, object_version_id, name, text_value FROM annotations_state",
+        )
+        .await?;
+    let mut ours = BTreeSet::new();
+    for batch in &keys.batches {
+        let json = arrow_json(batch)?;
+        ours.extend(json);
+    }
+    let theirs: BTreeSet<String> = read["keys"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.to_string()).collect())
+        .unwrap_or_default();
+    assert_eq!(theirs, ours);
+    let duckdb: Vec<String> = read["duckdb_keys"]
+        .as_array()
+        .map(|a| a.iter().map(|v| v.to_string()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        duckdb.len(),
+        ours.len(),
+        "DuckDB reads as many rows as annotable"
+    );
+    assert_eq!(
+        duckdb.into_iter().collect::<BTreeSet<_>>(),
+        ours,
+        "DuckDB on pyiceberg's file plan"
+    );
+    assert!(
+        read["lookup_files"].as_i64().unwrap_or(99) <= 1,
+        "a lookup by bucket and key plans one file: {read}"
+    );
+    Ok(())
+}
+
+fn arrow_json(
+    batch: &arrow::record_batch::RecordBatch,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let mut out = Vec::new();
+    let column = |i: usize| {
+        batch
+            .column(i)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .cloned()
+    };
+    let cols: Vec<_> = (0..5)
+        .map(column)
+        .collect::<Option<Vec<_>>>()
+        .ok_or("not strings")?;
+    for i in 0..batch.num_rows() {
+        let value = |c: usize| {
+            use arrow::array::Array;
+            (!cols[c].is_null(i)).then(|| cols[c].value(i).to_string())
+        };
+        out.push(serde_json::json!([value(0), value(1), value(2), value(3), value(4)]).to_string());
+    }
+    Ok(out)
+}
+
+/// pyiceberg opens `s3_metadata.annotations`, prints its row count, every row's identity and
+/// payload, and how many files a lookup of one object plans.
+const PYICEBERG_STATE: &str = r#"
+import json, sys
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.expressions import And, EqualTo
+db, warehouse = sys.argv[1], sys.argv[2]
+catalog = SqlCatalog("annotable", uri=f"sqlite:///{db}", warehouse=warehouse)
+table = catalog.load_table("s3_metadata.annotations")
+rows = table.scan().to_arrow().to_pylist()
+first = rows[0]
+lookup = table.scan(row_filter=And(EqualTo("bucket", first["bucket"]), EqualTo("object_key", first["object_key"])))
+# DuckDB reads the data files of pyiceberg's plan: no Iceberg support needed.
+import duckdb
+files = [t.file.file_path.removeprefix("file://") for t in table.scan().plan_files()]
+duck = duckdb.sql(f"SELECT bucket, object_key, object_version_id, name, text_value FROM read_parquet({files!r})").fetchall()
+print(json.dumps({
+    "rows": len(rows),
+    "keys": [[r["bucket"], r["object_key"], r["object_version_id"], r["name"], r["text_value"]] for r in rows],
+    "duckdb_keys": [list(r) for r in duck],
+    "lookup_files": len(list(lookup.plan_files())),
+}))
+"#;
+
+/// Two writers append to the journal at once on a PostgreSQL catalog while two refreshers race
+/// each other without a lease: the catalog's compare-and-swap alone must keep every refresh
+/// either landed whole or not at all, and the state exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgresql_two_writers_and_two_racing_refreshers_keep_the_state_exact() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)?
+        .as_nanos();
+    let namespace = format!("state_{}_{nanos}", std::process::id());
+    let catalog_config = CatalogConfig::Sql {
+        uri: "postgres://postgres@127.0.0.1:5432/test".into(),
+        warehouse: format!("file://{}", dir.path().join("warehouse").display()),
+    };
+    let storage = StorageConfig::default();
+    let catalog = annotation_table::connect("annotable", &catalog_config, &storage).await?;
+    let journal = JournalTable::open(catalog.clone(), &namespace, None).await?;
+    let open_state = || {
+        StateTables::open(
+            catalog.clone(),
+            &catalog_config,
+            "annotable",
+            &storage,
+            &namespace,
+            "annotations",
+        )
+    };
+    let (first, second) = (open_state().await?, open_state().await?);
+
+    let writer = |seed: u64, journal: JournalTable| async move {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        for round in 0..15_u64 {
+            let rows: Vec<JournalRow> = (0..rng.u64(10..40))
+                .map(|i| observation(&mut rng, seed * 1_000_000 + round * 1_000 + i))
+                .collect();
+            journal
+                .append(Batch::new(Source::Notification, rows))
+                .await?;
+        }
+        Ok::<(), annotation_table::TableError>(())
+    };
+    let (a, b, (landed_1, _), (landed_2, _)) = tokio::join!(
+        writer(1, journal.clone()),
+        writer(2, journal.clone()),
+        racing_refresher(&first, &journal),
+        racing_refresher(&second, &journal),
+    );
+    a?;
+    b?;
+    assert!(landed_1 + landed_2 > 0, "some refresh landed");
+    first.refresh(&journal, false).await?;
+
+    let session =
+        QuerySession::new(catalog.clone(), "test", &namespace, "annotation_journal").await?;
+    let comparison = session.compare_state(5).await?;
+    assert!(comparison.is_equal(), "{comparison:?}");
+    assert!(comparison.state_rows > 0);
+    assert_eq!(
+        rows(&session, "annotations").await?,
+        rows(&session, "annotations_from_journal").await?
+    );
+    Ok(())
+}
+
+/// Refreshes 12 times, 30 ms apart; counts the refreshes that landed and those refused
+/// because another refresher committed first (nothing of those landed).
+async fn racing_refresher(state: &StateTables, journal: &JournalTable) -> (usize, usize) {
+    let (mut landed, mut refused) = (0, 0);
+    for _ in 0..12 {
+        match state.refresh(journal, false).await {
+            Ok(report) if report.snapshot_id.is_some() => landed += 1,
+            Ok(_) => {}
+            Err(_) => refused += 1,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    (landed, refused)
+}
