@@ -17,11 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use annotable_bench::{peak_rss_mib, py_tools_python, realistic_rows_range, secs};
+use annotable_bench::{build_journal, peak_rss_mib, py_tools_python, secs};
 use annotation_sql::QuerySession;
-use annotation_table::{
-    Batch, CatalogConfig, JournalTable, Source, StorageConfig, connect, journal_spec,
-};
+use annotation_table::{CatalogConfig, StorageConfig, connect};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -106,48 +104,6 @@ fn median(mut runs: Vec<Run>) -> Run {
         seconds: mid.seconds,
         peak_mib: peaks[peaks.len() / 2],
     }
-}
-
-async fn build_journal(dir: &Path, n: usize) -> Result<()> {
-    // A journal built by a build with another schema is rebuilt, not measured.
-    let marker = dir.join(".complete");
-    let stamp = format!(
-        "{n} rows; {:?}",
-        journal_spec()?
-            .schema
-            .as_struct()
-            .fields()
-            .iter()
-            .map(|f| &f.name)
-            .collect::<Vec<_>>()
-    );
-    if std::fs::read_to_string(&marker).is_ok_and(|s| s == stamp) {
-        return Ok(());
-    }
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir)?;
-    let catalog = connect(
-        "annotable",
-        &CatalogConfig::embedded(dir),
-        &StorageConfig::default(),
-    )
-    .await?;
-    let journal = JournalTable::open(catalog, "s3_metadata", None).await?;
-    let start = Instant::now();
-    let mut offset = 0;
-    while offset < n {
-        let end = (offset + 250_000).min(n);
-        journal
-            .append(Batch::new(
-                Source::Backfill,
-                realistic_rows_range(offset..end, n, 7),
-            ))
-            .await?;
-        offset = end;
-    }
-    println!("  built the {n}-row journal in {:.1} s", secs(start));
-    std::fs::write(marker, stamp)?;
-    Ok(())
 }
 
 /// Child mode: one query through annotable's session; prints seconds, rows, peak MiB.

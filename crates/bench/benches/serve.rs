@@ -1,7 +1,8 @@
 //! `serve` against the local emulator (in-process, release build), three figures:
 //!
 //! 1. **freshness**: annotation put → visible in `annotations`, p50/p99, at a steady
-//!    `ANNOTABLE_BENCH_RATE` (50) events/s for `ANNOTABLE_BENCH_SECS` (30) s, default settings;
+//!    `ANNOTABLE_BENCH_RATE` (50) events/s for `ANNOTABLE_BENCH_SECS` (30) s, default settings,
+//!    with the current-state refresher on (the default) and off;
 //! 2. **throughput**: a backlog of `ANNOTABLE_BENCH_EVENTS` (5,000) annotation events drained by
 //!    one process, events/s, next to the emulator's capacity for the same GetObjectAnnotation
 //!    calls from a plain concurrent SDK client measured in the same run (the ratio);
@@ -30,6 +31,8 @@ struct Rig {
     dir: tempfile::TempDir,
     queue_url: String,
     bucket: String,
+    /// Whether serve runs the current-state refresher (`state.refresh_interval_secs`).
+    refresher: bool,
 }
 
 impl Rig {
@@ -71,10 +74,20 @@ impl Rig {
             dir,
             queue_url,
             bucket,
+            refresher: true,
         }
     }
 
     fn config_for(stack: &LocalStack, dir: &std::path::Path, queue_url: &str) -> Config {
+        Rig::config_with(stack, dir, queue_url, true)
+    }
+
+    fn config_with(
+        stack: &LocalStack,
+        dir: &std::path::Path,
+        queue_url: &str,
+        refresher: bool,
+    ) -> Config {
         // SAFETY-free: the bench is single-purpose; the SDK reads credentials from the env.
         let vars = [
             ("ANNOTABLE_DATA_DIR", dir.join("data").display().to_string()),
@@ -83,12 +96,21 @@ impl Rig {
             ("ANNOTABLE_AWS_FORCE_PATH_STYLE", "true".into()),
             ("ANNOTABLE_SERVE_QUEUE_URL", queue_url.into()),
             ("ANNOTABLE_SERVE_HTTP_ADDR", "off".into()),
+            (
+                "ANNOTABLE_STATE_REFRESH_INTERVAL_SECS",
+                if refresher { "5" } else { "0" }.into(),
+            ),
         ];
         Config::load(None, vars.into_iter().map(|(k, v)| (k.to_string(), v))).expect("config")
     }
 
     fn config(&self) -> Config {
-        Rig::config_for(&self.stack, self.dir.path(), &self.queue_url)
+        Rig::config_with(
+            &self.stack,
+            self.dir.path(),
+            &self.queue_url,
+            self.refresher,
+        )
     }
 
     fn start_serve(
@@ -142,10 +164,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn freshness() {
+async fn freshness(refresher: bool) {
     let rate = env_usize("ANNOTABLE_BENCH_RATE", 50);
     let secs = env_usize("ANNOTABLE_BENCH_SECS", 30);
-    let rig = Rig::new("fresh").await;
+    let mut rig = Rig::new(if refresher { "fresh-on" } else { "fresh-off" }).await;
+    rig.refresher = refresher;
     rig.objects(50).await;
     let (stop, handle) = rig.start_serve(None);
     tokio::time::sleep(Duration::from_secs(3)).await; // past start-up
@@ -199,7 +222,8 @@ async fn freshness() {
     let mut lat: Vec<f64> = seen.values().copied().collect();
     lat.sort_by(|a, b| a.total_cmp(b));
     println!(
-        "freshness at {rate} events/s for {secs} s (default flush_age 2 s, polls every 100 ms): {} of {total} seen, p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+        "freshness at {rate} events/s for {secs} s (default flush_age 2 s, polls every 100 ms), state refresher {}: {} of {total} seen, p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+        if refresher { "on (every 5 s)" } else { "off" },
         lat.len(),
         percentile(&lat, 0.5),
         percentile(&lat, 0.99),
@@ -397,7 +421,8 @@ fn main() {
         .expect("runtime");
     rt.block_on(async {
         if only.is_empty() || only == "freshness" {
-            freshness().await;
+            freshness(false).await;
+            freshness(true).await;
         }
         if only.is_empty() || only == "throughput" {
             throughput().await;

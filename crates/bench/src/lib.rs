@@ -135,6 +135,56 @@ pub fn realistic_rows_range(range: std::ops::Range<usize>, n: usize, seed: u64) 
         .collect()
 }
 
+/// Builds (once) an embedded-catalog journal `s3_metadata.annotation_journal` of the `n` rows of
+/// [`realistic_rows`] under `dir`, appended 250,000 at a time. A journal left by a build with
+/// another schema, or with another row count, is rebuilt rather than measured.
+pub async fn build_journal(
+    dir: &std::path::Path,
+    n: usize,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use annotation_table::{
+        Batch, CatalogConfig, JournalTable, StorageConfig, connect, journal_spec,
+    };
+    let marker = dir.join(".complete");
+    let stamp = format!(
+        "{n} rows; {:?}",
+        journal_spec()?
+            .schema
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| &f.name)
+            .collect::<Vec<_>>()
+    );
+    if std::fs::read_to_string(&marker).is_ok_and(|s| s == stamp) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let catalog = connect(
+        "annotable",
+        &CatalogConfig::embedded(dir),
+        &StorageConfig::default(),
+    )
+    .await?;
+    let journal = JournalTable::open(catalog, "s3_metadata", None).await?;
+    let start = Instant::now();
+    let mut offset = 0;
+    while offset < n {
+        let end = (offset + 250_000).min(n);
+        journal
+            .append(Batch::new(
+                Source::Backfill,
+                realistic_rows_range(offset..end, n, 7),
+            ))
+            .await?;
+        offset = end;
+    }
+    println!("  built the {n}-row journal in {:.1} s", secs(start));
+    std::fs::write(marker, stamp)?;
+    Ok(())
+}
+
 /// The Python of `scripts/py-tools.sh` (pyiceberg, DuckDB), installing it if needed.
 pub fn py_tools_python() -> Result<PathBuf, String> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/py-tools.sh");

@@ -1,0 +1,400 @@
+//! Current-state table benchmark (the materialized `annotations`): over a journal of realistic
+//! rows (5M by default), in one run,
+//!
+//! 1. **rebuild**: the state folded from the whole journal (`maintain --rebuild-state`), once
+//!    per journal;
+//! 2. **refresh**: `ANNOTABLE_BENCH_CHANGES` (10,000) changed annotations appended to the
+//!    journal, then one incremental refresh: time, partitions and bytes rewritten;
+//! 3. **queries**: `count(*)`, a point lookup by (bucket, object_key), a JSON filter and
+//!    `counts_and_sizes_by_name` on `annotations` answered by the state table, by the view over
+//!    the journal it replaces (`annotations_from_journal`), and by DuckDB reading the state
+//!    table's data files (the current snapshot's file plan) in the same run. Each is measured
+//!    from a fresh process (wall time of the whole process, start-up and catalog included) and
+//!    warm (the best of 4 more runs of the same statement in that process). Every engine's
+//!    answer is checked first, digit for digit.
+//!
+//! `cargo bench -p annotable-bench --bench state_table` (`ANNOTABLE_BENCH_ROWS` to change
+//! 5,000,000; the journal and its state are kept under the target dir and grow by the changes
+//! of each run).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use annotable_bench::{build_journal, peak_rss_mib, py_tools_python, realistic_rows_range, secs};
+use annotation_sql::QuerySession;
+use annotation_table::state::StateTables;
+use annotation_table::{
+    Batch, CatalogConfig, JournalTable, Source, StorageConfig, connect, table_ident,
+};
+use futures::TryStreamExt;
+use iceberg::Catalog;
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Makes the command that runs one statement on one engine.
+type Engine<'a> = Box<dyn Fn(&str) -> Command + 'a>;
+
+const RUNS: usize = 3;
+const WARM_RUNS: usize = 4;
+const NAMESPACE: &str = "s3_metadata";
+
+/// `(label, SQL for annotable, SQL for DuckDB, check)`; `{lookup}` stands for the point lookup's
+/// predicate and `{q}` in a check for the query. Both engines name the current state
+/// `annotations`; for annotable's view the name is rewritten to `annotations_from_journal`.
+const QUERIES: [(&str, &str, &str, &str); 4] = [
+    (
+        "count(*)",
+        "SELECT count(*) FROM annotations",
+        "SELECT count(*) FROM annotations",
+        "{q}",
+    ),
+    (
+        "point lookup (bucket, object_key)",
+        "SELECT * FROM annotations WHERE {lookup}",
+        "SELECT * FROM annotations WHERE {lookup}",
+        "SELECT count(*), sum(length(text_value)), sum(size), min(sequence_number), \
+         max(sequence_number), count(DISTINCT name) FROM ({q}) q",
+    ),
+    (
+        "JSON filter (objects_by_annotation_value)",
+        include_str!("../../../queries/objects_by_annotation_value.sql"),
+        "SELECT bucket, object_key, object_version_id, json_extract_string(text_value, '$.reviewer') AS reviewer FROM annotations WHERE name = 'review' AND json_extract_string(text_value, '$.status') = 'approved' ORDER BY bucket, object_key",
+        "SELECT count(*), count(object_key), count(DISTINCT object_key), count(object_version_id), \
+         count(reviewer), sum(length(reviewer)) FROM ({q}\n) q",
+    ),
+    (
+        "counts_and_sizes_by_name",
+        include_str!("../../../queries/counts_and_sizes_by_name.sql"),
+        include_str!("../../../queries/counts_and_sizes_by_name.sql"),
+        "SELECT count(*), sum(annotations), sum(total_bytes), max(largest_bytes) FROM ({q}\n) q",
+    ),
+];
+
+const DUCKDB: &str = r#"
+import json, sys, time
+t0 = time.perf_counter()
+import duckdb
+files, query, warm_runs = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+con = duckdb.connect()
+con.execute("SET enable_progress_bar = false")
+con.execute(f"CREATE VIEW annotations AS SELECT * FROM read_parquet({files!r})")
+start = time.perf_counter()
+rows = con.execute(query).fetchall()
+first = time.perf_counter() - start
+warm = []
+for _ in range(warm_runs):
+    start = time.perf_counter()
+    con.execute(query).fetchall()
+    warm.append(time.perf_counter() - start)
+peak = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+print(json.dumps({"first": first, "warm": min(warm) if warm else first, "rows": len(rows), "answer": ", ".join(str(v) for v in rows[0]) if rows else None, "peak_mib": peak}))
+"#;
+
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    /// The whole process, start to exit.
+    fresh: f64,
+    /// The best warm run inside it.
+    warm: f64,
+    peak_mib: f64,
+}
+
+fn median(mut runs: Vec<Figures>) -> Figures {
+    let mid = runs.len() / 2;
+    runs.sort_by(|a, b| a.fresh.total_cmp(&b.fresh));
+    let fresh = runs[mid].fresh;
+    runs.sort_by(|a, b| a.warm.total_cmp(&b.warm));
+    let warm = runs[mid].warm;
+    runs.sort_by(|a, b| a.peak_mib.total_cmp(&b.peak_mib));
+    Figures {
+        fresh,
+        warm,
+        peak_mib: runs[mid].peak_mib,
+    }
+}
+
+async fn catalog(dir: &Path) -> Result<Arc<dyn Catalog>> {
+    Ok(connect(
+        "annotable",
+        &CatalogConfig::embedded(dir),
+        &StorageConfig::default(),
+    )
+    .await?)
+}
+
+async fn state_tables(dir: &Path, catalog: Arc<dyn Catalog>) -> Result<StateTables> {
+    Ok(StateTables::open(
+        catalog,
+        &CatalogConfig::embedded(dir),
+        "annotable",
+        &StorageConfig::default(),
+        NAMESPACE,
+        "annotations",
+    )
+    .await?)
+}
+
+/// Child mode: one statement through annotable's session, then `WARM_RUNS` more; prints JSON.
+async fn child(dir: &Path, sql: &str) -> Result<()> {
+    let session = QuerySession::new(
+        catalog(dir).await?,
+        "bench",
+        NAMESPACE,
+        "annotation_journal",
+    )
+    .await?;
+    let start = Instant::now();
+    let result = session.query(sql).await?;
+    let first = secs(start);
+    let mut warm = f64::INFINITY;
+    for _ in 0..WARM_RUNS {
+        let start = Instant::now();
+        session.query(sql).await?;
+        warm = warm.min(secs(start));
+    }
+    let answer = result.batches.iter().find(|b| b.num_rows() > 0).map(|b| {
+        b.columns()
+            .iter()
+            .map(|c| arrow::util::display::array_value_to_string(c, 0).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join(", ")
+    });
+    println!(
+        "{}",
+        serde_json::json!({"first": first, "warm": warm, "rows": result.num_rows(), "answer": answer, "peak_mib": peak_rss_mib()})
+    );
+    Ok(())
+}
+
+fn run(cmd: &mut Command) -> Result<(Figures, serde_json::Value)> {
+    let start = Instant::now();
+    let out = cmd.output()?;
+    let fresh = secs(start);
+    if !out.status.success() {
+        return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let figures = Figures {
+        fresh,
+        warm: v["warm"].as_f64().unwrap_or(f64::NAN),
+        peak_mib: v["peak_mib"].as_f64().unwrap_or(f64::NAN),
+    };
+    Ok((figures, v))
+}
+
+fn digits(v: &serde_json::Value) -> String {
+    v.to_string().chars().filter(char::is_ascii_digit).collect()
+}
+
+/// Appends this run's changes: the rows after everything appended so far (each run continues
+/// the journal's sequence, over the same objects).
+async fn append_changes(dir: &Path, n: usize, changes: usize) -> Result<()> {
+    let count_file = dir.join(".changes-appended");
+    let done: usize = std::fs::read_to_string(&count_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let journal = JournalTable::open(catalog(dir).await?, NAMESPACE, None).await?;
+    let from = n + done;
+    journal
+        .append(Batch::new(
+            Source::Notification,
+            realistic_rows_range(from..from + changes, n, 7),
+        ))
+        .await?;
+    std::fs::write(count_file, (done + changes).to_string())?;
+    Ok(())
+}
+
+/// The state table's data files in its current snapshot, as DuckDB reads them.
+async fn state_files(dir: &Path) -> Result<Vec<String>> {
+    let catalog = catalog(dir).await?;
+    let ident = table_ident(NAMESPACE, "annotations").ok_or("state table name")?;
+    let table = catalog.load_table(&ident).await?;
+    let tasks: Vec<_> = table
+        .scan()
+        .select_all()
+        .build()?
+        .plan_files()
+        .await?
+        .try_collect()
+        .await?;
+    Ok(tasks
+        .iter()
+        .map(|t| {
+            t.data_file_path
+                .strip_prefix("file://")
+                .unwrap_or(&t.data_file_path)
+                .to_string()
+        })
+        .collect())
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let n: usize = std::env::var("ANNOTABLE_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000_000);
+    let changes: usize = std::env::var("ANNOTABLE_BENCH_CHANGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let dir = std::env::var("ANNOTABLE_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| target.join(format!("bench-data/state-table-{n}")));
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(pos) = args.iter().position(|a| a == "--child") {
+        let sql = args.get(pos + 1).ok_or("--child needs SQL")?;
+        return child(&dir, sql).await;
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    println!(
+        "state-table benchmark: {n}-row journal, {changes} changes per refresh, {cores} cores; queries: median of {RUNS} processes"
+    );
+    build_journal(&dir, n).await?;
+
+    // 1. The state, folded from the whole journal once.
+    let state = state_tables(&dir, catalog(&dir).await?).await?;
+    let journal = JournalTable::open(catalog(&dir).await?, NAMESPACE, None).await?;
+    if state.watermark().await?.is_none() {
+        let report = state.refresh(&journal, true).await?;
+        println!(
+            "rebuild   {} journal rows → {} live annotations, {} tombstones in {} files ({:.1} MiB) in {:.1} s, peak RSS {:.0} MiB",
+            report.journal_rows,
+            report.live_rows,
+            report.tombstones,
+            report.files_written,
+            report.bytes_written as f64 / 1048576.0,
+            report.took.as_secs_f64(),
+            peak_rss_mib()
+        );
+    }
+
+    // 2. One incremental refresh of `changes` changed annotations.
+    append_changes(&dir, n, changes).await?;
+    let before = peak_rss_mib();
+    let report = state.refresh(&journal, false).await?;
+    println!(
+        "refresh   {} journal rows ({} append) folded into {} partitions: {} files ({:.1} MiB) replaced by {} ({:.1} MiB) in {:.2} s; peak RSS {:.0} MiB (was {:.0})",
+        report.journal_rows,
+        report.journal_snapshots,
+        report.partitions,
+        report.files_removed,
+        report.bytes_removed as f64 / 1048576.0,
+        report.files_written,
+        report.bytes_written as f64 / 1048576.0,
+        report.took.as_secs_f64(),
+        peak_rss_mib(),
+        before
+    );
+    drop(state);
+    drop(journal);
+
+    // 3. Queries.
+    let files = state_files(&dir).await?;
+    let files_json = serde_json::to_string(&files)?;
+    let python = py_tools_python()?;
+    let me = std::env::current_exe()?;
+    // The object the lookup asks for: one with live annotations, picked by the state itself.
+    let pick = Command::new(&me)
+        .args(["--bench", "--child"])
+        .arg("SELECT bucket, object_key FROM annotations WHERE object_key LIKE '%IMG_00000000%5_original.jpeg' ORDER BY object_key LIMIT 1")
+        .env("ANNOTABLE_BENCH_DIR", &dir)
+        .output()?;
+    let picked: serde_json::Value = serde_json::from_slice(&pick.stdout).map_err(|e| {
+        format!(
+            "picking the lookup's object: {e}: {}",
+            String::from_utf8_lossy(&pick.stderr)
+        )
+    })?;
+    let answer = picked["answer"].as_str().ok_or("no object to look up")?;
+    let (bucket, key) = answer.split_once(", ").ok_or("lookup object")?;
+    let lookup = format!("bucket = '{bucket}' AND object_key = '{key}'");
+    println!(
+        "lookup    {bucket}/{key}; DuckDB reads the {} data files of the state's current snapshot",
+        files.len()
+    );
+
+    let ours = |sql: &str| {
+        let mut cmd = Command::new(&me);
+        cmd.args(["--bench", "--child"])
+            .arg(sql)
+            .env("ANNOTABLE_BENCH_DIR", &dir);
+        cmd
+    };
+    let duck = |sql: &str| {
+        let mut cmd = Command::new(&python);
+        cmd.args(["-c", DUCKDB])
+            .arg(&files_json)
+            .arg(sql)
+            .arg(WARM_RUNS.to_string());
+        cmd
+    };
+    let view = |sql: &str| sql.replace("FROM annotations", "FROM annotations_from_journal");
+
+    println!(
+        "\n{:<42} {:<30} {:>10} {:>10} {:>9} {:>7}",
+        "query", "engine", "fresh s", "warm s", "peak MiB", "rows"
+    );
+    for (label, ours_sql, duck_sql, check) in QUERIES {
+        let ours_sql = ours_sql.replace("{lookup}", &lookup);
+        let duck_sql = duck_sql.replace("{lookup}", &lookup);
+        let engines: [(&str, Engine, String); 3] = [
+            ("annotable, state table", Box::new(ours), ours_sql.clone()),
+            (
+                "annotable, view (journal)",
+                Box::new(|s: &str| ours(&view(s))),
+                ours_sql.clone(),
+            ),
+            ("DuckDB, state files", Box::new(duck), duck_sql.clone()),
+        ];
+        // Same answer from every engine first.
+        let mut expected: Option<(String, &str)> = None;
+        for (engine, cmd, sql) in &engines {
+            let (_, v) = run(&mut cmd(&check.replace("{q}", sql)))?;
+            let got = digits(&v["answer"]);
+            match &expected {
+                None => expected = Some((got, engine)),
+                Some((want, first)) if *want != got => {
+                    return Err(format!(
+                        "{label}: {first} answers {want} but {engine} answers {got}"
+                    )
+                    .into());
+                }
+                Some(_) => {}
+            }
+        }
+        let mut results = Vec::new();
+        for (engine, cmd, sql) in &engines {
+            let mut runs = Vec::new();
+            let mut rows = serde_json::Value::Null;
+            for _ in 0..RUNS {
+                let (figures, v) = run(&mut cmd(sql))?;
+                runs.push(figures);
+                rows = v["rows"].clone();
+            }
+            let m = median(runs);
+            println!(
+                "{label:<42} {engine:<30} {:>10.3} {:>10.3} {:>9.0} {:>7}",
+                m.fresh, m.warm, m.peak_mib, rows
+            );
+            results.push(m);
+        }
+        let (state, view, duckdb) = (results[0], results[1], results[2]);
+        println!(
+            "{:<42} state / view: fresh {:.3}x, warm {:.3}x; state / DuckDB: fresh {:.2}x, warm {:.2}x\n",
+            "",
+            state.fresh / view.fresh,
+            state.warm / view.warm,
+            state.fresh / duckdb.fresh,
+            state.warm / duckdb.warm
+        );
+    }
+    Ok(())
+}
