@@ -196,7 +196,7 @@ pub(crate) async fn periodic(
                 if let Some(needs) = report.deferred {
                     warn!(
                         table = %state.state().table().ident(), needs_bytes = needs, budget_bytes = budget,
-                        "the next journal commit needs more memory to fold than serve.read_buffer_bytes allows; the state stays behind (queries still see the journal) until `annotable maintain --refresh` folds it"
+                        "the next refresh needs more memory (a journal commit or a partition of the state) than serve.read_buffer_bytes allows; the state stays behind (queries still see the journal) until `annotable maintain --refresh` folds it"
                     );
                 }
                 let lag = lag(&journal, &report).await;
@@ -248,7 +248,7 @@ impl fmt::Display for PrintedRefresh<'_> {
         if let Some(needs) = r.deferred {
             return write!(
                 f,
-                "refresh  deferred: the next journal commit needs {} to fold, more than the budget",
+                "refresh  deferred: it needs {} (a journal commit or a partition of the state), more than the budget",
                 crate::maintain::bytes(needs)
             );
         }

@@ -104,8 +104,8 @@ pub struct RefreshReport {
     pub tombstones: usize,
     /// The state snapshot committed (`None`: already up to date, or deferred).
     pub snapshot_id: Option<i64>,
-    /// Set when nothing was done because the oldest journal append not folded in needs this
-    /// many bytes, more than the budget allowed.
+    /// Set when nothing was committed because the oldest journal append not folded in, or a
+    /// partition of the state to rewrite, needs at least this many bytes, more than the budget.
     pub deferred: Option<u64>,
     /// Wall time.
     pub took: Duration,
@@ -190,7 +190,8 @@ impl StateTables {
     /// many as fit, and the watermark advances to the last one folded. If the oldest alone does
     /// not fit, nothing is done and [`RefreshReport::deferred`] says how much it needs. A
     /// whole-journal fold (asked for, or because the watermark left the journal's history) is
-    /// all or nothing: over the budget it is deferred the same way. Either way the state is processed one partition at a time,
+    /// all or nothing: over the budget it is deferred the same way, and so is a refresh that
+    /// would have to load a partition of the state bigger than the budget. Either way the state is processed one partition at a time,
     /// so memory holds the folded journal rows plus one partition of the state.
     pub async fn refresh_within(
         &self,
@@ -341,19 +342,47 @@ impl StateTables {
                 let old_state = state_files.remove(&partition).unwrap_or_default();
                 let old_tombs = tomb_files.remove(&partition).unwrap_or_default();
                 if !delta.full {
-                    for file in &old_state {
-                        let file_rows = read_rows(&state_table, &state_schema, file, Some("PUT"))
-                            .await
-                            .map_err(|e| self.state_error("reading a partition to rewrite", e))?;
-                        for row in file_rows {
-                            fold.add(row);
-                        }
+                    // Compressed sizes first, so an oversized partition is not even fetched.
+                    let mut loaded: u64 = old_state
+                        .iter()
+                        .chain(&old_tombs)
+                        .map(DataFile::file_size_in_bytes)
+                        .sum();
+                    if let Some(budget) = budget
+                        && loaded > budget
+                    {
+                        return Ok(Some(loaded));
                     }
-                    for file in &old_tombs {
-                        let file_rows = read_rows(&tomb_table, &tomb_schema, file, None)
+                    loaded = 0;
+                    let files = old_state
+                        .iter()
+                        .map(|f| (f, true))
+                        .chain(old_tombs.iter().map(|f| (f, false)));
+                    for (file, of_state) in files {
+                        let (table, schema, record_type) = if of_state {
+                            (&state_table, &state_schema, Some("PUT"))
+                        } else {
+                            (&tomb_table, &tomb_schema, None)
+                        };
+                        let error = |e| {
+                            let action = "reading a partition to rewrite";
+                            if of_state {
+                                self.state_error(action, e)
+                            } else {
+                                self.tomb_error(action, e)
+                            }
+                        };
+                        let raw = fetch(table, file).await.map_err(error)?;
+                        loaded += uncompressed_size(&raw, file).map_err(error)?;
+                        if let Some(budget) = budget
+                            && loaded > budget
+                        {
+                            return Ok(Some(loaded));
+                        }
+                        for row in decode(raw, schema, file, record_type)
                             .await
-                            .map_err(|e| self.tomb_error("reading a partition to rewrite", e))?;
-                        for row in file_rows {
+                            .map_err(error)?
+                        {
                             fold.add(row);
                         }
                     }
@@ -374,13 +403,24 @@ impl StateTables {
                 replaced_state.extend(old_state);
                 replaced_tombs.extend(old_tombs);
             }
-            Ok::<(), TableError>(())
+            Ok::<Option<u64>, TableError>(None)
         }
         .await;
-        if let Err(e) = written {
-            self.discard(&state_table, &tomb_table, &new_state, &new_tombs)
-                .await;
-            return Err(e);
+        match written {
+            Ok(None) => {}
+            Ok(Some(needs)) => {
+                // A partition bigger than the budget: nothing is committed this time.
+                self.discard(&state_table, &tomb_table, &new_state, &new_tombs)
+                    .await;
+                report.deferred = Some(needs);
+                report.took = started.elapsed();
+                return Ok(report);
+            }
+            Err(e) => {
+                self.discard(&state_table, &tomb_table, &new_state, &new_tombs)
+                    .await;
+                return Err(e);
+            }
         }
         report.files_removed = replaced_state.len() + replaced_tombs.len();
         report.bytes_removed = replaced_state
@@ -575,18 +615,6 @@ async fn live_files(table: &Table) -> Result<Vec<DataFile>, Error> {
     };
     let files = ManifestCache::default().snapshot(table, &current).await?;
     Ok(files.live.iter().map(|e| e.data_file().clone()).collect())
-}
-
-/// Reads one data file's rows; `record_type` fills that column when the table has none (the
-/// state table's rows are all `PUT`s).
-async fn read_rows(
-    table: &Table,
-    schema: &SchemaRef,
-    file: &DataFile,
-    record_type: Option<&'static str>,
-) -> Result<Vec<JournalRow>, Error> {
-    let bytes = fetch(table, file).await?;
-    decode(bytes, schema, file, record_type).await
 }
 
 /// A data file's bytes.
