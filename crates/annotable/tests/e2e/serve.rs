@@ -50,7 +50,7 @@ async fn serve_with_maintenance_on_compacts_while_it_commits_and_still_converges
     let compacted = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|l| l["message"] == "compaction committed")
+        .filter(|l| l["message"] == "rewrite committed" && l["kind"] == "compaction")
         .count();
     assert!(compacted > 0, "no maintenance round compacted:\n{log}");
     Ok(())

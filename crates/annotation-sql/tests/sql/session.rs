@@ -65,7 +65,8 @@ async fn tables_and_snapshots_created_after_the_session_started_are_visible() ->
         strings(&tables, "table_name"),
         vec![
             Some("annotation_journal".into()),
-            Some("annotations".into())
+            Some("annotations".into()),
+            Some("annotations_from_journal".into())
         ]
     );
     Ok(())
