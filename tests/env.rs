@@ -320,13 +320,19 @@ impl Env {
         rows
     }
 
-    /// The `annotations` view, every column; panics on a malformed `sequence_number`.
+    /// `annotations`, every column; panics on a malformed `sequence_number`.
     pub async fn view(&self) -> BTreeSet<Row> {
-        self.sql(
+        self.view_of("annotations").await
+    }
+
+    /// The current state under the SQL name `name` (`annotations`, `annotations_state`,
+    /// `annotations_from_journal`), every column; panics on a malformed `sequence_number`.
+    pub async fn view_of(&self, name: &str) -> BTreeSet<Row> {
+        self.sql(&format!(
             "SELECT bucket, object_key, object_version_id, object_join_key, name, \
              last_modified_date, size, e_tag, checksum_algorithm, replication_status, text_value, \
-             sequence_number FROM annotations",
-        )
+             sequence_number FROM {name}"
+        ))
         .await
         .into_iter()
         .map(|r| {

@@ -3,6 +3,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a failed set-up is a failed test
 
+use std::collections::BTreeSet;
+
 use crate::Env;
 
 /// One annotation as both sides report it: every column of the `annotations` view except
@@ -99,20 +101,47 @@ pub async fn read_version(
     }
 }
 
-/// Asserts the view equals S3 in every column, printing the difference.
+/// Asserts the current state equals S3 in every column, printing the difference, three ways:
+/// `annotations` as annotable's queries answer it (the state table plus the journal rows after
+/// its watermark, or the view), the portable view over the whole journal, and the state table
+/// itself as plain readers see it after one more `maintain --refresh`, which
+/// `maintain --verify-state` must then find equal to the journal.
 pub async fn assert_converged(env: &Env) {
     let truth = env.truth().await;
-    let view = env.view().await;
-    let missing: Vec<_> = truth.difference(&view).take(10).collect();
-    let extra: Vec<_> = view.difference(&truth).take(10).collect();
-    assert!(
-        missing.is_empty() && extra.is_empty(),
-        "annotations view != S3 ({} in S3, {} in view)\nmissing from view: {missing:#?}\nextra in view: {extra:#?}",
-        truth.len(),
-        view.len()
-    );
     assert!(
         !truth.is_empty(),
         "the workload left no annotation: the check would prove nothing"
+    );
+    for name in ["annotations", "annotations_from_journal"] {
+        assert_equal(&truth, &env.view_of(name).await, name);
+    }
+    let refresh = env.annotable(&["maintain", "--refresh"]);
+    assert!(
+        refresh.status.success(),
+        "maintain --refresh: {}",
+        String::from_utf8_lossy(&refresh.stderr)
+    );
+    assert_equal(
+        &truth,
+        &env.view_of("annotations_state").await,
+        "the state table",
+    );
+    let verify = env.annotable(&["maintain", "--verify-state"]);
+    assert!(
+        verify.status.success(),
+        "maintain --verify-state: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+fn assert_equal(truth: &BTreeSet<Row>, view: &BTreeSet<Row>, name: &str) {
+    let missing: Vec<_> = truth.difference(view).take(10).collect();
+    let extra: Vec<_> = view.difference(truth).take(10).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{name} != S3 ({} in S3, {} in {name})\nmissing from {name}: {missing:#?}\nextra in {name}: {extra:#?}",
+        truth.len(),
+        view.len()
     );
 }
