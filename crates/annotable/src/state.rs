@@ -48,12 +48,17 @@ pub async fn refresh(config: &Config, rebuild: bool) -> Result<RefreshReport, Ma
     let me = Holder::this_process("refresh");
     match leased(state.state(), &me, state.refresh(&journal, rebuild)).await? {
         Ok(report) => Ok(report),
-        Err(Busy { holder, until_ms }) => Err(MaintainError::Held {
-            table: state.state().table().ident().to_string(),
-            holder,
-            until: chrono::DateTime::from_timestamp_millis(until_ms)
-                .map_or_else(|| until_ms.to_string(), |t| t.to_rfc3339()),
-        }),
+        Err(busy) => Err(held(&state, busy)),
+    }
+}
+
+/// The error for a state table whose lease another process holds.
+fn held(state: &StateTables, Busy { holder, until_ms }: Busy) -> MaintainError {
+    MaintainError::Held {
+        table: state.state().table().ident().to_string(),
+        holder,
+        until: chrono::DateTime::from_timestamp_millis(until_ms)
+            .map_or_else(|| until_ms.to_string(), |t| t.to_rfc3339()),
     }
 }
 
@@ -90,12 +95,7 @@ pub async fn maintain(
     };
     match leased(state.state(), &me, work).await? {
         Ok(reports) => Ok(reports),
-        Err(Busy { holder, until_ms }) => Err(MaintainError::Held {
-            table: state.state().table().ident().to_string(),
-            holder,
-            until: chrono::DateTime::from_timestamp_millis(until_ms)
-                .map_or_else(|| until_ms.to_string(), |t| t.to_rfc3339()),
-        }),
+        Err(busy) => Err(held(&state, busy)),
     }
 }
 
@@ -150,7 +150,8 @@ pub(crate) struct Schedule {
 }
 
 /// `serve`'s refresher: every `interval`, one refresh if this process gets the lease, folding
-/// at most `budget` bytes of journal rows (serve's `read_buffer_bytes`). Errors
+/// at most `budget` bytes of journal rows and of any partition of the state (a quarter of
+/// serve's `read_buffer_bytes`). Errors
 /// are logged; the next round tries again (a failed refresh changed nothing, or left the
 /// tombstones ahead of the state, which the next one folds again). Every [`EXPIRE_EVERY`]
 /// rounds it also expires the state tables' snapshots (`maintain` options, no compaction).
@@ -196,7 +197,7 @@ pub(crate) async fn periodic(
                 if let Some(needs) = report.deferred {
                     warn!(
                         table = %state.state().table().ident(), needs_bytes = needs, budget_bytes = budget,
-                        "the next refresh needs more memory (a journal commit or a partition of the state) than serve.read_buffer_bytes allows; the state stays behind (queries still see the journal) until `annotable maintain --refresh` folds it"
+                        "the next refresh needs more memory (a journal commit or a partition of the state) than a quarter of serve.read_buffer_bytes allows; the state stays behind (queries still see the journal) until `annotable maintain --refresh` folds it"
                     );
                 }
                 let lag = lag(&journal, &report).await;

@@ -265,13 +265,7 @@ pub(crate) async fn compare(
     let count = |table: &'static str| {
         let sql = format!("SELECT count(*) FROM {table}");
         async move {
-            let batches = ctx
-                .sql(&sql)
-                .await
-                .map_err(plan_error)?
-                .collect()
-                .await
-                .map_err(plan_error)?;
+            let batches = collect(ctx, &sql).await?;
             Ok::<usize, SqlError>(
                 batches
                     .first()
@@ -291,13 +285,7 @@ pub(crate) async fn compare(
              ORDER BY bucket, object_key, object_version_id, name"
         );
         async move {
-            let batches = ctx
-                .sql(&sql)
-                .await
-                .map_err(plan_error)?
-                .collect()
-                .await
-                .map_err(plan_error)?;
+            let batches = collect(ctx, &sql).await?;
             let total = batches.iter().map(|b| b.num_rows()).sum::<usize>();
             let mut rows = Vec::new();
             let options = FormatOptions::default().with_null("NULL");
@@ -335,4 +323,17 @@ pub(crate) async fn compare(
         only_in_journal,
         differing: (only_state, only_journal),
     })
+}
+
+/// Runs `sql` on `ctx` and collects the result.
+async fn collect(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>, SqlError> {
+    let error = |e| SqlError::Execution {
+        source: Box::new(e),
+    };
+    ctx.sql(sql)
+        .await
+        .map_err(error)?
+        .collect()
+        .await
+        .map_err(error)
 }

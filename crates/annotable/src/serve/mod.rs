@@ -387,7 +387,9 @@ pub async fn run(
                     state,
                     crate::state::Schedule {
                         interval: every,
-                        budget: options.read_buffer_bytes,
+                        // A quarter, like a batch's: the refresher holds journal rows, one
+                        // partition and their copies while sets are read beside it.
+                        budget: options.read_buffer_bytes / 4,
                         upkeep,
                     },
                     holder,

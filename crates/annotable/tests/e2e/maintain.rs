@@ -117,43 +117,13 @@ async fn a_killed_compaction_leaves_the_table_readable_and_the_next_run_complete
         Some(1500),
         Some(3000),
     ] {
-        let mut child = annotable(dir.path(), &["maintain", "--compact"]).spawn()?;
-        let stderr = child.stderr.take().ok_or("no stderr")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if line.contains("compacting") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let compacting = match after_ms {
-            None => {
-                std::thread::sleep(Duration::from_millis(150));
-                false
-            }
-            Some(after) => {
-                let seen = rx.recv_timeout(Duration::from_secs(120)).is_ok();
-                let started = Instant::now();
-                while seen
-                    && started.elapsed() < Duration::from_millis(after)
-                    && child.try_wait()?.is_none()
-                {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                seen
-            }
-        };
-        let killed = child.try_wait()?.is_none();
-        if killed {
-            child.kill()?; // SIGKILL
-        }
-        child.wait()?;
-        let _ = reader.join();
+        let (killed, compacting) = kill_after(
+            dir.path(),
+            &["maintain", "--compact"],
+            "compacting",
+            after_ms,
+            150,
+        )?;
         if killed && compacting {
             killed_compacting += 1;
         }
@@ -322,43 +292,13 @@ async fn a_refresh_killed_at_any_point_leaves_a_correct_state_and_the_next_one_c
         Some(1000),
     ] {
         append(15).await?;
-        let mut child = annotable(dir.path(), &["maintain", "--refresh"]).spawn()?;
-        let stderr = child.stderr.take().ok_or("no stderr")?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
-                if line.contains("refreshing the state") {
-                    let _ = tx.send(());
-                }
-            }
-        });
-        let refreshing = match after_ms {
-            None => {
-                std::thread::sleep(Duration::from_millis(100));
-                false
-            }
-            Some(after) => {
-                let seen = rx.recv_timeout(Duration::from_secs(120)).is_ok();
-                let started = Instant::now();
-                while seen
-                    && started.elapsed() < Duration::from_millis(after)
-                    && child.try_wait()?.is_none()
-                {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                seen
-            }
-        };
-        let killed = child.try_wait()?.is_none();
-        if killed {
-            child.kill()?; // SIGKILL
-        }
-        child.wait()?;
-        let _ = reader.join();
+        let (killed, refreshing) = kill_after(
+            dir.path(),
+            &["maintain", "--refresh"],
+            "refreshing the state",
+            after_ms,
+            100,
+        )?;
         if killed && refreshing {
             killed_refreshing += 1;
         }
@@ -410,4 +350,55 @@ async fn a_refresh_killed_at_any_point_leaves_a_correct_state_and_the_next_one_c
     );
     assert_eq!(state_and_view(dir.path())?.0, state);
     Ok(())
+}
+
+/// Runs `annotable args` and SIGKILLs it `after_ms` after it logs a line containing `marker`
+/// (timed from that line, not from the start, so a loaded machine does not make every kill
+/// land before the work begins), or `settle_ms` after its start when `after_ms` is `None`.
+/// Returns whether it was killed (rather than done first) and whether `marker` was seen.
+fn kill_after(
+    dir: &std::path::Path,
+    args: &[&str],
+    marker: &'static str,
+    after_ms: Option<u64>,
+    settle_ms: u64,
+) -> Result<(bool, bool), Box<dyn std::error::Error>> {
+    let mut child = annotable(dir, args).spawn()?;
+    let stderr = child.stderr.take().ok_or("no stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains(marker) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let seen = match after_ms {
+        None => {
+            std::thread::sleep(Duration::from_millis(settle_ms));
+            false
+        }
+        Some(after) => {
+            let seen = rx.recv_timeout(Duration::from_secs(120)).is_ok();
+            let started = Instant::now();
+            while seen
+                && started.elapsed() < Duration::from_millis(after)
+                && child.try_wait()?.is_none()
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            seen
+        }
+    };
+    let killed = child.try_wait()?.is_none();
+    if killed {
+        child.kill()?; // SIGKILL
+    }
+    child.wait()?;
+    let _ = reader.join();
+    Ok((killed, seen))
 }

@@ -117,9 +117,25 @@ pub(crate) async fn rewrite(
             ),
         ));
     }
-    let target = usize::try_from(target).unwrap_or(usize::MAX);
+    write_sorted(
+        table,
+        prefix,
+        usize::try_from(target).unwrap_or(usize::MAX),
+        &sorted,
+    )
+    .await
+}
+
+/// Writes rows already in the table's sort order as new data files of `table`, split by
+/// partition and rolled at `target` bytes.
+pub(crate) async fn write_sorted(
+    table: &Table,
+    prefix: &str,
+    target: usize,
+    sorted: &RecordBatch,
+) -> Result<Vec<DataFile>, Error> {
     let (builder, splitter) = file_writer(table, prefix, Some(target))?;
-    write_partitioned(&builder, splitter.split(&sorted)?)
+    write_partitioned(&builder, splitter.split(sorted)?)
         .await
         .map_err(|e| match e {
             WriteFailure::Write(e) => e,
@@ -127,7 +143,7 @@ pub(crate) async fn rewrite(
         })
 }
 
-fn arrow_error(e: arrow::error::ArrowError) -> Error {
+pub(crate) fn arrow_error(e: arrow::error::ArrowError) -> Error {
     Error::new(ErrorKind::Unexpected, format!("arrow: {e}"))
 }
 

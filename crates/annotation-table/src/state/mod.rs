@@ -45,8 +45,7 @@ use iceberg::{Catalog, Error, ErrorKind};
 use tracing::info;
 
 use crate::encode::{encode_rows, sort_batch, sort_keys};
-use crate::journal::{WriteFailure, file_writer, write_partitioned};
-use crate::maintain::compact::{Rewrite, read_parquet};
+use crate::maintain::compact::{Rewrite, arrow_error, read_parquet, write_sorted};
 use crate::maintain::inventory::ManifestCache;
 use crate::{
     CatalogConfig, JournalRow, JournalTable, Maintainer, StorageConfig, TableError, decode_rows,
@@ -699,17 +698,7 @@ async fn write(
         .await
         .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?
         .map_err(arrow_error)?;
-    let (builder, splitter) = file_writer(table, prefix, Some(TARGET_FILE_BYTES))?;
-    write_partitioned(&builder, splitter.split(&sorted)?)
-        .await
-        .map_err(|e| match e {
-            WriteFailure::Write(e) => e,
-            WriteFailure::Encode(e) => arrow_error(e),
-        })
-}
-
-fn arrow_error(e: arrow::error::ArrowError) -> Error {
-    Error::new(ErrorKind::Unexpected, format!("arrow: {e}"))
+    write_sorted(table, prefix, TARGET_FILE_BYTES, &sorted).await
 }
 
 /// What a reader must add to the state to see everything the journal has.
