@@ -89,13 +89,7 @@ pub(crate) async fn rewrite(
 ) -> Result<Vec<DataFile>, Error> {
     let mut batches = Vec::new();
     for file in &bin.files {
-        let bytes = table.file_io().new_input(file.file_path())?.read().await?;
-        let schema = arrow_schema.clone();
-        let path = file.file_path().to_string();
-        let read = tokio::task::spawn_blocking(move || read_parquet(bytes, &schema, &path))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))??;
-        batches.extend(read);
+        batches.extend(read_data_file(table, file, arrow_schema).await?);
     }
     let schema = arrow_schema.clone();
     let keys = sort_keys(table.metadata(), arrow_schema);
@@ -141,6 +135,20 @@ pub(crate) async fn write_sorted(
             WriteFailure::Write(e) => e,
             WriteFailure::Encode(e) => arrow_error(e),
         })
+}
+
+/// Reads one data file of `table` as batches of `schema` (decoded off the async threads).
+pub(crate) async fn read_data_file(
+    table: &Table,
+    file: &DataFile,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>, Error> {
+    let bytes = table.file_io().new_input(file.file_path())?.read().await?;
+    let schema = schema.clone();
+    let path = file.file_path().to_string();
+    tokio::task::spawn_blocking(move || read_parquet(bytes, &schema, &path))
+        .await
+        .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?
 }
 
 pub(crate) fn arrow_error(e: arrow::error::ArrowError) -> Error {

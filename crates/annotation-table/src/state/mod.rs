@@ -45,7 +45,7 @@ use iceberg::{Catalog, Error, ErrorKind};
 use tracing::info;
 
 use crate::encode::{encode_rows, sort_batch, sort_keys};
-use crate::maintain::compact::{Rewrite, arrow_error, read_parquet, write_sorted};
+use crate::maintain::compact::{Rewrite, arrow_error, read_data_file, read_parquet, write_sorted};
 use crate::maintain::inventory::ManifestCache;
 use crate::{
     CatalogConfig, JournalRow, JournalTable, Maintainer, StorageConfig, TableError, decode_rows,
@@ -737,17 +737,7 @@ pub async fn unfolded(
     }
     let mut batches = Vec::new();
     for file in &delta.files {
-        let bytes = journal
-            .file_io()
-            .new_input(file.file_path())?
-            .read()
-            .await?;
-        let schema = schema.clone();
-        let path = file.file_path().to_string();
-        let read = tokio::task::spawn_blocking(move || read_parquet(bytes, &schema, &path))
-            .await
-            .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))??;
-        batches.extend(read);
+        batches.extend(read_data_file(journal, file, schema).await?);
     }
     Ok(Unfolded::Rows(batches))
 }
