@@ -203,6 +203,9 @@ pub(crate) struct Rewrite {
     /// When set, the table's current snapshot must still be this one (`None`: no snapshot):
     /// the rewrite was computed from it and would be wrong on any other.
     pub expect_current: Option<Option<i64>>,
+    /// Table properties set in the same commit (journal retention records how far back the
+    /// journal reaches).
+    pub table_properties: Vec<(String, String)>,
 }
 
 /// Files written for one commit attempt (deleted again if the attempt loses).
@@ -356,6 +359,7 @@ pub(crate) async fn stage(
             MAIN_BRANCH,
             SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
         )?
+        .set_properties(rewrite.table_properties.iter().cloned().collect())?
         .build()?
         .metadata;
     let location = MetadataLocation::from_str(&current_location)?
@@ -368,6 +372,44 @@ pub(crate) async fn stage(
         location,
         snapshot_id,
         written,
+    })
+}
+
+/// Writes metadata in which the tag `name` points at `snapshot_id` (no new snapshot); nothing
+/// is visible until the caller swaps the catalog pointer to `Staged::location`.
+pub(crate) async fn stage_tag(
+    table: &Table,
+    name: &str,
+    snapshot_id: i64,
+) -> Result<Staged, Error> {
+    let current_location = table
+        .metadata_location()
+        .ok_or_else(|| Error::new(ErrorKind::DataInvalid, "the table has no metadata location"))?
+        .to_string();
+    let new_metadata = table
+        .metadata()
+        .clone()
+        .into_builder(Some(current_location.clone()))
+        .set_ref(
+            name,
+            SnapshotReference::new(
+                snapshot_id,
+                SnapshotRetention::Tag {
+                    max_ref_age_ms: None,
+                },
+            ),
+        )?
+        .build()?
+        .metadata;
+    let location = MetadataLocation::from_str(&current_location)?
+        .with_next_version()
+        .with_new_metadata(&new_metadata);
+    new_metadata.write_to(table.file_io(), &location).await?;
+    let location = location.to_string();
+    Ok(Staged {
+        location: location.clone(),
+        snapshot_id,
+        written: vec![location],
     })
 }
 

@@ -360,6 +360,7 @@ impl Maintainer {
             operation: iceberg::spec::Operation::Replace,
             properties: Vec::new(),
             expect_current: None,
+            table_properties: Vec::new(),
         };
         match self.commit_rewrite(db, &rewrite, cache).await {
             Ok((snapshot_id, attempts)) => {
@@ -410,6 +411,7 @@ impl Maintainer {
             operation: iceberg::spec::Operation::Replace,
             properties: Vec::new(),
             expect_current: None,
+            table_properties: Vec::new(),
         };
         self.commit_rewrite(db, &rewrite, cache).await?;
         Ok(true)
@@ -513,6 +515,56 @@ impl Maintainer {
             .commit_rewrite(db, rewrite, &mut ManifestCache::default())
             .await?;
         Ok(id)
+    }
+
+    /// Points the tag `name` at `snapshot_id` through the catalog's compare-and-swap (the SQL
+    /// catalog only). A tagged snapshot survives expiry, and with it every file it references.
+    pub(crate) async fn tag(&self, name: &str, snapshot_id: i64) -> Result<(), TableError> {
+        const ATTEMPTS: u32 = 20;
+        let action = format!("tagging snapshot {snapshot_id} as {name}");
+        let Some(db) = &self.db else {
+            return Err(self.error(
+                &action,
+                Error::new(
+                    ErrorKind::FeatureUnsupported,
+                    "tags are committed through the SQL catalog (SQLite or PostgreSQL) only",
+                ),
+            ));
+        };
+        let ident = self.table.ident();
+        for attempt in 1..=ATTEMPTS {
+            let table = self.table.load().await?;
+            if table
+                .metadata()
+                .snapshot_for_ref(name)
+                .is_some_and(|s| s.snapshot_id() == snapshot_id)
+            {
+                return Ok(());
+            }
+            let from = table.metadata_location().unwrap_or_default().to_string();
+            let staged = compact::stage_tag(&table, name, snapshot_id)
+                .await
+                .map_err(|e| self.error(&action, e))?;
+            match db.swap(ident, &from, &staged.location).await {
+                Ok(true) => {
+                    info!(table = %ident, snapshot_id, tag = name, "tag committed");
+                    return Ok(());
+                }
+                Ok(false) => self.discard(&table, staged.written.into_iter()).await,
+                // The answer was lost: the next attempt finds out whether the swap landed, so
+                // the file is left for the orphan sweep rather than deleted while perhaps current.
+                Err(e) if e.is_retryable() && attempt < ATTEMPTS => {}
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt.min(10)))).await;
+        }
+        Err(self.error(
+            &action,
+            Error::new(
+                ErrorKind::CatalogCommitConflicts,
+                format!("other commits kept winning ({ATTEMPTS} attempts); run it again"),
+            ),
+        ))
     }
 
     /// Whether rewrites (compaction, the current-state refresh) can be committed on this

@@ -2,7 +2,8 @@
 //! appends added after the snapshot the state records as its watermark.
 //!
 //! The journal is append-only; compaction's `replace` snapshots only move rows already there
-//! into new files, so they are skipped. Walking from the current snapshot back through its
+//! into new files, and journal retention only drops rows the state has folded in, so both are
+//! skipped. Walking from the current snapshot back through its
 //! parents to the watermark finds the appends in between; each one's own manifest
 //! (`added_snapshot_id` = the append) lists the files it added. If the walk does not reach the
 //! watermark (it was expired, or the state belongs to another journal), the whole journal is
@@ -14,6 +15,7 @@ use iceberg::spec::{DataFile, ManifestStatus, SnapshotRef};
 use iceberg::table::Table;
 use iceberg::{Error, ErrorKind};
 
+use super::retention::is_retention;
 use crate::maintain::changes_rows;
 use crate::maintain::inventory::ManifestCache;
 
@@ -57,7 +59,7 @@ pub(crate) async fn since(journal: &Table, from: From) -> Result<Delta, Error> {
                 reached = true;
                 break;
             }
-            if changes_rows(&snapshot) {
+            if changes_rows(&snapshot) && !is_retention(&snapshot) {
                 appends.push(snapshot.clone());
             }
             at = match snapshot.parent_snapshot_id() {

@@ -27,10 +27,12 @@
 //! reads a snapshot and records which). Each commit requires the table's current snapshot to
 //! be the one the refresh read; another refresher or a compaction of the state in between
 //! makes it fail cleanly (nothing changed; run again). One refresher at a time is the
-//! caller's lease. The full rebuild folds the whole journal and replaces every file.
+//! caller's lease. The full rebuild folds the whole journal (and, once journal retention has
+//! dropped rows, the retention base that holds them: `retention`) and replaces every file.
 
 mod delta;
 mod fold;
+mod retention;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -52,6 +54,9 @@ use crate::{
     state_spec, tombstones_spec,
 };
 use fold::Fold;
+pub use retention::{
+    PROPERTY_RETAINED_SINCE, RETENTION_BASE_TAG, RetentionReport, SUMMARY_CUT, retained_since,
+};
 
 /// Snapshot summary key of the state table: the journal snapshot id the state reflects.
 pub const SUMMARY_WATERMARK: &str = "annotable.state.journal-snapshot-id";
@@ -81,6 +86,9 @@ pub struct RefreshReport {
     pub to: Option<i64>,
     /// True when the whole journal was folded (no usable watermark, or asked to).
     pub rebuilt: bool,
+    /// The state snapshot a whole-journal fold started from: the retention base, when journal
+    /// retention has dropped rows (see [`RETENTION_BASE_TAG`]).
+    pub base: Option<i64>,
     /// Journal appends folded in.
     pub journal_snapshots: usize,
     /// Journal data files read.
@@ -317,6 +325,27 @@ impl StateTables {
             .await
             .map_err(|e| self.tomb_error("reading the manifests", e))?;
 
+        // After journal retention the journal alone no longer computes the state: a
+        // whole-journal fold starts from the retention base (see `retention`).
+        let (mut base_state, mut base_tombs) = if delta.full {
+            report.base = state_table
+                .metadata()
+                .snapshot_for_ref(RETENTION_BASE_TAG)
+                .map(|s| s.snapshot_id());
+            (
+                tagged_files(&state_table)
+                    .and_then(|f| async { by_partition(f) })
+                    .await
+                    .map_err(|e| self.state_error("reading the retention base", e))?,
+                tagged_files(&tomb_table)
+                    .and_then(|f| async { by_partition(f) })
+                    .await
+                    .map_err(|e| self.tomb_error("reading the retention base", e))?,
+            )
+        } else {
+            (BTreeMap::new(), BTreeMap::new())
+        };
+
         // One partition at a time: its rows, its old files, its new files.
         let prefix = format!("state-{}", uuid::Uuid::now_v7());
         let mut replaced_state = Vec::new();
@@ -328,6 +357,8 @@ impl StateTables {
             // A rebuild replaces every file, also those of partitions the journal no longer has.
             partitions.extend(state_files.keys().cloned());
             partitions.extend(tomb_files.keys().cloned());
+            partitions.extend(base_state.keys().cloned());
+            partitions.extend(base_tombs.keys().cloned());
             partitions.sort();
             partitions.dedup();
         }
@@ -340,11 +371,21 @@ impl StateTables {
                 }
                 let old_state = state_files.remove(&partition).unwrap_or_default();
                 let old_tombs = tomb_files.remove(&partition).unwrap_or_default();
-                if !delta.full {
+                // An incremental refresh folds into the partition as it is; a whole-journal
+                // fold starts from the retention base's (nothing, when retention never ran).
+                let (load_state, load_tombs) = if delta.full {
+                    (
+                        base_state.remove(&partition).unwrap_or_default(),
+                        base_tombs.remove(&partition).unwrap_or_default(),
+                    )
+                } else {
+                    (old_state.clone(), old_tombs.clone())
+                };
+                {
                     // Compressed sizes first, so an oversized partition is not even fetched.
-                    let mut loaded: u64 = old_state
+                    let mut loaded: u64 = load_state
                         .iter()
-                        .chain(&old_tombs)
+                        .chain(&load_tombs)
                         .map(DataFile::file_size_in_bytes)
                         .sum();
                     if let Some(budget) = budget
@@ -353,10 +394,10 @@ impl StateTables {
                         return Ok(Some(loaded));
                     }
                     loaded = 0;
-                    let files = old_state
+                    let files = load_state
                         .iter()
                         .map(|f| (f, true))
-                        .chain(old_tombs.iter().map(|f| (f, false)));
+                        .chain(load_tombs.iter().map(|f| (f, false)));
                     for (file, of_state) in files {
                         let (table, schema, record_type) = if of_state {
                             (&state_table, &state_schema, Some("PUT"))
@@ -452,6 +493,7 @@ impl StateTables {
             operation: Operation::Overwrite,
             properties: properties.clone(),
             expect_current: Some(table.metadata().current_snapshot().map(|s| s.snapshot_id())),
+            table_properties: Vec::new(),
         };
         if (!replaced_tombs.is_empty() || !new_tombs.is_empty())
             && let Err(e) = self
@@ -606,6 +648,19 @@ impl Partitioner {
         };
         (row.bucket.clone(), hash)
     }
+}
+
+/// The data files of the snapshot tagged [`RETENTION_BASE_TAG`] (none when untagged).
+async fn tagged_files(table: &Table) -> Result<Vec<DataFile>, Error> {
+    let Some(base) = table
+        .metadata()
+        .snapshot_for_ref(RETENTION_BASE_TAG)
+        .cloned()
+    else {
+        return Ok(Vec::new());
+    };
+    let files = ManifestCache::default().snapshot(table, &base).await?;
+    Ok(files.live.iter().map(|e| e.data_file().clone()).collect())
 }
 
 async fn live_files(table: &Table) -> Result<Vec<DataFile>, Error> {
