@@ -188,6 +188,35 @@ impl QuerySession {
         state::define(&self.ctx, &self.schema, &self.journal, &self.catalog_name).await
     }
 
+    /// Since when the journal holds every row (ms since the epoch), when journal retention
+    /// has dropped older ones; `None` when the journal is complete or does not exist.
+    pub async fn journal_retained_since(&self) -> Result<Option<i64>, SqlError> {
+        let journal = self
+            .schema
+            .load(&self.journal)
+            .await
+            .map_err(|e| SqlError::Catalog {
+                catalog: self.catalog_name.clone(),
+                action: "loading the journal".into(),
+                source: Box::new(e),
+            })?;
+        Ok(journal
+            .as_ref()
+            .and_then(annotation_table::state::retained_since))
+    }
+
+    /// Whether `sql` reads the journal's history (the journal table or the view over it).
+    pub fn reads_journal(&self, sql: &str) -> bool {
+        let sql = sql.to_lowercase();
+        [
+            self.journal.as_str(),
+            crate::provider::JOURNAL_ALIAS,
+            "annotations_from_journal",
+        ]
+        .iter()
+        .any(|name| sql.contains(&name.to_lowercase()))
+    }
+
     /// Compares the state table with the journal view at the state's watermark (see
     /// `state::compare`), returning up to `sample` differing rows of each side.
     pub async fn compare_state(&self, sample: usize) -> Result<StateComparison, SqlError> {

@@ -9,20 +9,26 @@
 //!   `annotations_unfolded`, when there are at most [`MAX_UNFOLDED_ROWS`] of them;
 //! - the portable view over the journal (`annotations_from_journal`, the file
 //!   `queries/views/annotations.sql`), when there is no state table, it was never refreshed,
-//!   its watermark has left the journal's history, or too many rows wait.
+//!   its watermark has left the journal's history, or too many rows wait;
+//! - in those last two cases, once journal retention has dropped rows that only the state
+//!   still holds, the state with the whole journal folded onto it by the same overlay.
 //!
 //! All three give the same rows for the same journal; the first two are what makes lookups and
 //! counts independent of the journal's length.
 
 use std::sync::Arc;
 
-use annotation_table::state::{Unfolded, unfolded};
+use annotation_table::state::{
+    RETENTION_BASE_TAG, Unfolded, retained_since, unfolded, watermark_of,
+};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use iceberg::arrow::schema_to_arrow_schema;
 
 use crate::error::SqlError;
-use crate::provider::{NamespaceSchema, STATE_ALIAS, without_metadata};
+use crate::provider::{
+    JOURNAL_ALIAS, NamespaceSchema, STATE_ALIAS, TOMBSTONES_ALIAS, without_metadata,
+};
 use datafusion::arrow::record_batch::RecordBatch;
 
 /// More unfolded journal rows than this and a statement reads the journal view instead (the
@@ -53,6 +59,9 @@ pub enum AnnotationsSource {
     State,
     /// The state table plus this many unfolded journal rows.
     Overlay(usize),
+    /// The state table with the whole journal folded onto it: journal retention has dropped
+    /// rows, and the rows after the watermark are too many to hold or no longer traceable.
+    OverlayJournal,
 }
 
 /// Defines `annotations` for the next statement (see the module doc).
@@ -89,7 +98,31 @@ pub(crate) async fn define(
                         .await
                         .map_err(|e| catalog_error("reading the journal's newest rows", e))?
                     {
-                        Unfolded::UseJournal => AnnotationsSource::Journal,
+                        Unfolded::UseJournal
+                            if retained_since(&journal).is_some()
+                                && watermark_of(&state).is_some() =>
+                        {
+                            // Journal retention dropped rows only the state still holds: the
+                            // journal view would lose them, so the whole (short) journal is
+                            // folded onto the state instead.
+                            let view = ctx
+                                .sql(&format!("SELECT * FROM {JOURNAL_ALIAS}"))
+                                .await
+                                .map_err(|e| SqlError::Execution {
+                                    source: Box::new(e),
+                                })?
+                                .into_view();
+                            schema.set_internal(UNFOLDED, view);
+                            AnnotationsSource::OverlayJournal
+                        }
+                        Unfolded::UseJournal => {
+                            if retained_since(&journal).is_some() {
+                                tracing::warn!(
+                                    "journal retention has dropped rows, but the annotations table was never refreshed: `annotations` lacks what only the dropped rows said; rebuild the state from its retention base with `annotable maintain --rebuild-state`"
+                                );
+                            }
+                            AnnotationsSource::Journal
+                        }
                         Unfolded::Rows(batches) => {
                             let rows = batches.iter().map(|b| b.num_rows()).sum();
                             if rows == 0 {
@@ -123,7 +156,7 @@ pub(crate) async fn define(
     let sql = match source {
         AnnotationsSource::Journal => format!("SELECT * FROM {FROM_JOURNAL}"),
         AnnotationsSource::State => STATE_ONLY.to_string(),
-        AnnotationsSource::Overlay(_) => OVERLAY.to_string(),
+        AnnotationsSource::Overlay(_) | AnnotationsSource::OverlayJournal => OVERLAY.to_string(),
     };
     let view = ctx
         .sql(&sql)
@@ -146,6 +179,9 @@ pub struct StateComparison {
     pub journal_snapshot: i64,
     /// The state table's snapshot compared.
     pub state_snapshot: i64,
+    /// The retention base the journal was folded onto (`None`: the journal view alone; no
+    /// journal retention has dropped rows).
+    pub base: Option<i64>,
     /// Rows in the state table.
     pub state_rows: usize,
     /// Rows the journal view gives.
@@ -169,10 +205,14 @@ impl StateComparison {
 const JOURNAL_AT: &str = "annotation_journal_at_watermark";
 const STATE_AT: &str = "annotations_state_at_compare";
 const VIEW_AT: &str = "annotations_from_journal_at_watermark";
+const BASE_STATE: &str = "retention_base_state";
+const BASE_TOMBS: &str = "retention_base_tombstones";
 
 /// Compares the state table, row for row in all 12 columns, with the portable view
 /// (`queries/views/annotations.sql`) evaluated on the journal snapshot the state records as
-/// its watermark: the full-journal computation of what the state should hold. Both tables are
+/// its watermark: the full-journal computation of what the state should hold. Once journal
+/// retention has dropped rows, the full computation is the retention base (the state as it was
+/// when they were dropped) with that journal snapshot folded onto it by the overlay's rule. Both tables are
 /// pinned to one snapshot each, so writers may keep committing meanwhile.
 pub(crate) async fn compare(
     ctx: &SessionContext,
@@ -247,15 +287,54 @@ pub(crate) async fn compare(
     );
     schema.set_internal(
         STATE_AT,
-        schema.pinned(state, state_snapshot).map_err(plan_error)?,
+        schema
+            .pinned(state.clone(), state_snapshot)
+            .map_err(plan_error)?,
     );
-    let view_sql = crate::view_definitions()
-        .iter()
-        .find(|(file, _)| *file == "annotations.sql")
-        .map(|(_, sql)| *sql)
-        .unwrap_or_default()
-        .replacen("CREATE VIEW annotations AS", "", 1)
-        .replace("annotation_journal", JOURNAL_AT);
+    // The full computation: the journal view, or after journal retention the retention base
+    // with the journal folded onto it (module doc of annotation_table::state::retention).
+    let base = state
+        .metadata()
+        .snapshot_for_ref(RETENTION_BASE_TAG)
+        .map(|s| s.snapshot_id());
+    let view_sql = match base {
+        None => crate::view_definitions()
+            .iter()
+            .find(|(file, _)| *file == "annotations.sql")
+            .map(|(_, sql)| *sql)
+            .unwrap_or_default()
+            .replacen("CREATE VIEW annotations AS", "", 1)
+            .replace("annotation_journal", JOURNAL_AT),
+        Some(base) => {
+            schema.set_internal(
+                BASE_STATE,
+                schema.pinned(state.clone(), base).map_err(plan_error)?,
+            );
+            let tombstones = schema
+                .load(TOMBSTONES_ALIAS)
+                .await
+                .map_err(|e| catalog_error("loading the tombstones table", e))?;
+            let tagged = tombstones.as_ref().and_then(|t| {
+                t.metadata()
+                    .snapshot_for_ref(RETENTION_BASE_TAG)
+                    .map(|s| s.snapshot_id())
+            });
+            let base_tombs = match (tombstones, tagged) {
+                (Some(table), Some(id)) => schema.pinned(table, id).map_err(plan_error)?,
+                // No tombstones when the base was taken.
+                _ => ctx
+                    .sql(&format!("SELECT * FROM {TOMBSTONES_ALIAS} WHERE false"))
+                    .await
+                    .map_err(plan_error)?
+                    .into_view(),
+            };
+            schema.set_internal(BASE_TOMBS, base_tombs);
+            OVERLAY
+                .replace(UNFOLDED, JOURNAL_AT)
+                .replace(TOMBSTONES_ALIAS, BASE_TOMBS)
+                .replace(STATE_ALIAS, BASE_STATE)
+        }
+    };
     let view = ctx.sql(&view_sql).await.map_err(plan_error)?.into_view();
     schema.set_internal(VIEW_AT, view);
 
@@ -317,6 +396,7 @@ pub(crate) async fn compare(
     Ok(StateComparison {
         journal_snapshot: watermark.snapshot_id,
         state_snapshot,
+        base,
         state_rows: count(STATE_AT).await?,
         journal_rows: count(VIEW_AT).await?,
         only_in_state,
