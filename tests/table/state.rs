@@ -361,3 +361,218 @@ async fn racing_refresher(state: &StateTables, journal: &JournalTable) -> (usize
     }
     (landed, refused)
 }
+
+/// `n` in `SELECT count(*) AS n ...`.
+async fn count(session: &QuerySession, sql: &str) -> Result<i64, Box<dyn std::error::Error>> {
+    let result = session.query(sql).await?;
+    Ok(result
+        .batches
+        .first()
+        .and_then(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .map(|a| a.value(0))
+        })
+        .unwrap_or(-1))
+}
+
+/// `n` random observations ingested at `at`.
+fn ingested(
+    rng: &mut fastrand::Rng,
+    seq: &mut u64,
+    n: usize,
+    at: chrono::DateTime<Utc>,
+) -> Vec<JournalRow> {
+    (0..n)
+        .map(|_| {
+            *seq += 1 + rng.u64(0..3);
+            let mut row = observation(rng, *seq);
+            row.ingested_at = at;
+            row
+        })
+        .collect()
+}
+
+/// `n` random observations ingested `days` days ago.
+fn aged(rng: &mut fastrand::Rng, seq: &mut u64, n: usize, days: i64) -> Vec<JournalRow> {
+    ingested(rng, seq, n, Utc::now() - chrono::Duration::days(days))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_retention_drops_only_folded_rows_and_the_state_stays_exact() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("annotable-data");
+    let catalog_config = CatalogConfig::embedded(&data);
+    let storage = StorageConfig::default();
+    let catalog = annotation_table::connect("annotable", &catalog_config, &storage).await?;
+    let journal = JournalTable::open(catalog.clone(), "s3_metadata", None).await?;
+    let maintainer =
+        annotation_table::Maintainer::new(journal.clone(), &catalog_config, "annotable", &storage)
+            .await?;
+    let state = StateTables::open(
+        catalog.clone(),
+        &catalog_config,
+        "annotable",
+        &storage,
+        "s3_metadata",
+        "annotations",
+    )
+    .await?;
+    let session =
+        QuerySession::new(catalog.clone(), "test", "s3_metadata", "annotation_journal").await?;
+    let mut rng = fastrand::Rng::with_seed(2026);
+    let mut seq = 0;
+
+    // A year-old annotation nobody touched since: after retention only the state knows it.
+    let mut lone = observation(&mut rng, 1);
+    lone.bucket = "lake-c".into();
+    lone.object_key = "untouched.txt".into();
+    lone.object_join_key = "lake-c/untouched.txt/null".into();
+    lone.record_type = RecordType::Put;
+    lone.name = Some("owner".into());
+    lone.text_value = Some("\"ops\"".into());
+    lone.size = Some(5);
+    lone.e_tag = Some("\"lone\"".into());
+    lone.last_modified_date = Utc
+        .timestamp_opt(1_700_000_000, 0)
+        .single()
+        .map(|t| t.naive_utc());
+    lone.ingested_at = Utc::now() - chrono::Duration::days(365);
+    seq += 10;
+    journal
+        .append(Batch::new(Source::Backfill, vec![lone]))
+        .await?;
+    // Old history in several commits (one straddles the cut), all folded in by a refresh.
+    for days in [60, 45, 40] {
+        let rows = aged(&mut rng, &mut seq, 80, days);
+        journal
+            .append(Batch::new(Source::Notification, rows))
+            .await?;
+    }
+    // Noon 30 days ago: the journal is partitioned by day, so rows an hour either side of
+    // the cut share files, which retention must rewrite rather than drop.
+    let cut = (Utc::now() - chrono::Duration::days(30))
+        .date_naive()
+        .and_hms_opt(12, 0, 0)
+        .map(|t| t.and_utc())
+        .ok_or("noon")?;
+    let hour = chrono::Duration::hours(1);
+    let mut straddling = ingested(&mut rng, &mut seq, 40, cut - hour);
+    straddling.extend(ingested(&mut rng, &mut seq, 40, cut + hour));
+    journal
+        .append(Batch::new(Source::Notification, straddling))
+        .await?;
+    state.refresh(&journal, false).await?;
+    // After the refresh: new rows, and a late commit of rows ingested long ago, which the
+    // state has not folded in and which must therefore stay.
+    journal
+        .append(Batch::new(
+            Source::Notification,
+            aged(&mut rng, &mut seq, 50, 0),
+        ))
+        .await?;
+    let late = aged(&mut rng, &mut seq, 30, 50);
+    journal
+        .append(Batch::new(Source::Notification, late))
+        .await?;
+
+    let cut_sql = format!("TIMESTAMP '{}'", cut.format("%Y-%m-%dT%H:%M:%S%.6fZ"));
+    let before = rows(&session, "annotations").await?;
+    assert_eq!(before, rows(&session, "annotations_from_journal").await?);
+    let state_before = rows(&session, "annotations_state").await?;
+    let old_rows = count(
+        &session,
+        &format!("SELECT count(*) AS n FROM annotation_journal WHERE ingested_at < {cut_sql}"),
+    )
+    .await?;
+
+    // A dry run changes nothing.
+    let dry = state
+        .trim_journal(&maintainer, cut.timestamp_millis(), true)
+        .await?;
+    assert_eq!(dry.rows_dropped, 1 + 3 * 80 + 40, "{dry:?}");
+    assert!(dry.snapshot_id.is_none());
+    let report = state
+        .trim_journal(&maintainer, cut.timestamp_millis(), false)
+        .await?;
+    assert_eq!(report.rows_dropped, 1 + 3 * 80 + 40, "{report:?}");
+    assert!(
+        report.files_rewritten >= 1 && report.files_waiting >= 1,
+        "the straddling commit's files are rewritten, the late one's wait: {report:?}"
+    );
+    assert!(report.base.is_some() && report.snapshot_id.is_some());
+    assert_eq!(
+        count(
+            &session,
+            &format!("SELECT count(*) AS n FROM annotation_journal WHERE ingested_at < {cut_sql}"),
+        )
+        .await?,
+        old_rows - i64::try_from(report.rows_dropped)?,
+        "only the late commit's old rows are left"
+    );
+    assert_eq!(
+        session.journal_retained_since().await?,
+        Some(cut.timestamp_millis())
+    );
+
+    // The journal alone has lost the lone annotation; annotations has not.
+    let lone_sql = "SELECT count(*) AS n FROM {} WHERE bucket = 'lake-c'";
+    assert_eq!(
+        count(
+            &session,
+            &lone_sql.replace("{}", "annotations_from_journal")
+        )
+        .await?,
+        0
+    );
+    assert_eq!(rows(&session, "annotations_state").await?, state_before);
+    assert_eq!(rows(&session, "annotations").await?, before);
+
+    // Refreshing folds the rows after the watermark; the full computation is now the
+    // retention base with the journal folded onto it, and the state equals it.
+    let refreshed = state.refresh(&journal, false).await?;
+    assert!(!refreshed.rebuilt, "{refreshed:?}");
+    let comparison = session.compare_state(5).await?;
+    assert!(comparison.is_equal(), "{comparison:?}");
+    assert_eq!(comparison.base, report.base);
+    assert_eq!(rows(&session, "annotations").await?, before);
+    assert_eq!(
+        count(&session, &lone_sql.replace("{}", "annotations")).await?,
+        1
+    );
+
+    // More history, a second retention run (the base moves on), random late commits.
+    for round in 0..6 {
+        let rows_now = aged(&mut rng, &mut seq, 60, if round % 2 == 0 { 31 } else { 0 });
+        journal
+            .append(Batch::new(Source::Notification, rows_now))
+            .await?;
+        if round % 2 == 1 {
+            state.refresh(&journal, false).await?;
+        }
+    }
+    let second = state
+        .trim_journal(&maintainer, cut.timestamp_millis(), false)
+        .await?;
+    assert!(second.rows_dropped > 0, "{second:?}");
+    assert_ne!(
+        second.base, report.base,
+        "the base moved with the second run"
+    );
+    let expected = rows(&session, "annotations").await?;
+    state.refresh(&journal, false).await?;
+    let comparison = session.compare_state(5).await?;
+    assert!(comparison.is_equal(), "{comparison:?}");
+    assert_eq!(rows(&session, "annotations_state").await?, expected);
+
+    // A rebuild starts from the base, not from the journal alone, and lands on the same rows.
+    let rebuilt = state.refresh(&journal, true).await?;
+    assert!(
+        rebuilt.rebuilt && rebuilt.base == second.base,
+        "{rebuilt:?}"
+    );
+    assert_eq!(rows(&session, "annotations_state").await?, expected);
+    assert!(session.compare_state(5).await?.is_equal());
+    Ok(())
+}

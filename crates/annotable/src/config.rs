@@ -125,6 +125,10 @@ pub struct MaintainSection {
     /// `serve` maintains the table every this many seconds (default: never; opt in). Only
     /// one process maintains a table at a time (a lease in the catalog database).
     pub serve_interval_secs: Option<u64>,
+    /// Journal rows ingested more than this many days ago are dropped by `maintain` once the
+    /// annotations table has folded them in (default: never; history queries then reach back
+    /// this far only). 0 keeps nothing the table has folded.
+    pub journal_retention_days: Option<u64>,
 }
 
 /// `[backfill]`: the bucket walker.

@@ -178,6 +178,11 @@ struct MaintainArgs {
     /// reflects, row for row; exit 1 on any difference.
     #[arg(long, conflicts_with_all = ["compact", "expire", "orphans", "dry_run"])]
     verify_state: bool,
+    /// Only the journal retention step: refresh the `annotations` table, then drop the journal
+    /// rows older than [maintain] journal_retention_days that it holds (a plain `maintain`
+    /// run ends with this step when the setting is on).
+    #[arg(long, conflicts_with_all = ["compact", "expire", "orphans", "refresh", "rebuild_state", "verify_state"])]
+    trim_journal: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -343,6 +348,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Maintain(args) if args.trim_journal => {
+            let Some(cut) = annotable::state::retention_cut(&config) else {
+                bail!(
+                    "--trim-journal needs maintain.journal_retention_days (ANNOTABLE_MAINTAIN_JOURNAL_RETENTION_DAYS): how many days of journal rows to keep"
+                );
+            };
+            let (refreshed, report) =
+                annotable::state::trim_journal(&config, cut, args.dry_run).await?;
+            if let Some(refreshed) = &refreshed {
+                println!("{}", annotable::state::PrintedRefresh(refreshed));
+            }
+            println!(
+                "{}",
+                annotable::state::PrintedRetention {
+                    report: &report,
+                    dry_run: args.dry_run
+                }
+            );
+            Ok(())
+        }
         Command::Maintain(args) => {
             let all = !(args.compact || args.expire || args.orphans);
             let request = MaintainRequest {
@@ -364,6 +389,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!(
                     "\n{table}\n{}",
                     maintain::Printed {
+                        report: &report,
+                        dry_run: args.dry_run
+                    }
+                );
+            }
+            if all && let Some(cut) = annotable::state::retention_cut(&config) {
+                let (refreshed, report) =
+                    annotable::state::trim_journal(&config, cut, args.dry_run).await?;
+                println!();
+                if let Some(refreshed) = &refreshed {
+                    println!("{}", annotable::state::PrintedRefresh(refreshed));
+                }
+                println!(
+                    "{}",
+                    annotable::state::PrintedRetention {
                         report: &report,
                         dry_run: args.dry_run
                     }

@@ -222,10 +222,10 @@ pub async fn run_leased(
 
 /// Runs `work` if the lease of `maintainer`'s table can be had, renewing it while `work`
 /// lasts and giving it up afterwards. `Err(Busy)` when a live process holds it.
-pub async fn leased<T>(
+pub async fn leased<T, E: Into<MaintainError>>(
     maintainer: &Maintainer,
     me: &Holder,
-    work: impl std::future::Future<Output = Result<T, TableError>>,
+    work: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<Result<T, Busy>, MaintainError> {
     let table = maintainer.table().ident().to_string();
     let acquired =
@@ -264,15 +264,25 @@ pub async fn leased<T>(
     if let Err(e) = lease.release(|_| ()).await {
         warn!(table = %table, error = %e, "could not release the maintenance lease; it lapses by itself");
     }
-    result.map(Ok).map_err(MaintainError::from)
+    result.map(Ok).map_err(Into::into)
+}
+
+/// Journal retention as part of `serve`'s periodic maintenance.
+pub(crate) struct Retention {
+    /// `maintain.journal_retention_days`.
+    pub days: u64,
+    /// The state tables whose fold makes dropping rows safe.
+    pub state: annotation_table::state::StateTables,
 }
 
 /// `serve`'s periodic maintenance: every `interval`, one full run (compaction, expiry,
-/// orphans) if this process gets the lease. Errors are logged; the next round tries again.
+/// orphans, then journal retention when configured) if this process gets the lease. Errors
+/// are logged; the next round tries again.
 pub(crate) async fn periodic(
     maintainer: Maintainer,
     options: MaintainOptions,
     interval: Duration,
+    retention: Option<Retention>,
     me: Holder,
     shutdown: CancellationToken,
 ) {
@@ -301,6 +311,28 @@ pub(crate) async fn periodic(
             }
             Err(e) => {
                 warn!(table = %maintainer.table().ident(), error = %e, "table maintenance failed; trying again next round")
+            }
+        }
+        let Some(retention) = &retention else {
+            continue;
+        };
+        let cut = crate::state::cut_for_days(retention.days);
+        let trim = crate::state::trim_opened(&maintainer, &retention.state, cut, false, &me);
+        let result = tokio::select! {
+            () = shutdown.cancelled() => return,
+            result = trim => result,
+        };
+        match result {
+            Ok((_, report)) => info!(
+                table = %maintainer.table().ident(), rows_dropped = report.rows_dropped,
+                files_waiting = report.files_waiting, skipped = ?report.skipped,
+                "journal retention"
+            ),
+            Err(MaintainError::Held { holder, .. }) => {
+                info!(table = %maintainer.table().ident(), holder = %holder, "another process holds a lease journal retention needs; skipped this round")
+            }
+            Err(e) => {
+                warn!(table = %maintainer.table().ident(), error = %e, "journal retention failed; trying again next round")
             }
         }
     }

@@ -67,6 +67,15 @@ pub async fn run(
         return Err(QueryError::ParquetNeedsFile);
     }
     let session = open_session(config).await?;
+    if session.reads_journal(&request.sql)
+        && let Some(since) = session.journal_retained_since().await?
+    {
+        let since = chrono::DateTime::from_timestamp_millis(since)
+            .map_or_else(|| since.to_string(), |t| t.to_rfc3339());
+        eprintln!(
+            "note: journal retention (maintain.journal_retention_days) has dropped journal rows ingested before {since}: history before then is gone; the annotations table still holds every current annotation"
+        );
+    }
     let result = session.query(&request.sql).await?;
     let rows = result.num_rows();
     match &request.output {

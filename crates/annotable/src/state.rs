@@ -10,8 +10,8 @@ use std::fmt;
 use std::time::Duration;
 
 use annotation_sql::{QuerySession, StateComparison};
-use annotation_table::state::{RefreshReport, StateTables};
-use annotation_table::{JournalTable, MaintainOptions, MaintainReport};
+use annotation_table::state::{RefreshReport, RetentionReport, StateTables};
+use annotation_table::{JournalTable, MaintainOptions, MaintainReport, Maintainer, TableError};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -49,6 +49,68 @@ pub async fn refresh(config: &Config, rebuild: bool) -> Result<RefreshReport, Ma
     match leased(state.state(), &me, state.refresh(&journal, rebuild)).await? {
         Ok(report) => Ok(report),
         Err(busy) => Err(held(&state, busy)),
+    }
+}
+
+/// The cut `maintain.journal_retention_days` asks for (ms since the epoch), if any.
+pub fn retention_cut(config: &Config) -> Option<i64> {
+    config.maintain.journal_retention_days.map(cut_for_days)
+}
+
+/// Now minus `days` days, in ms since the epoch.
+pub(crate) fn cut_for_days(days: u64) -> i64 {
+    let days = i64::try_from(days).unwrap_or(i64::MAX / 86_400_000);
+    chrono::Utc::now()
+        .timestamp_millis()
+        .saturating_sub(days.saturating_mul(86_400_000))
+}
+
+/// Journal retention (`maintain.journal_retention_days`): folds the journal into the state,
+/// then drops the journal rows ingested before `cut_ms` that the state holds. Runs under the
+/// journal's maintenance lease (no compaction meanwhile) and the state table's lease (no
+/// refresh meanwhile). A dry run refreshes nothing and reports what would be dropped.
+pub async fn trim_journal(
+    config: &Config,
+    cut_ms: i64,
+    dry_run: bool,
+) -> Result<(Option<RefreshReport>, RetentionReport), MaintainError> {
+    let journal = crate::maintain::maintainer(config).await?;
+    let (_, state) = open(config).await?;
+    let me = Holder::this_process("journal retention");
+    trim_opened(&journal, &state, cut_ms, dry_run, &me).await
+}
+
+/// [`trim_journal`] on tables already open, as `me` (also `serve`'s periodic maintenance).
+pub(crate) async fn trim_opened(
+    journal: &Maintainer,
+    state: &StateTables,
+    cut_ms: i64,
+    dry_run: bool,
+    me: &Holder,
+) -> Result<(Option<RefreshReport>, RetentionReport), MaintainError> {
+    let work = async {
+        let refreshed = if dry_run {
+            None
+        } else {
+            Some(state.refresh(journal.table(), false).await?)
+        };
+        let report = state.trim_journal(journal, cut_ms, dry_run).await?;
+        Ok::<_, TableError>((refreshed, report))
+    };
+    let under_state_lease = async {
+        match leased(state.state(), me, work).await? {
+            Ok(done) => Ok(done),
+            Err(busy) => Err(held(state, busy)),
+        }
+    };
+    match leased(journal, me, under_state_lease).await? {
+        Ok(done) => Ok(done),
+        Err(Busy { holder, until_ms }) => Err(MaintainError::Held {
+            table: journal.table().ident().to_string(),
+            holder,
+            until: chrono::DateTime::from_timestamp_millis(until_ms)
+                .map_or_else(|| until_ms.to_string(), |t| t.to_rfc3339()),
+        }),
     }
 }
 
@@ -91,7 +153,7 @@ pub async fn maintain(
                 table.run(&options).await?,
             ));
         }
-        Ok(reports)
+        Ok::<_, TableError>(reports)
     };
     match leased(state.state(), &me, work).await? {
         Ok(reports) => Ok(reports),
@@ -185,7 +247,7 @@ pub(crate) async fn periodic(
                     }
                 }
             }
-            Ok(report)
+            Ok::<_, TableError>(report)
         };
         let run = leased(state.state(), &me, work);
         let result = tokio::select! {
@@ -263,7 +325,11 @@ impl fmt::Display for PrintedRefresh<'_> {
         writeln!(
             f,
             "refresh  {} journal snapshot {} → {}: {} rows from {} files ({} appends)",
-            if r.rebuilt { "rebuilt from" } else { "folded" },
+            match (r.rebuilt, r.base) {
+                (true, Some(_)) => "rebuilt from the retention base and",
+                (true, None) => "rebuilt from",
+                (false, _) => "folded",
+            },
             r.from.map_or_else(|| "-".into(), |s| s.to_string()),
             r.to.map_or_else(|| "-".into(), |s| s.to_string()),
             r.journal_rows,
@@ -294,17 +360,71 @@ impl fmt::Display for PrintedRefresh<'_> {
     }
 }
 
+/// A retention run as `maintain` prints it.
+pub struct PrintedRetention<'a> {
+    /// The report.
+    pub report: &'a RetentionReport,
+    /// Whether it was a dry run.
+    pub dry_run: bool,
+}
+
+impl fmt::Display for PrintedRetention<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = self.report;
+        let cut = chrono::DateTime::from_timestamp_millis(r.cut_ms)
+            .map_or_else(|| r.cut_ms.to_string(), |t| t.to_rfc3339());
+        if let Some(why) = &r.skipped {
+            return write!(f, "retain   nothing dropped: {why}");
+        }
+        let would = if self.dry_run {
+            "would drop"
+        } else {
+            "dropped"
+        };
+        write!(
+            f,
+            "retain   {would} {} journal rows ingested before {cut}: {} files whole, {} rewritten",
+            r.rows_dropped, r.files_dropped, r.files_rewritten
+        )?;
+        if !self.dry_run && r.rows_dropped > 0 {
+            write!(
+                f,
+                " ({} removed, {} written); journal snapshot {}, retention base: state snapshot {}",
+                crate::maintain::bytes(r.bytes_removed),
+                crate::maintain::bytes(r.bytes_written),
+                r.snapshot_id.map_or_else(|| "-".into(), |s| s.to_string()),
+                r.base.map_or_else(|| "-".into(), |s| s.to_string()),
+            )?;
+        }
+        if r.files_waiting > 0 {
+            write!(
+                f,
+                "\nretain   {} files with older rows wait: the annotations table has not folded them in yet",
+                r.files_waiting
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// A comparison as `maintain --verify-state` prints it.
 pub struct PrintedComparison<'a>(pub &'a StateComparison);
 
 impl fmt::Display for PrintedComparison<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = self.0;
-        writeln!(
-            f,
-            "verify   state snapshot {} ({} rows) against the journal view at journal snapshot {} ({} rows)",
-            c.state_snapshot, c.state_rows, c.journal_snapshot, c.journal_rows
-        )?;
+        match c.base {
+            None => writeln!(
+                f,
+                "verify   state snapshot {} ({} rows) against the journal view at journal snapshot {} ({} rows)",
+                c.state_snapshot, c.state_rows, c.journal_snapshot, c.journal_rows
+            )?,
+            Some(base) => writeln!(
+                f,
+                "verify   state snapshot {} ({} rows) against the retention base (state snapshot {base}) with journal snapshot {} folded in ({} rows)",
+                c.state_snapshot, c.state_rows, c.journal_snapshot, c.journal_rows
+            )?,
+        }
         if c.is_equal() {
             return write!(f, "verify   equal: every row, all 12 columns");
         }

@@ -263,6 +263,7 @@ pub const KEYS: &[Key] = &[
         Number(d::MAINTAIN_ORPHAN_AGE_SECS),
     ),
     key("maintain.serve_interval_secs", Num, Derived("never")),
+    key("maintain.journal_retention_days", Num, Derived("never")),
     key("state.table", Str, Text(d::STATE_TABLE)),
     key(
         "state.refresh_interval_secs",

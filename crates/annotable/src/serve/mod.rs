@@ -355,11 +355,22 @@ pub async fn run(
                 info!(note, "maintenance in serve: compaction is handed off");
             }
             info!(every_secs = secs, "maintenance in serve is on");
+            let retention = match config.maintain.journal_retention_days {
+                Some(days) => match crate::state::open(config).await {
+                    Ok((_, state)) => Some(crate::maintain::Retention { days, state }),
+                    Err(e) => {
+                        warn!(error = %e, "journal retention in serve is off: it needs the annotations table");
+                        None
+                    }
+                },
+                None => None,
+            };
             let holder = crate::lease::Holder::this_process(format!("serve {}", shared.writer_id));
             Some(tokio::spawn(crate::maintain::periodic(
                 maintainer,
                 maintain_options,
                 Duration::from_secs(secs),
+                retention,
                 holder,
                 maintenance_stop.clone(),
             )))

@@ -402,3 +402,122 @@ fn kill_after(
     let _ = reader.join();
     Ok((killed, seen))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journal_retention_through_the_cli_keeps_annotations_exact_even_when_killed() -> TestResult
+{
+    let dir = tempfile::tempdir()?;
+    let catalog = annotation_table::connect(
+        "annotable",
+        &CatalogConfig::embedded(&dir.path().join("annotable-data")),
+        &StorageConfig::default(),
+    )
+    .await?;
+    let table = JournalTable::open(catalog, "s3_metadata", None).await?;
+    let mut commit = 0;
+    let mut append = async |n: usize| -> TestResult {
+        for _ in 0..n {
+            let rows = (0..5).map(|i| row(commit, i)).collect();
+            table.append(Batch::new(Source::Notification, rows)).await?;
+            commit += 1;
+        }
+        Ok(())
+    };
+    append(40).await?;
+    let refreshed = run(dir.path(), &["maintain", "--refresh"])?;
+    assert!(refreshed.status.success(), "{}", text(&refreshed.stderr));
+    let (expected, view) = state_and_view(dir.path())?;
+    assert_eq!(expected, view);
+
+    let refused = run(dir.path(), &["maintain", "--trim-journal"])?;
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("maintain.journal_retention_days"),
+        "{}",
+        text(&refused.stderr)
+    );
+    // 0 days: every row the state holds may go.
+    std::fs::write(
+        dir.path().join("retain.toml"),
+        "[maintain]\njournal_retention_days = 0\n",
+    )?;
+    let trim = ["--config", "retain.toml", "maintain", "--trim-journal"];
+
+    // Killed after the base is tagged, or at once: annotations and verify-state stay exact.
+    for after_ms in [Some(0u64), Some(5), None] {
+        kill_after(dir.path(), &trim, "tag committed", after_ms, 300)?;
+        let verify = run(dir.path(), &["maintain", "--verify-state"])?;
+        assert!(
+            verify.status.success(),
+            "after a retention run killed {after_ms:?}: {}\n{}",
+            text(&verify.stdout),
+            text(&verify.stderr)
+        );
+        assert_eq!(state_and_view(dir.path())?.0, expected);
+    }
+    let done = run(dir.path(), &trim)?;
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let printed = text(&done.stdout);
+    assert!(
+        printed.contains("dropped") || printed.contains("nothing dropped"),
+        "{printed}"
+    );
+    let journal = run(
+        dir.path(),
+        &[
+            "query",
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM annotation_journal",
+        ],
+    )?;
+    assert!(journal.status.success(), "{}", text(&journal.stderr));
+    assert_eq!(
+        text(&journal.stdout).trim(),
+        "n\n0",
+        "every folded row is gone"
+    );
+    assert!(
+        text(&journal.stderr).contains("note: journal retention"),
+        "a history query says what it covers: {}",
+        text(&journal.stderr)
+    );
+    let (state, view) = state_and_view(dir.path())?;
+    assert_eq!(
+        state, expected,
+        "annotations keeps every current annotation"
+    );
+    assert_ne!(view, expected, "the journal alone no longer holds them");
+
+    // New commits; a full maintain run ends with retention; verify and a rebuild agree.
+    append(20).await?;
+    let full = run(dir.path(), &["--config", "retain.toml", "maintain"])?;
+    assert!(full.status.success(), "{}", text(&full.stderr));
+    assert!(
+        text(&full.stdout).contains("retain"),
+        "{}",
+        text(&full.stdout)
+    );
+    let after = state_and_view(dir.path())?.0;
+    let rebuilt = run(
+        dir.path(),
+        &["maintain", "--rebuild-state", "--verify-state"],
+    )?;
+    assert!(
+        rebuilt.status.success(),
+        "{}\n{}",
+        text(&rebuilt.stdout),
+        text(&rebuilt.stderr)
+    );
+    assert!(
+        text(&rebuilt.stdout).contains("retention base"),
+        "{}",
+        text(&rebuilt.stdout)
+    );
+    assert_eq!(state_and_view(dir.path())?.0, after);
+    assert!(
+        after.lines().count() > expected.lines().count() / 2,
+        "{after}"
+    );
+    Ok(())
+}
