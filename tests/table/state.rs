@@ -92,25 +92,54 @@ async fn rows(
     Ok(out)
 }
 
+/// The journal, its maintainer, the state tables and a query session on an embedded catalog.
+struct Embedded {
+    journal: JournalTable,
+    maintainer: annotation_table::Maintainer,
+    state: StateTables,
+    session: QuerySession,
+}
+
+impl Embedded {
+    async fn open(data: &std::path::Path) -> Result<Self, Box<dyn std::error::Error>> {
+        let catalog_config = CatalogConfig::embedded(data);
+        let storage = StorageConfig::default();
+        let catalog = annotation_table::connect("annotable", &catalog_config, &storage).await?;
+        let journal = JournalTable::open(catalog.clone(), "s3_metadata", None).await?;
+        Ok(Embedded {
+            maintainer: annotation_table::Maintainer::new(
+                journal.clone(),
+                &catalog_config,
+                "annotable",
+                &storage,
+            )
+            .await?,
+            journal,
+            state: StateTables::open(
+                catalog.clone(),
+                &catalog_config,
+                "annotable",
+                &storage,
+                "s3_metadata",
+                "annotations",
+            )
+            .await?,
+            session: QuerySession::new(catalog, "test", "s3_metadata", "annotation_journal")
+                .await?,
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_table_equals_the_full_journal_computation_under_late_commits() -> TestResult {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("annotable-data");
-    let catalog_config = CatalogConfig::embedded(&data);
-    let storage = StorageConfig::default();
-    let catalog = annotation_table::connect("annotable", &catalog_config, &storage).await?;
-    let journal = JournalTable::open(catalog.clone(), "s3_metadata", None).await?;
-    let state = StateTables::open(
-        catalog.clone(),
-        &catalog_config,
-        "annotable",
-        &storage,
-        "s3_metadata",
-        "annotations",
-    )
-    .await?;
-    let session =
-        QuerySession::new(catalog.clone(), "test", "s3_metadata", "annotation_journal").await?;
+    let Embedded {
+        journal,
+        state,
+        session,
+        ..
+    } = Embedded::open(&data).await?;
 
     for seed in [7_u64, 11, 42] {
         let mut rng = fastrand::Rng::with_seed(seed);
@@ -402,25 +431,12 @@ fn aged(rng: &mut fastrand::Rng, seq: &mut u64, n: usize, days: i64) -> Vec<Jour
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn journal_retention_drops_only_folded_rows_and_the_state_stays_exact() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let data = dir.path().join("annotable-data");
-    let catalog_config = CatalogConfig::embedded(&data);
-    let storage = StorageConfig::default();
-    let catalog = annotation_table::connect("annotable", &catalog_config, &storage).await?;
-    let journal = JournalTable::open(catalog.clone(), "s3_metadata", None).await?;
-    let maintainer =
-        annotation_table::Maintainer::new(journal.clone(), &catalog_config, "annotable", &storage)
-            .await?;
-    let state = StateTables::open(
-        catalog.clone(),
-        &catalog_config,
-        "annotable",
-        &storage,
-        "s3_metadata",
-        "annotations",
-    )
-    .await?;
-    let session =
-        QuerySession::new(catalog.clone(), "test", "s3_metadata", "annotation_journal").await?;
+    let Embedded {
+        journal,
+        maintainer,
+        state,
+        session,
+    } = Embedded::open(&dir.path().join("annotable-data")).await?;
     let mut rng = fastrand::Rng::with_seed(2026);
     let mut seq = 0;
 

@@ -354,19 +354,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "--trim-journal needs maintain.journal_retention_days (ANNOTABLE_MAINTAIN_JOURNAL_RETENTION_DAYS): how many days of journal rows to keep"
                 );
             };
-            let (refreshed, report) =
-                annotable::state::trim_journal(&config, cut, args.dry_run).await?;
-            if let Some(refreshed) = &refreshed {
-                println!("{}", annotable::state::PrintedRefresh(refreshed));
-            }
-            println!(
-                "{}",
-                annotable::state::PrintedRetention {
-                    report: &report,
-                    dry_run: args.dry_run
-                }
-            );
-            Ok(())
+            Ok(annotable::state::trim_and_print(&config, cut, args.dry_run).await?)
         }
         Command::Maintain(args) => {
             let all = !(args.compact || args.expire || args.orphans);
@@ -395,19 +383,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
             if all && let Some(cut) = annotable::state::retention_cut(&config) {
-                let (refreshed, report) =
-                    annotable::state::trim_journal(&config, cut, args.dry_run).await?;
                 println!();
-                if let Some(refreshed) = &refreshed {
-                    println!("{}", annotable::state::PrintedRefresh(refreshed));
-                }
-                println!(
-                    "{}",
-                    annotable::state::PrintedRetention {
-                        report: &report,
-                        dry_run: args.dry_run
-                    }
-                );
+                annotable::state::trim_and_print(&config, cut, args.dry_run).await?;
             }
             Ok(())
         }

@@ -189,14 +189,20 @@ pub async fn run(
     let options = options(config, request)?;
     let maintainer = maintainer(config).await?;
     let me = Holder::this_process("maintain");
-    match run_leased(&maintainer, &options, &me).await? {
-        Ok(report) => Ok(report),
-        Err(Busy { holder, until_ms }) => Err(MaintainError::Held {
+    run_leased(&maintainer, &options, &me)
+        .await?
+        .map_err(|busy| busy.into_error(&maintainer))
+}
+
+impl Busy {
+    /// The error for `maintainer`'s table, whose lease this holder has.
+    pub fn into_error(self, maintainer: &Maintainer) -> MaintainError {
+        MaintainError::Held {
             table: maintainer.table().ident().to_string(),
-            holder,
-            until: chrono::DateTime::from_timestamp_millis(until_ms)
-                .map_or_else(|| until_ms.to_string(), |t| t.to_rfc3339()),
-        }),
+            holder: self.holder,
+            until: chrono::DateTime::from_timestamp_millis(self.until_ms)
+                .map_or_else(|| self.until_ms.to_string(), |t| t.to_rfc3339()),
+        }
     }
 }
 

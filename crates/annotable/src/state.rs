@@ -103,25 +103,14 @@ pub(crate) async fn trim_opened(
             Err(busy) => Err(held(state, busy)),
         }
     };
-    match leased(journal, me, under_state_lease).await? {
-        Ok(done) => Ok(done),
-        Err(Busy { holder, until_ms }) => Err(MaintainError::Held {
-            table: journal.table().ident().to_string(),
-            holder,
-            until: chrono::DateTime::from_timestamp_millis(until_ms)
-                .map_or_else(|| until_ms.to_string(), |t| t.to_rfc3339()),
-        }),
-    }
+    leased(journal, me, under_state_lease)
+        .await?
+        .map_err(|busy| busy.into_error(journal))
 }
 
 /// The error for a state table whose lease another process holds.
-fn held(state: &StateTables, Busy { holder, until_ms }: Busy) -> MaintainError {
-    MaintainError::Held {
-        table: state.state().table().ident().to_string(),
-        holder,
-        until: chrono::DateTime::from_timestamp_millis(until_ms)
-            .map_or_else(|| until_ms.to_string(), |t| t.to_rfc3339()),
-    }
+fn held(state: &StateTables, busy: Busy) -> MaintainError {
+    busy.into_error(state.state())
 }
 
 /// `maintain`'s steps on the state tables, when they exist: expiry and the orphan sweep (a
@@ -358,6 +347,26 @@ impl fmt::Display for PrintedRefresh<'_> {
             r.snapshot_id.map_or_else(|| "-".into(), |s| s.to_string())
         )
     }
+}
+
+/// Runs journal retention (see [`trim_journal`]) and prints what it did.
+pub async fn trim_and_print(
+    config: &Config,
+    cut_ms: i64,
+    dry_run: bool,
+) -> Result<(), MaintainError> {
+    let (refreshed, report) = trim_journal(config, cut_ms, dry_run).await?;
+    if let Some(refreshed) = &refreshed {
+        println!("{}", PrintedRefresh(refreshed));
+    }
+    println!(
+        "{}",
+        PrintedRetention {
+            report: &report,
+            dry_run
+        }
+    );
+    Ok(())
 }
 
 /// A retention run as `maintain` prints it.

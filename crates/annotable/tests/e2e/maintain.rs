@@ -234,6 +234,38 @@ async fn a_second_maintainer_is_refused_while_a_live_one_holds_the_lease() -> Te
 }
 
 /// `annotations` and the journal view, as `annotable query` prints them, in a fixed order.
+/// The embedded journal of a test directory, written to commit by commit (5 rows each).
+struct Commits {
+    table: JournalTable,
+    next: usize,
+}
+
+impl Commits {
+    async fn open(dir: &Path) -> Result<Self, Box<dyn std::error::Error>> {
+        let catalog = annotation_table::connect(
+            "annotable",
+            &CatalogConfig::embedded(&dir.join("annotable-data")),
+            &StorageConfig::default(),
+        )
+        .await?;
+        Ok(Commits {
+            table: JournalTable::open(catalog, "s3_metadata", None).await?,
+            next: 0,
+        })
+    }
+
+    async fn append(&mut self, commits: usize) -> TestResult {
+        for _ in 0..commits {
+            let rows = (0..5).map(|i| row(self.next, i)).collect();
+            self.table
+                .append(Batch::new(Source::Notification, rows))
+                .await?;
+            self.next += 1;
+        }
+        Ok(())
+    }
+}
+
 fn state_and_view(dir: &Path) -> Result<(String, String), Box<dyn std::error::Error>> {
     let mut out = Vec::new();
     for table in ["annotations", "annotations_from_journal"] {
@@ -254,23 +286,8 @@ fn state_and_view(dir: &Path) -> Result<(String, String), Box<dyn std::error::Er
 async fn a_refresh_killed_at_any_point_leaves_a_correct_state_and_the_next_one_continues()
 -> TestResult {
     let dir = tempfile::tempdir()?;
-    let catalog = annotation_table::connect(
-        "annotable",
-        &CatalogConfig::embedded(&dir.path().join("annotable-data")),
-        &StorageConfig::default(),
-    )
-    .await?;
-    let table = JournalTable::open(catalog, "s3_metadata", None).await?;
-    let mut commit = 0;
-    let mut append = async |n: usize| -> TestResult {
-        for _ in 0..n {
-            let rows = (0..5).map(|i| row(commit, i)).collect();
-            table.append(Batch::new(Source::Notification, rows)).await?;
-            commit += 1;
-        }
-        Ok(())
-    };
-    append(60).await?;
+    let mut journal = Commits::open(dir.path()).await?;
+    journal.append(60).await?;
     let first = run(dir.path(), &["maintain", "--refresh"])?;
     assert!(first.status.success(), "{}", text(&first.stderr));
     assert!(
@@ -291,7 +308,7 @@ async fn a_refresh_killed_at_any_point_leaves_a_correct_state_and_the_next_one_c
         Some(400),
         Some(1000),
     ] {
-        append(15).await?;
+        journal.append(15).await?;
         let (killed, refreshing) = kill_after(
             dir.path(),
             &["maintain", "--refresh"],
@@ -407,23 +424,8 @@ fn kill_after(
 async fn journal_retention_through_the_cli_keeps_annotations_exact_even_when_killed() -> TestResult
 {
     let dir = tempfile::tempdir()?;
-    let catalog = annotation_table::connect(
-        "annotable",
-        &CatalogConfig::embedded(&dir.path().join("annotable-data")),
-        &StorageConfig::default(),
-    )
-    .await?;
-    let table = JournalTable::open(catalog, "s3_metadata", None).await?;
-    let mut commit = 0;
-    let mut append = async |n: usize| -> TestResult {
-        for _ in 0..n {
-            let rows = (0..5).map(|i| row(commit, i)).collect();
-            table.append(Batch::new(Source::Notification, rows)).await?;
-            commit += 1;
-        }
-        Ok(())
-    };
-    append(40).await?;
+    let mut journal = Commits::open(dir.path()).await?;
+    journal.append(40).await?;
     let refreshed = run(dir.path(), &["maintain", "--refresh"])?;
     assert!(refreshed.status.success(), "{}", text(&refreshed.stderr));
     let (expected, view) = state_and_view(dir.path())?;
@@ -462,7 +464,7 @@ async fn journal_retention_through_the_cli_keeps_annotations_exact_even_when_kil
         printed.contains("dropped") || printed.contains("nothing dropped"),
         "{printed}"
     );
-    let journal = run(
+    let history = run(
         dir.path(),
         &[
             "query",
@@ -471,16 +473,16 @@ async fn journal_retention_through_the_cli_keeps_annotations_exact_even_when_kil
             "SELECT count(*) AS n FROM annotation_journal",
         ],
     )?;
-    assert!(journal.status.success(), "{}", text(&journal.stderr));
+    assert!(history.status.success(), "{}", text(&history.stderr));
     assert_eq!(
-        text(&journal.stdout).trim(),
+        text(&history.stdout).trim(),
         "n\n0",
         "every folded row is gone"
     );
     assert!(
-        text(&journal.stderr).contains("note: journal retention"),
+        text(&history.stderr).contains("note: journal retention"),
         "a history query says what it covers: {}",
-        text(&journal.stderr)
+        text(&history.stderr)
     );
     let (state, view) = state_and_view(dir.path())?;
     assert_eq!(
@@ -490,7 +492,7 @@ async fn journal_retention_through_the_cli_keeps_annotations_exact_even_when_kil
     assert_ne!(view, expected, "the journal alone no longer holds them");
 
     // New commits; a full maintain run ends with retention; verify and a rebuild agree.
-    append(20).await?;
+    journal.append(20).await?;
     let full = run(dir.path(), &["--config", "retain.toml", "maintain"])?;
     assert!(full.status.success(), "{}", text(&full.stderr));
     assert!(

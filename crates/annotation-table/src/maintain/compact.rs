@@ -362,11 +362,7 @@ pub(crate) async fn stage(
         .set_properties(rewrite.table_properties.iter().cloned().collect())?
         .build()?
         .metadata;
-    let location = MetadataLocation::from_str(&current_location)?
-        .with_next_version()
-        .with_new_metadata(&new_metadata);
-    new_metadata.write_to(table.file_io(), &location).await?;
-    let location = location.to_string();
+    let location = write_next_metadata(table, &current_location, &new_metadata).await?;
     written.push(location.clone());
     Ok(Staged {
         location,
@@ -401,16 +397,25 @@ pub(crate) async fn stage_tag(
         )?
         .build()?
         .metadata;
-    let location = MetadataLocation::from_str(&current_location)?
-        .with_next_version()
-        .with_new_metadata(&new_metadata);
-    new_metadata.write_to(table.file_io(), &location).await?;
-    let location = location.to_string();
+    let location = write_next_metadata(table, &current_location, &new_metadata).await?;
     Ok(Staged {
         location: location.clone(),
         snapshot_id,
         written: vec![location],
     })
+}
+
+/// Writes `metadata` as the version after `current_location`; returns where.
+async fn write_next_metadata(
+    table: &Table,
+    current_location: &str,
+    metadata: &TableMetadata,
+) -> Result<String, Error> {
+    let location = MetadataLocation::from_str(current_location)?
+        .with_next_version()
+        .with_new_metadata(metadata);
+    metadata.write_to(table.file_io(), &location).await?;
+    Ok(location.to_string())
 }
 
 fn unique_snapshot_id(metadata: &TableMetadata) -> i64 {
