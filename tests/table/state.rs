@@ -592,3 +592,68 @@ async fn journal_retention_drops_only_folded_rows_and_the_state_stays_exact() ->
     assert!(session.compare_state(5).await?.is_equal());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fold_bigger_than_its_budget_runs_in_passes_and_lands_on_the_same_state() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let Embedded {
+        journal,
+        state,
+        session,
+        ..
+    } = Embedded::open(&dir.path().join("annotable-data")).await?;
+    let mut rng = fastrand::Rng::with_seed(5);
+    let mut seq = 0;
+    let mut append = async |commits: usize, rng: &mut fastrand::Rng| -> TestResult {
+        for _ in 0..commits {
+            let rows = aged(rng, &mut seq, 150, 0);
+            journal
+                .append(Batch::new(Source::Notification, rows))
+                .await?;
+        }
+        Ok(())
+    };
+    append(6, &mut rng).await?;
+
+    // A budget of a fraction of one commit: the oldest commits that fit 64 passes are folded,
+    // the rest wait for the next round.
+    let first = state.refresh_within(&journal, false, Some(512)).await?;
+    assert!(
+        first.snapshot_id.is_some() && (1..6).contains(&first.journal_snapshots),
+        "{first:?}"
+    );
+    assert!(first.passes > 1, "{first:?}");
+
+    // 16 KiB: every commit after the watermark in one refresh, in passes.
+    let second = state
+        .refresh_within(&journal, false, Some(16 * 1024))
+        .await?;
+    assert!(
+        second.passes > 1 && second.journal_snapshots == 6 - first.journal_snapshots,
+        "{second:?}"
+    );
+    assert!(session.compare_state(5).await?.is_equal());
+    append(3, &mut rng).await?;
+    let third = state
+        .refresh_within(&journal, false, Some(16 * 1024))
+        .await?;
+    assert!(third.passes > 1 && third.deferred.is_none(), "{third:?}");
+    assert!(session.compare_state(5).await?.is_equal());
+    let expected = rows(&session, "annotations_state").await?;
+    assert_eq!(expected, rows(&session, "annotations_from_journal").await?);
+
+    // A rebuild in passes lands on the same rows; one no split can fit changes nothing.
+    let rebuilt = state
+        .refresh_within(&journal, true, Some(16 * 1024))
+        .await?;
+    assert!(rebuilt.rebuilt && rebuilt.passes > 1, "{rebuilt:?}");
+    assert_eq!(rows(&session, "annotations_state").await?, expected);
+    let tiny = state.refresh_within(&journal, true, Some(1)).await?;
+    assert!(
+        tiny.deferred.is_some() && tiny.snapshot_id.is_none(),
+        "{tiny:?}"
+    );
+    assert_eq!(rows(&session, "annotations_state").await?, expected);
+    assert!(session.compare_state(5).await?.is_equal());
+    Ok(())
+}

@@ -107,6 +107,10 @@ pub struct StateSection {
     /// `serve` refreshes it every this many seconds (default 5; 0 turns the refresher off).
     /// Only one process refreshes at a time (a lease in the catalog database).
     pub refresh_interval_secs: Option<u64>,
+    /// Journal rows (uncompressed) one refresh or rebuild holds at once, in MiB; more are
+    /// folded in passes (default: a quarter of `serve.read_buffer_bytes` in serve, 1024 in
+    /// `maintain`).
+    pub fold_budget_mb: Option<u64>,
 }
 
 /// `[maintain]`: compaction, snapshot expiry and orphan cleanup.

@@ -279,6 +279,8 @@ pub(crate) struct Retention {
     pub days: u64,
     /// The state tables whose fold makes dropping rows safe.
     pub state: annotation_table::state::StateTables,
+    /// What the refresh before it may hold (as the refresher's).
+    pub budget: u64,
 }
 
 /// `serve`'s periodic maintenance: every `interval`, one full run (compaction, expiry,
@@ -323,7 +325,14 @@ pub(crate) async fn periodic(
             continue;
         };
         let cut = crate::state::cut_for_days(retention.days);
-        let trim = crate::state::trim_opened(&maintainer, &retention.state, cut, false, &me);
+        let trim = crate::state::trim_opened(
+            &maintainer,
+            &retention.state,
+            cut,
+            false,
+            retention.budget,
+            &me,
+        );
         let result = tokio::select! {
             () = shutdown.cancelled() => return,
             result = trim => result,

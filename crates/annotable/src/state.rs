@@ -46,9 +46,50 @@ pub async fn open(config: &Config) -> Result<(JournalTable, StateTables), Mainta
 pub async fn refresh(config: &Config, rebuild: bool) -> Result<RefreshReport, MaintainError> {
     let (journal, state) = open(config).await?;
     let me = Holder::this_process("refresh");
-    match leased(state.state(), &me, state.refresh(&journal, rebuild)).await? {
+    let budget = fold_budget(config, defaults::STATE_FOLD_BUDGET_MB * 1024 * 1024);
+    let work = async {
+        let mut report = state
+            .refresh_within(&journal, rebuild, Some(budget))
+            .await?;
+        // Folding the oldest appends that fit leaves the rest for another round.
+        while !rebuild && report.deferred.is_none() && report.snapshot_id.is_some() {
+            let next = state.refresh_within(&journal, false, Some(budget)).await?;
+            if next.snapshot_id.is_none() {
+                break;
+            }
+            report = merged(report, next);
+        }
+        Ok::<_, TableError>(report)
+    };
+    match leased(state.state(), &me, work).await? {
         Ok(report) => Ok(report),
         Err(busy) => Err(held(&state, busy)),
+    }
+}
+
+/// `state.fold_budget_mb` in bytes, or `default`.
+pub(crate) fn fold_budget(config: &Config, default: u64) -> u64 {
+    config
+        .state
+        .fold_budget_mb
+        .map_or(default, |mb| mb.max(1).saturating_mul(1024 * 1024))
+}
+
+/// Two consecutive refreshes as one report.
+fn merged(first: RefreshReport, next: RefreshReport) -> RefreshReport {
+    RefreshReport {
+        from: first.from,
+        journal_snapshots: first.journal_snapshots + next.journal_snapshots,
+        journal_files: first.journal_files + next.journal_files,
+        journal_rows: first.journal_rows + next.journal_rows,
+        passes: first.passes + next.passes,
+        partitions: first.partitions + next.partitions,
+        files_removed: first.files_removed + next.files_removed,
+        bytes_removed: first.bytes_removed + next.bytes_removed,
+        files_written: first.files_written + next.files_written,
+        bytes_written: first.bytes_written + next.bytes_written,
+        took: first.took + next.took,
+        ..next
     }
 }
 
@@ -77,22 +118,29 @@ pub async fn trim_journal(
     let journal = crate::maintain::maintainer(config).await?;
     let (_, state) = open(config).await?;
     let me = Holder::this_process("journal retention");
-    trim_opened(&journal, &state, cut_ms, dry_run, &me).await
+    let budget = fold_budget(config, defaults::STATE_FOLD_BUDGET_MB * 1024 * 1024);
+    trim_opened(&journal, &state, cut_ms, dry_run, budget, &me).await
 }
 
-/// [`trim_journal`] on tables already open, as `me` (also `serve`'s periodic maintenance).
+/// [`trim_journal`] on tables already open, as `me`, its refresh folding at most `budget`
+/// bytes of journal rows at once (also `serve`'s periodic maintenance).
 pub(crate) async fn trim_opened(
     journal: &Maintainer,
     state: &StateTables,
     cut_ms: i64,
     dry_run: bool,
+    budget: u64,
     me: &Holder,
 ) -> Result<(Option<RefreshReport>, RetentionReport), MaintainError> {
     let work = async {
         let refreshed = if dry_run {
             None
         } else {
-            Some(state.refresh(journal.table(), false).await?)
+            Some(
+                state
+                    .refresh_within(journal.table(), false, Some(budget))
+                    .await?,
+            )
         };
         let report = state.trim_journal(journal, cut_ms, dry_run).await?;
         Ok::<_, TableError>((refreshed, report))

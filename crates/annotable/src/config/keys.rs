@@ -58,6 +58,8 @@ pub mod defaults {
     pub const MAINTAIN_ORPHAN_AGE_SECS: u64 = 86_400;
     /// `state.table`.
     pub const STATE_TABLE: &str = "annotations";
+    /// `state.fold_budget_mb` of `maintain --refresh/--rebuild-state`.
+    pub const STATE_FOLD_BUDGET_MB: u64 = 1024;
     /// `state.refresh_interval_secs`: plain readers of the table lag by about this much;
     /// annotable's own queries see the journal's newest rows regardless.
     pub const STATE_REFRESH_INTERVAL_SECS: u64 = 5;
@@ -269,6 +271,11 @@ pub const KEYS: &[Key] = &[
         "state.refresh_interval_secs",
         Num,
         Number(d::STATE_REFRESH_INTERVAL_SECS),
+    ),
+    key(
+        "state.fold_budget_mb",
+        Num,
+        Derived("serve: a quarter of serve.read_buffer_bytes; maintain: 1024"),
     ),
     key("storage.s3_endpoint", Str, Derived("AWS")),
     key("storage.s3_region", Str, Derived("the AWS default chain")),

@@ -357,7 +357,11 @@ pub async fn run(
             info!(every_secs = secs, "maintenance in serve is on");
             let retention = match config.maintain.journal_retention_days {
                 Some(days) => match crate::state::open(config).await {
-                    Ok((_, state)) => Some(crate::maintain::Retention { days, state }),
+                    Ok((_, state)) => Some(crate::maintain::Retention {
+                        days,
+                        state,
+                        budget: crate::state::fold_budget(config, options.read_buffer_bytes / 4),
+                    }),
                     Err(e) => {
                         warn!(error = %e, "journal retention in serve is off: it needs the annotations table");
                         None
@@ -400,7 +404,7 @@ pub async fn run(
                         interval: every,
                         // A quarter, like a batch's: the refresher holds journal rows, one
                         // partition and their copies while sets are read beside it.
-                        budget: options.read_buffer_bytes / 4,
+                        budget: crate::state::fold_budget(config, options.read_buffer_bytes / 4),
                         upkeep,
                     },
                     holder,

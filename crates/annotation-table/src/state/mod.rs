@@ -65,6 +65,10 @@ pub const SUMMARY_WATERMARK_MS: &str = "annotable.state.journal-committed-at-ms"
 /// Snapshot summary key of the state table: `incremental` or `rebuild`.
 pub const SUMMARY_REFRESH: &str = "annotable.state.refresh";
 
+/// The hash partitions of `object_key` per bucket (`bucket[64]` in schemas/annotations.json):
+/// a fold split into passes can take at most this many.
+const HASH_PARTITIONS: u64 = 64;
+
 /// Data files of the state are rolled at this size (a partition is normally one file).
 const TARGET_FILE_BYTES: usize = 128 * 1024 * 1024;
 
@@ -91,6 +95,8 @@ pub struct RefreshReport {
     pub base: Option<i64>,
     /// Journal appends folded in.
     pub journal_snapshots: usize,
+    /// Passes over the journal files (more than one when their rows exceed the budget).
+    pub passes: u64,
     /// Journal data files read.
     pub journal_files: usize,
     /// Journal rows read.
@@ -193,13 +199,15 @@ impl StateTables {
     }
 
     /// [`refresh`](Self::refresh), holding at most about `budget` bytes of journal rows
-    /// (uncompressed) in memory: the appends after the watermark are folded oldest first, as
-    /// many as fit, and the watermark advances to the last one folded. If the oldest alone does
-    /// not fit, nothing is done and [`RefreshReport::deferred`] says how much it needs. A
-    /// whole-journal fold (asked for, or because the watermark left the journal's history) is
-    /// all or nothing: over the budget it is deferred the same way, and so is a refresh that
-    /// would have to load a partition of the state bigger than the budget. Either way the state is processed one partition at a time,
-    /// so memory holds the folded journal rows plus one partition of the state.
+    /// (uncompressed, as the Parquet footers say before anything is decoded) in memory. When
+    /// the rows to fold are more, the fold runs in passes: pass *g* of *n* takes the rows of the
+    /// state's hash partitions ≡ *g* (mod *n*) from every file, folds and writes those
+    /// partitions; everything is committed once at the end. A partition is the finest split, so
+    /// beyond 64 passes an incremental refresh folds the oldest appends that fit (the
+    /// watermark advances to the last one) and a whole-journal fold is not attempted:
+    /// [`RefreshReport::deferred`] says how much one pass would need. Partitions of the state
+    /// are loaded one at a time, each within the budget too, or the refresh is deferred the
+    /// same way.
     pub async fn refresh_within(
         &self,
         journal: &JournalTable,
@@ -243,68 +251,77 @@ impl StateTables {
         );
         report.rebuilt = delta.full;
 
-        // The journal rows to fold, by partition of the state.
-        let partitioner = Partitioner::new()?;
-        let mut rows: BTreeMap<PartitionId, Vec<JournalRow>> = BTreeMap::new();
-        let mut add = |file_rows: Vec<JournalRow>, report: &mut RefreshReport| {
-            for row in file_rows {
-                report.journal_rows += 1;
-                rows.entry(partitioner.of(&row)).or_default().push(row);
-            }
-        };
+        // The journal files to fold, sized from their footers before anything is decoded.
+        // When they hold more than the budget, they are folded in passes, each taking the
+        // rows of every `groups`-th hash partition of the state and reading the files again,
+        // so memory holds about a budget of rows whatever the journal's size. Beyond
+        // `HASH_PARTITIONS` passes a partition cannot be split further: an incremental refresh
+        // then folds the oldest appends that fit, a whole-journal fold is deferred.
+        let mut files: Vec<DataFile> = Vec::new();
+        let mut total = 0u64;
+        let max_total = budget.map(|b| b.saturating_mul(HASH_PARTITIONS));
         if delta.full {
-            // A whole-journal fold cannot stop half way (the watermark is all or nothing): under
-            // a budget it gives up as soon as the journal turns out bigger than the budget.
-            let mut held = 0u64;
             for file in &delta.files {
-                let raw = fetch(&journal_table, file).await.map_err(journal_error)?;
-                held += uncompressed_size(&raw, file).map_err(journal_error)?;
-                if let Some(budget) = budget
-                    && held > budget
-                {
-                    report.deferred = Some(held);
-                    report.took = started.elapsed();
-                    return Ok(report);
-                }
-                let file_rows = decode(raw, journal.arrow_schema(), file, None)
+                total += footer_size(&journal_table, file)
                     .await
                     .map_err(journal_error)?;
-                report.journal_files += 1;
-                add(file_rows, &mut report);
+                files.push(file.clone());
+            }
+            if let Some(max) = max_total
+                && total > max
+            {
+                report.deferred = Some(total.div_ceil(HASH_PARTITIONS));
+                report.took = started.elapsed();
+                return Ok(report);
             }
         } else {
-            let mut held = 0u64;
-            for (snapshot, files) in &delta.appends {
-                // Sized from the footers before anything is decoded.
-                let mut fetched = Vec::with_capacity(files.len());
+            for (snapshot, append) in &delta.appends {
                 let mut bytes = 0;
-                for file in files {
-                    let raw = fetch(&journal_table, file).await.map_err(journal_error)?;
-                    bytes += uncompressed_size(&raw, file).map_err(journal_error)?;
-                    fetched.push((file, raw));
+                for file in append {
+                    bytes += footer_size(&journal_table, file)
+                        .await
+                        .map_err(journal_error)?;
                 }
-                if let Some(budget) = budget
-                    && held + bytes > budget
+                if let Some(max) = max_total
+                    && total + bytes > max
                 {
                     if report.journal_snapshots == 0 {
-                        report.deferred = Some(bytes);
+                        report.deferred = Some(bytes.div_ceil(HASH_PARTITIONS));
                         report.took = started.elapsed();
                         return Ok(report);
                     }
                     break;
                 }
-                held += bytes;
+                total += bytes;
                 report.journal_snapshots += 1;
-                report.journal_files += files.len();
-                for (file, raw) in fetched {
-                    let file_rows = decode(raw, journal.arrow_schema(), file, None)
-                        .await
-                        .map_err(journal_error)?;
-                    add(file_rows, &mut report);
-                }
+                files.extend(append.iter().cloned());
                 to = snapshot.clone();
             }
         }
+        report.journal_files = files.len();
+        let groups: u64 = match budget {
+            Some(budget) if total > budget => total.div_ceil(budget.max(1)),
+            _ => 1,
+        };
+        report.passes = groups;
+        let partitioner = Partitioner::new()?;
+        let in_group = |partition: &PartitionId, group: u64| {
+            u64::try_from(partition.1).unwrap_or(0) % groups == group
+        };
+        // The journal rows of one pass, by partition of the state.
+        let rows_of = async |group: u64| -> Result<BTreeMap<PartitionId, Vec<JournalRow>>, Error> {
+            let mut rows: BTreeMap<PartitionId, Vec<JournalRow>> = BTreeMap::new();
+            for file in &files {
+                let raw = fetch(&journal_table, file).await?;
+                for row in decode(raw, journal.arrow_schema(), file, None).await? {
+                    let partition = partitioner.of(&row);
+                    if in_group(&partition, group) {
+                        rows.entry(partition).or_default().push(row);
+                    }
+                }
+            }
+            Ok(rows)
+        };
 
         let state_schema = self.state.table().arrow_schema().clone();
         let tomb_schema = self.tombstones.table().arrow_schema().clone();
@@ -352,96 +369,106 @@ impl StateTables {
         let mut replaced_tombs = Vec::new();
         let mut new_state = Vec::new();
         let mut new_tombs = Vec::new();
-        let mut partitions: Vec<PartitionId> = rows.keys().cloned().collect();
-        if delta.full {
-            // A rebuild replaces every file, also those of partitions the journal no longer has.
-            partitions.extend(state_files.keys().cloned());
-            partitions.extend(tomb_files.keys().cloned());
-            partitions.extend(base_state.keys().cloned());
-            partitions.extend(base_tombs.keys().cloned());
-            partitions.sort();
-            partitions.dedup();
-        }
-        report.partitions = partitions.len();
         let written = async {
-            for partition in partitions {
-                let mut fold = Fold::default();
-                for row in rows.remove(&partition).unwrap_or_default() {
-                    fold.add(row);
+            for group in 0..groups {
+                let mut rows = rows_of(group).await.map_err(journal_error)?;
+                report.journal_rows += rows.values().map(Vec::len).sum::<usize>();
+                let mut partitions: Vec<PartitionId> = rows.keys().cloned().collect();
+                if delta.full {
+                    // A rebuild replaces every file, also those of partitions the journal no
+                    // longer has.
+                    partitions.extend(
+                        state_files
+                            .keys()
+                            .chain(tomb_files.keys())
+                            .chain(base_state.keys())
+                            .chain(base_tombs.keys())
+                            .filter(|p| in_group(p, group))
+                            .cloned(),
+                    );
+                    partitions.sort();
+                    partitions.dedup();
                 }
-                let old_state = state_files.remove(&partition).unwrap_or_default();
-                let old_tombs = tomb_files.remove(&partition).unwrap_or_default();
-                // An incremental refresh folds into the partition as it is; a whole-journal
-                // fold starts from the retention base's (nothing, when retention never ran).
-                let (load_state, load_tombs) = if delta.full {
-                    (
-                        base_state.remove(&partition).unwrap_or_default(),
-                        base_tombs.remove(&partition).unwrap_or_default(),
-                    )
-                } else {
-                    (old_state.clone(), old_tombs.clone())
-                };
-                {
-                    // Compressed sizes first, so an oversized partition is not even fetched.
-                    let mut loaded: u64 = load_state
-                        .iter()
-                        .chain(&load_tombs)
-                        .map(DataFile::file_size_in_bytes)
-                        .sum();
-                    if let Some(budget) = budget
-                        && loaded > budget
-                    {
-                        return Ok(Some(loaded));
+                report.partitions += partitions.len();
+                for partition in partitions {
+                    let mut fold = Fold::default();
+                    for row in rows.remove(&partition).unwrap_or_default() {
+                        fold.add(row);
                     }
-                    loaded = 0;
-                    let files = load_state
-                        .iter()
-                        .map(|f| (f, true))
-                        .chain(load_tombs.iter().map(|f| (f, false)));
-                    for (file, of_state) in files {
-                        let (table, schema, record_type) = if of_state {
-                            (&state_table, &state_schema, Some("PUT"))
-                        } else {
-                            (&tomb_table, &tomb_schema, None)
-                        };
-                        let error = |e| {
-                            let action = "reading a partition to rewrite";
-                            if of_state {
-                                self.state_error(action, e)
-                            } else {
-                                self.tomb_error(action, e)
-                            }
-                        };
-                        let raw = fetch(table, file).await.map_err(error)?;
-                        loaded += uncompressed_size(&raw, file).map_err(error)?;
+                    let old_state = state_files.remove(&partition).unwrap_or_default();
+                    let old_tombs = tomb_files.remove(&partition).unwrap_or_default();
+                    // An incremental refresh folds into the partition as it is; a whole-journal
+                    // fold starts from the retention base's (nothing, when retention never ran).
+                    let (load_state, load_tombs) = if delta.full {
+                        (
+                            base_state.remove(&partition).unwrap_or_default(),
+                            base_tombs.remove(&partition).unwrap_or_default(),
+                        )
+                    } else {
+                        (old_state.clone(), old_tombs.clone())
+                    };
+                    {
+                        // Compressed sizes first, so an oversized partition is not even fetched.
+                        let mut loaded: u64 = load_state
+                            .iter()
+                            .chain(&load_tombs)
+                            .map(DataFile::file_size_in_bytes)
+                            .sum();
                         if let Some(budget) = budget
                             && loaded > budget
                         {
                             return Ok(Some(loaded));
                         }
-                        for row in decode(raw, schema, file, record_type)
-                            .await
-                            .map_err(error)?
-                        {
-                            fold.add(row);
+                        loaded = 0;
+                        let files = load_state
+                            .iter()
+                            .map(|f| (f, true))
+                            .chain(load_tombs.iter().map(|f| (f, false)));
+                        for (file, of_state) in files {
+                            let (table, schema, record_type) = if of_state {
+                                (&state_table, &state_schema, Some("PUT"))
+                            } else {
+                                (&tomb_table, &tomb_schema, None)
+                            };
+                            let error = |e| {
+                                let action = "reading a partition to rewrite";
+                                if of_state {
+                                    self.state_error(action, e)
+                                } else {
+                                    self.tomb_error(action, e)
+                                }
+                            };
+                            let raw = fetch(table, file).await.map_err(error)?;
+                            loaded += uncompressed_size(&raw, file).map_err(error)?;
+                            if let Some(budget) = budget
+                                && loaded > budget
+                            {
+                                return Ok(Some(loaded));
+                            }
+                            for row in decode(raw, schema, file, record_type)
+                                .await
+                                .map_err(error)?
+                            {
+                                fold.add(row);
+                            }
                         }
                     }
+                    let folded = fold.finish();
+                    report.live_rows += folded.live.len();
+                    report.tombstones += folded.tombstones.len();
+                    new_tombs.extend(
+                        write(&tomb_table, &tomb_schema, &folded.tombstones, &prefix)
+                            .await
+                            .map_err(|e| self.tomb_error("writing tombstones", e))?,
+                    );
+                    new_state.extend(
+                        write(&state_table, &state_schema, &folded.live, &prefix)
+                            .await
+                            .map_err(|e| self.state_error("writing the state", e))?,
+                    );
+                    replaced_state.extend(old_state);
+                    replaced_tombs.extend(old_tombs);
                 }
-                let folded = fold.finish();
-                report.live_rows += folded.live.len();
-                report.tombstones += folded.tombstones.len();
-                new_tombs.extend(
-                    write(&tomb_table, &tomb_schema, &folded.tombstones, &prefix)
-                        .await
-                        .map_err(|e| self.tomb_error("writing tombstones", e))?,
-                );
-                new_state.extend(
-                    write(&state_table, &state_schema, &folded.live, &prefix)
-                        .await
-                        .map_err(|e| self.state_error("writing the state", e))?,
-                );
-                replaced_state.extend(old_state);
-                replaced_tombs.extend(old_tombs);
             }
             Ok::<Option<u64>, TableError>(None)
         }
@@ -674,6 +701,41 @@ async fn live_files(table: &Table) -> Result<Vec<DataFile>, Error> {
 /// A data file's bytes.
 async fn fetch(table: &Table, file: &DataFile) -> Result<bytes::Bytes, Error> {
     table.file_io().new_input(file.file_path())?.read().await
+}
+
+/// What a Parquet file's rows take uncompressed, from its footer alone (two range reads).
+async fn footer_size(table: &Table, file: &DataFile) -> Result<u64, Error> {
+    use iceberg::io::FileRead;
+    let invalid = |what: &str| {
+        Error::new(
+            ErrorKind::DataInvalid,
+            format!("reading the footer of {}: {what}", file.file_path()),
+        )
+    };
+    let size = file.file_size_in_bytes();
+    if size < 8 {
+        return Err(invalid("shorter than a Parquet footer"));
+    }
+    let reader = table
+        .file_io()
+        .new_input(file.file_path())?
+        .reader()
+        .await?;
+    let tail = reader.read(size - 8..size).await?;
+    let length = parquet::file::metadata::FooterTail::try_from(tail.as_ref())
+        .map_err(|e| invalid(&e.to_string()))?
+        .metadata_length() as u64;
+    if length + 8 > size {
+        return Err(invalid("footer longer than the file"));
+    }
+    let footer = reader.read(size - 8 - length..size - 8).await?;
+    let metadata = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&footer)
+        .map_err(|e| invalid(&e.to_string()))?;
+    Ok(metadata
+        .row_groups()
+        .iter()
+        .map(|g| u64::try_from(g.total_byte_size()).unwrap_or(0))
+        .sum())
 }
 
 /// What a Parquet file's rows take uncompressed, from its footer (before decoding them).
