@@ -14,7 +14,7 @@
 //!    answer is checked first, digit for digit.
 //!
 //! `cargo bench -p annotable-bench --bench state_table` (`ANNOTABLE_BENCH_ROWS` to change
-//! 5,000,000; the journal and its state are kept under the target dir and grow by the changes
+//! 5,000,000, `ANNOTABLE_BENCH_FOLD_BUDGET_MB` the rebuild's fold budget, 1024; the journal and its state are kept under the target dir and grow by the changes
 //! of each run).
 
 use std::path::{Path, PathBuf};
@@ -262,11 +262,18 @@ async fn main() -> Result<()> {
     // 1. The state, folded from the whole journal once.
     let state = state_tables(&dir, catalog(&dir).await?).await?;
     let journal = JournalTable::open(catalog(&dir).await?, NAMESPACE, None).await?;
+    let budget_mb: u64 = std::env::var("ANNOTABLE_BENCH_FOLD_BUDGET_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
     if state.watermark().await?.is_none() {
-        let report = state.refresh(&journal, true).await?;
+        let report = state
+            .refresh_within(&journal, true, Some(budget_mb * 1024 * 1024))
+            .await?;
         println!(
-            "rebuild   {} journal rows → {} live annotations, {} tombstones in {} files ({:.1} MiB) in {:.1} s, peak RSS {:.0} MiB",
+            "rebuild   {} journal rows in {} passes (fold budget {budget_mb} MiB) → {} live annotations, {} tombstones in {} files ({:.1} MiB) in {:.1} s, peak RSS {:.0} MiB",
             report.journal_rows,
+            report.passes,
             report.live_rows,
             report.tombstones,
             report.files_written,
