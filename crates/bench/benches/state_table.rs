@@ -14,7 +14,8 @@
 //!    answer is checked first, digit for digit.
 //!
 //! `cargo bench -p annotable-bench --bench state_table` (`ANNOTABLE_BENCH_ROWS` to change
-//! 5,000,000, `ANNOTABLE_BENCH_FOLD_BUDGET_MB` the rebuild's fold budget, 1024; the journal and its state are kept under the target dir and grow by the changes
+//! 5,000,000, `ANNOTABLE_BENCH_FOLD_BUDGET_MB` the rebuild's fold budget, 1024;
+//! `ANNOTABLE_BENCH_QUERIES=0` stops after the refresh; the journal and its state are kept under the target dir and grow by the changes
 //! of each run).
 
 use std::path::{Path, PathBuf};
@@ -304,6 +305,9 @@ async fn main() -> Result<()> {
     drop(journal);
 
     // 3. Queries.
+    if std::env::var("ANNOTABLE_BENCH_QUERIES").is_ok_and(|v| v == "0") {
+        return Ok(());
+    }
     let files = state_files(&dir).await?;
     let files_json = serde_json::to_string(&files)?;
     let python = py_tools_python()?;

@@ -34,11 +34,11 @@ mod delta;
 mod fold;
 mod retention;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{RecordBatch, StringArray};
+use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use futures::TryFutureExt;
 use iceberg::spec::{DataFile, Datum, Literal, Operation, PrimitiveLiteral};
@@ -392,9 +392,22 @@ impl StateTables {
                 report.partitions += partitions.len();
                 for partition in partitions {
                     let mut fold = Fold::default();
+                    // An incremental refresh decodes and folds only the object versions its
+                    // journal rows touch; every other row of the partition is already folded
+                    // and is carried over as Arrow, untouched.
+                    let mut touched: Option<HashSet<VersionKey>> = (!delta.full).then(HashSet::new);
                     for row in rows.remove(&partition).unwrap_or_default() {
+                        if let Some(touched) = &mut touched {
+                            touched.insert(version_key(
+                                &row.bucket,
+                                &row.object_key,
+                                row.object_version_id.as_deref(),
+                            ));
+                        }
                         fold.add(row);
                     }
+                    let touched = touched.map(Arc::new);
+                    let (mut kept_state, mut kept_tombs) = (Vec::new(), Vec::new());
                     let old_state = state_files.remove(&partition).unwrap_or_default();
                     let old_tombs = tomb_files.remove(&partition).unwrap_or_default();
                     // An incremental refresh folds into the partition as it is; a whole-journal
@@ -445,26 +458,46 @@ impl StateTables {
                             {
                                 return Ok(Some(loaded));
                             }
-                            for row in decode(raw, schema, file, record_type)
-                                .await
-                                .map_err(error)?
-                            {
+                            let (file_rows, kept) =
+                                split(raw, schema, file, record_type, touched.clone())
+                                    .await
+                                    .map_err(error)?;
+                            for row in file_rows {
                                 fold.add(row);
+                            }
+                            if of_state {
+                                kept_state.extend(kept);
+                            } else {
+                                kept_tombs.extend(kept);
                             }
                         }
                     }
                     let folded = fold.finish();
-                    report.live_rows += folded.live.len();
-                    report.tombstones += folded.tombstones.len();
+                    let rows_in =
+                        |kept: &[RecordBatch]| kept.iter().map(|b| b.num_rows()).sum::<usize>();
+                    report.live_rows += folded.live.len() + rows_in(&kept_state);
+                    report.tombstones += folded.tombstones.len() + rows_in(&kept_tombs);
                     new_tombs.extend(
-                        write(&tomb_table, &tomb_schema, &folded.tombstones, &prefix)
-                            .await
-                            .map_err(|e| self.tomb_error("writing tombstones", e))?,
+                        write(
+                            &tomb_table,
+                            &tomb_schema,
+                            kept_tombs,
+                            &folded.tombstones,
+                            &prefix,
+                        )
+                        .await
+                        .map_err(|e| self.tomb_error("writing tombstones", e))?,
                     );
                     new_state.extend(
-                        write(&state_table, &state_schema, &folded.live, &prefix)
-                            .await
-                            .map_err(|e| self.state_error("writing the state", e))?,
+                        write(
+                            &state_table,
+                            &state_schema,
+                            kept_state,
+                            &folded.live,
+                            &prefix,
+                        )
+                        .await
+                        .map_err(|e| self.state_error("writing the state", e))?,
                     );
                     replaced_state.extend(old_state);
                     replaced_tombs.extend(old_tombs);
@@ -782,6 +815,79 @@ async fn decode(
     .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?
 }
 
+/// An object version: bucket, key and version id ("" for none).
+type VersionKey = (String, String, String);
+
+fn version_key(bucket: &str, key: &str, version: Option<&str>) -> VersionKey {
+    (
+        bucket.to_string(),
+        key.to_string(),
+        version.unwrap_or_default().to_string(),
+    )
+}
+
+/// Reads a state or tombstones file: the rows of the `touched` object versions decoded (all
+/// rows when `None`), every other row kept as Arrow batches of `schema`.
+async fn split(
+    bytes: bytes::Bytes,
+    schema: &SchemaRef,
+    file: &DataFile,
+    record_type: Option<&'static str>,
+    touched: Option<Arc<HashSet<VersionKey>>>,
+) -> Result<(Vec<JournalRow>, Vec<RecordBatch>), Error> {
+    let Some(touched) = touched else {
+        return Ok((decode(bytes, schema, file, record_type).await?, Vec::new()));
+    };
+    let schema = schema.clone();
+    let path = file.file_path().to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut rows = Vec::new();
+        let mut kept = Vec::new();
+        for batch in read_parquet(bytes, &schema, &path)? {
+            let column = |name: &str| {
+                batch
+                    .column_by_name(name)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::DataInvalid,
+                            format!("reading {path}: no string column {name}"),
+                        )
+                    })
+            };
+            let (buckets, keys, versions) = (
+                column("bucket")?,
+                column("object_key")?,
+                column("object_version_id")?,
+            );
+            let hit: arrow::array::BooleanArray = (0..batch.num_rows())
+                .map(|i| {
+                    let version = versions.is_valid(i).then(|| versions.value(i));
+                    Some(touched.contains(&version_key(buckets.value(i), keys.value(i), version)))
+                })
+                .collect();
+            let miss = arrow::compute::not(&hit).map_err(arrow_error)?;
+            kept.push(arrow::compute::filter_record_batch(&batch, &miss).map_err(arrow_error)?);
+            let hits = arrow::compute::filter_record_batch(&batch, &hit).map_err(arrow_error)?;
+            if hits.num_rows() == 0 {
+                continue;
+            }
+            let hits = match record_type {
+                Some(value) => with_constant(&hits, "record_type", value).map_err(arrow_error)?,
+                None => hits,
+            };
+            for row in decode_rows(&hits).map_err(arrow_error)? {
+                rows.push(row.map_err(|e| {
+                    Error::new(ErrorKind::DataInvalid, format!("reading {path}: {e}"))
+                })?);
+            }
+        }
+        Ok((rows, kept))
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?
+}
+
 fn with_constant(
     batch: &RecordBatch,
     name: &str,
@@ -799,22 +905,31 @@ fn with_constant(
     RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
 }
 
-/// Writes `rows` sorted and split by partition as new data files of `table`.
+/// Writes the `kept` rows and `rows`, sorted and split by partition, as new data files of
+/// `table`.
 async fn write(
     table: &Table,
     schema: &SchemaRef,
+    mut kept: Vec<RecordBatch>,
     rows: &[JournalRow],
     prefix: &str,
 ) -> Result<Vec<DataFile>, Error> {
-    if rows.is_empty() {
+    if !rows.is_empty() {
+        kept.push(encode_rows(schema, rows).map_err(arrow_error)?);
+    }
+    kept.retain(|b| b.num_rows() > 0);
+    if kept.is_empty() {
         return Ok(Vec::new());
     }
     let keys = sort_keys(table.metadata(), schema);
-    let batch = encode_rows(schema, rows).map_err(arrow_error)?;
-    let sorted = tokio::task::spawn_blocking(move || sort_batch(&batch, &keys))
-        .await
-        .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?
-        .map_err(arrow_error)?;
+    let schema = schema.clone();
+    let sorted = tokio::task::spawn_blocking(move || {
+        let batch = arrow::compute::concat_batches(&schema, &kept)?;
+        sort_batch(&batch, &keys)
+    })
+    .await
+    .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?
+    .map_err(arrow_error)?;
     write_sorted(table, prefix, TARGET_FILE_BYTES, &sorted).await
 }
 
