@@ -15,8 +15,8 @@
 //!
 //! `cargo bench -p annotable-bench --bench state_table` (`ANNOTABLE_BENCH_ROWS` to change
 //! 5,000,000, `ANNOTABLE_BENCH_FOLD_BUDGET_MB` the rebuild's fold budget, 1024;
-//! `ANNOTABLE_BENCH_QUERIES=0` stops after the refresh; the journal and its state are kept under the target dir and grow by the changes
-//! of each run).
+//! `ANNOTABLE_BENCH_QUERIES=0` stops after the refresh; the journal and its state are kept
+//! under the target dir and grow by the changes of each run).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
