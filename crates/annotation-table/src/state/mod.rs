@@ -799,15 +799,7 @@ async fn decode(
     tokio::task::spawn_blocking(move || -> Result<Vec<JournalRow>, Error> {
         let mut rows = Vec::new();
         for batch in read_parquet(bytes, &schema, &path)? {
-            let batch = match record_type {
-                Some(value) => with_constant(&batch, "record_type", value).map_err(arrow_error)?,
-                None => batch,
-            };
-            for row in decode_rows(&batch).map_err(arrow_error)? {
-                rows.push(row.map_err(|e| {
-                    Error::new(ErrorKind::DataInvalid, format!("reading {path}: {e}"))
-                })?);
-            }
+            rows_of_batch(batch, record_type, &path, &mut rows)?;
         }
         Ok(rows)
     })
@@ -869,23 +861,32 @@ async fn split(
             let miss = arrow::compute::not(&hit).map_err(arrow_error)?;
             kept.push(arrow::compute::filter_record_batch(&batch, &miss).map_err(arrow_error)?);
             let hits = arrow::compute::filter_record_batch(&batch, &hit).map_err(arrow_error)?;
-            if hits.num_rows() == 0 {
-                continue;
-            }
-            let hits = match record_type {
-                Some(value) => with_constant(&hits, "record_type", value).map_err(arrow_error)?,
-                None => hits,
-            };
-            for row in decode_rows(&hits).map_err(arrow_error)? {
-                rows.push(row.map_err(|e| {
-                    Error::new(ErrorKind::DataInvalid, format!("reading {path}: {e}"))
-                })?);
-            }
+            rows_of_batch(hits, record_type, &path, &mut rows)?;
         }
         Ok((rows, kept))
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?
+}
+
+/// Decodes `batch` (of `path`) into `rows`, with `record_type` as a constant column when the
+/// table has none (the state: every row is a PUT).
+fn rows_of_batch(
+    batch: RecordBatch,
+    record_type: Option<&'static str>,
+    path: &str,
+    rows: &mut Vec<JournalRow>,
+) -> Result<(), Error> {
+    let batch = match record_type {
+        Some(value) => with_constant(&batch, "record_type", value).map_err(arrow_error)?,
+        None => batch,
+    };
+    for row in decode_rows(&batch).map_err(arrow_error)? {
+        rows.push(
+            row.map_err(|e| Error::new(ErrorKind::DataInvalid, format!("reading {path}: {e}")))?,
+        );
+    }
+    Ok(())
 }
 
 fn with_constant(
