@@ -615,36 +615,37 @@ async fn a_fold_bigger_than_its_budget_runs_in_passes_and_lands_on_the_same_stat
     };
     append(6, &mut rng).await?;
 
-    // A budget of a fraction of one commit: the oldest commits that fit 64 passes are folded,
-    // the rest wait for the next round.
+    // A budget smaller than one file: a pass decodes files whole, so nothing is attempted.
     let first = state.refresh_within(&journal, false, Some(512)).await?;
     assert!(
-        first.snapshot_id.is_some() && (1..6).contains(&first.journal_snapshots),
+        first.deferred.is_some() && first.snapshot_id.is_none(),
         "{first:?}"
     );
-    assert!(first.passes > 1, "{first:?}");
 
-    // 16 KiB: every commit after the watermark in one refresh, in passes.
+    // 64 KiB: every file fits, all of them together do not: one refresh, in passes.
     let second = state
-        .refresh_within(&journal, false, Some(16 * 1024))
+        .refresh_within(&journal, false, Some(64 * 1024))
         .await?;
     assert!(
-        second.passes > 1 && second.journal_snapshots == 6 - first.journal_snapshots,
+        second.passes > 1 && second.journal_snapshots == 6 && second.deferred.is_none(),
         "{second:?}"
     );
     assert!(session.compare_state(5).await?.is_equal());
     append(3, &mut rng).await?;
     let third = state
-        .refresh_within(&journal, false, Some(16 * 1024))
+        .refresh_within(&journal, false, Some(64 * 1024))
         .await?;
-    assert!(third.passes > 1 && third.deferred.is_none(), "{third:?}");
+    assert!(
+        third.deferred.is_none() && third.snapshot_id.is_some(),
+        "{third:?}"
+    );
     assert!(session.compare_state(5).await?.is_equal());
     let expected = rows(&session, "annotations_state").await?;
     assert_eq!(expected, rows(&session, "annotations_from_journal").await?);
 
     // A rebuild in passes lands on the same rows; one no split can fit changes nothing.
     let rebuilt = state
-        .refresh_within(&journal, true, Some(16 * 1024))
+        .refresh_within(&journal, true, Some(64 * 1024))
         .await?;
     assert!(rebuilt.rebuilt && rebuilt.passes > 1, "{rebuilt:?}");
     assert_eq!(rows(&session, "annotations_state").await?, expected);

@@ -202,9 +202,10 @@ impl StateTables {
     /// (uncompressed, as the Parquet footers say before anything is decoded) in memory. When
     /// the rows to fold are more, the fold runs in passes: pass *g* of *n* takes the rows of the
     /// state's hash partitions ≡ *g* (mod *n*) from every file, folds and writes those
-    /// partitions; everything is committed once at the end. A partition is the finest split, so
-    /// beyond 64 passes an incremental refresh folds the oldest appends that fit (the
-    /// watermark advances to the last one) and a whole-journal fold is not attempted:
+    /// partitions; everything is committed once at the end. A partition is the finest split and
+    /// each pass decodes a file whole, so beyond 64 passes, or for a file bigger than the
+    /// budget, an incremental refresh folds the oldest appends that fit (the watermark advances
+    /// to the last one) and a whole-journal fold is not attempted:
     /// [`RefreshReport::deferred`] says how much one pass would need. Partitions of the state
     /// are loaded one at a time, each within the budget too, or the refresh is deferred the
     /// same way.
@@ -260,33 +261,40 @@ impl StateTables {
         let mut files: Vec<DataFile> = Vec::new();
         let mut total = 0u64;
         let max_total = budget.map(|b| b.saturating_mul(HASH_PARTITIONS));
+        // Every pass decodes each file whole, so one file over the budget cannot be split.
+        let over = |largest: u64, total: u64| match (budget, max_total) {
+            (Some(budget), _) if largest > budget => Some(largest),
+            (_, Some(max)) if total > max => Some(total.div_ceil(HASH_PARTITIONS)),
+            _ => None,
+        };
         if delta.full {
+            let mut largest = 0;
             for file in &delta.files {
-                total += footer_size(&journal_table, file)
+                let size = footer_size(&journal_table, file)
                     .await
                     .map_err(journal_error)?;
+                largest = largest.max(size);
+                total += size;
                 files.push(file.clone());
             }
-            if let Some(max) = max_total
-                && total > max
-            {
-                report.deferred = Some(total.div_ceil(HASH_PARTITIONS));
+            if let Some(needs) = over(largest, total) {
+                report.deferred = Some(needs);
                 report.took = started.elapsed();
                 return Ok(report);
             }
         } else {
             for (snapshot, append) in &delta.appends {
-                let mut bytes = 0;
+                let (mut bytes, mut largest) = (0, 0);
                 for file in append {
-                    bytes += footer_size(&journal_table, file)
+                    let size = footer_size(&journal_table, file)
                         .await
                         .map_err(journal_error)?;
+                    largest = largest.max(size);
+                    bytes += size;
                 }
-                if let Some(max) = max_total
-                    && total + bytes > max
-                {
+                if let Some(needs) = over(largest, total + bytes) {
                     if report.journal_snapshots == 0 {
-                        report.deferred = Some(bytes.div_ceil(HASH_PARTITIONS));
+                        report.deferred = Some(needs);
                         report.took = started.elapsed();
                         return Ok(report);
                     }
