@@ -772,11 +772,16 @@ async fn footer_size(table: &Table, file: &DataFile) -> Result<u64, Error> {
     let footer = reader.read(size - 8 - length..size - 8).await?;
     let metadata = parquet::file::metadata::ParquetMetaDataReader::decode_metadata(&footer)
         .map_err(|e| invalid(&e.to_string()))?;
-    Ok(metadata
+    Ok(rows_bytes(&metadata))
+}
+
+/// The uncompressed size of a Parquet file's rows, as its footer states it.
+fn rows_bytes(metadata: &parquet::file::metadata::ParquetMetaData) -> u64 {
+    metadata
         .row_groups()
         .iter()
         .map(|g| u64::try_from(g.total_byte_size()).unwrap_or(0))
-        .sum())
+        .sum()
 }
 
 /// What a Parquet file's rows take uncompressed, from its footer (before decoding them).
@@ -789,11 +794,7 @@ fn uncompressed_size(bytes: &bytes::Bytes, file: &DataFile) -> Result<u64, Error
                 format!("reading the footer of {}: {e}", file.file_path()),
             )
         })?;
-    Ok(metadata
-        .row_groups()
-        .iter()
-        .map(|g| u64::try_from(g.total_byte_size()).unwrap_or(0))
-        .sum())
+    Ok(rows_bytes(&metadata))
 }
 
 async fn decode(
