@@ -29,9 +29,9 @@ pub enum SqlError {
         /// The catalog it was looked for in.
         catalog: String,
     },
-    /// The statement would change something; `query` only reads.
+    /// The statement would change something; annotable's SQL (`query`, `sql-server`) only reads.
     #[error(
-        "`annotable query` is read-only: {what} statements are not allowed (use SELECT, WITH, EXPLAIN, SHOW or DESCRIBE)"
+        "annotable SQL is read-only: {what} statements are not allowed (use SELECT, WITH, EXPLAIN, SHOW or DESCRIBE)"
     )]
     ReadOnly {
         /// The kind of statement refused.
@@ -101,7 +101,7 @@ impl SqlError {
     }
 
     /// Classifies a DataFusion error raised while parsing or planning.
-    pub(crate) fn from_planning(e: DataFusionError) -> SqlError {
+    pub fn from_planning(e: DataFusionError) -> SqlError {
         match e.find_root() {
             DataFusionError::SQL(..)
             | DataFusionError::Plan(..)

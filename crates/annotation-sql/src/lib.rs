@@ -19,5 +19,5 @@ mod state;
 
 pub use error::SqlError;
 pub use format::{OutputFormat, write_result};
-pub use session::{CATALOG_NAME, QueryResult, QuerySession, view_definitions};
+pub use session::{CATALOG_NAME, QueryResult, QuerySession, SessionOptions, view_definitions};
 pub use state::{AnnotationsSource, MAX_UNFOLDED_ROWS, StateComparison};

@@ -396,6 +396,9 @@ pub(crate) struct IcebergCatalog {
     default: Arc<NamespaceSchema>,
     /// Namespaces listed at session start.
     listed: Vec<String>,
+    /// Schemas a front end registers beside the namespaces (the PostgreSQL endpoint's
+    /// `pg_catalog`); never written to the catalog.
+    registered: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
 }
 
 impl IcebergCatalog {
@@ -410,6 +413,7 @@ impl IcebergCatalog {
             default_name,
             default,
             listed,
+            registered: Default::default(),
         }
     }
 }
@@ -424,6 +428,9 @@ impl CatalogProvider for IcebergCatalog {
         if !names.contains(&self.default_name) {
             names.push(self.default_name.clone());
         }
+        if let Ok(registered) = self.registered.read() {
+            names.extend(registered.keys().cloned());
+        }
         names
     }
 
@@ -431,10 +438,35 @@ impl CatalogProvider for IcebergCatalog {
         if name == self.default_name {
             return Some(self.default.clone());
         }
+        if let Some(schema) = self
+            .registered
+            .read()
+            .ok()
+            .and_then(|registered| registered.get(name).cloned())
+        {
+            return Some(schema);
+        }
         Some(Arc::new(NamespaceSchema::new(
             self.catalog.clone(),
             NamespaceIdent::new(name.to_string()),
             None,
         )))
+    }
+
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> DFResult<Option<Arc<dyn SchemaProvider>>> {
+        if name == self.default_name || self.listed.iter().any(|n| n == name) {
+            return Err(DataFusionError::Plan(format!(
+                "schema {name} is a namespace of the Iceberg catalog; annotable does not replace it"
+            )));
+        }
+        let mut registered = self
+            .registered
+            .write()
+            .map_err(|_| DataFusionError::Internal("schema registry poisoned".into()))?;
+        Ok(registered.insert(name.to_string(), schema))
     }
 }
