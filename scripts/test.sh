@@ -15,6 +15,7 @@ step() { printf '\n==> %s\n' "$*"; }
 step "installing the local AWS emulator"
 scripts/local-stack.sh install
 scripts/py-tools.sh install
+scripts/node-tools.sh install
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

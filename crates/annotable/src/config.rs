@@ -96,6 +96,35 @@ pub struct Config {
     /// The current-state table and its refresh.
     #[serde(default)]
     pub state: StateSection,
+    /// `annotable sql-server`, the PostgreSQL-wire endpoint.
+    #[serde(default)]
+    pub sql: SqlSection,
+}
+
+/// `[sql]`: `annotable sql-server`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSection {
+    /// `host:port` to listen on (default 127.0.0.1:5433). Any address but loopback needs
+    /// `password`.
+    pub listen: Option<String>,
+    /// The user clients log in as when `password` is set (default `annotable`).
+    pub user: Option<String>,
+    /// Clients authenticate with SCRAM-SHA-256 when set; prefer the environment variable
+    /// `ANNOTABLE_SQL_PASSWORD` to the file.
+    pub password: Option<String>,
+    /// PEM certificate chain for TLS (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (with `tls_cert`).
+    pub tls_key: Option<PathBuf>,
+    /// A statement is cancelled after this many seconds (default 300); clients may set less.
+    pub statement_timeout_secs: Option<u64>,
+    /// Memory one statement may hold, in MiB (default 1024); more fails the statement alone.
+    pub statement_memory_mb: Option<u64>,
+    /// Statements running at once over all connections (default 8); more wait.
+    pub max_statements: Option<u64>,
+    /// Open connections (default 64); more are turned away.
+    pub max_connections: Option<u64>,
 }
 
 /// `[state]`: the `annotations` table, the current state refreshed from the journal.

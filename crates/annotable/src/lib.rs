@@ -16,5 +16,6 @@ pub mod rows;
 pub mod serve;
 pub mod set_reader;
 pub mod setup;
+pub mod sql_server;
 pub mod state;
 pub mod suppression;

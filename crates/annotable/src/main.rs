@@ -11,6 +11,7 @@ use annotable::maintain::{self, MaintainRequest};
 use annotable::query::{self, QueryRequest};
 use annotable::serve::{self, ServeOptions};
 use annotable::setup::{self, SetupRequest};
+use annotable::sql_server;
 use annotation_source::{ListScope, Versions};
 use annotation_sql::OutputFormat;
 use anyhow::{Context, bail};
@@ -59,6 +60,13 @@ enum Command {
     /// AWS S3 Metadata compatible). JSON functions: json_get_str(text_value, 'key'),
     /// json_get_int, json_get_bool, json_contains, and the -> / ->> operators.
     Query(QueryArgs),
+    /// Serve the same read-only SQL over the PostgreSQL wire protocol (psql, drivers, BI tools).
+    ///
+    /// Listens on [sql] listen (default 127.0.0.1:5433) until SIGTERM/SIGINT. Each statement
+    /// reads the tables' latest snapshots under [sql] statement_timeout_secs and
+    /// statement_memory_mb. Any address but loopback requires [sql] password (SCRAM-SHA-256);
+    /// [sql] tls_cert and tls_key enable TLS.
+    SqlServer(SqlServerArgs),
     /// Consume bucket notifications from SQS and append their annotations to the table.
     ///
     /// Runs until SIGTERM/SIGINT, then commits what it holds, deletes those messages and exits 0
@@ -82,6 +90,13 @@ enum Command {
     Setup(SetupCommand),
     /// Check credentials, queue, buckets, catalog and table, and say what to fix.
     Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+struct SqlServerArgs {
+    /// host:port to listen on; port 0 picks a free one [config: sql.listen, default 127.0.0.1:5433].
+    #[arg(long)]
+    listen: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -231,7 +246,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Command::Serve(args) => init_logging(args.log_format == LogFormat::Json, "info"),
-        Command::Backfill(_) | Command::Maintain(_) => init_logging(false, "info"),
+        Command::Backfill(_) | Command::Maintain(_) | Command::SqlServer(_) => {
+            init_logging(false, "info")
+        }
         _ => init_logging(false, "warn"),
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -295,6 +312,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let stdout = std::io::BufWriter::new(std::io::stdout());
             query::run(&config, &request, stdout).await?;
+            Ok(())
+        }
+        Command::SqlServer(_) => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            sql_server::run(&config, shutdown.cancelled_owned()).await?;
             Ok(())
         }
         Command::Serve(args) => {
@@ -460,6 +483,7 @@ fn flag_layer(cli: &Cli) -> Vec<(&'static str, String)> {
         Command::Backfill(a) => {
             flags.push(("backfill.concurrency", a.concurrency.map(|n| n.to_string())))
         }
+        Command::SqlServer(a) => flags.push(("sql.listen", a.listen.clone())),
         _ => {}
     }
     flags
@@ -547,8 +571,9 @@ mod tests {
             "off",
         ];
         let backfill = ["backfill", "--bucket", "b", "--concurrency", "3"];
+        let sql_server = ["sql-server", "--listen", "127.0.0.1:0"];
         let mut passed = std::collections::BTreeMap::new();
-        for command in [&serve[..], &backfill[..]] {
+        for command in [&serve[..], &backfill[..], &sql_server[..]] {
             let cli = Cli::try_parse_from(global.iter().chain(command))?;
             passed.extend(flag_layer(&cli));
         }
@@ -564,6 +589,7 @@ mod tests {
             .iter()
             .chain(&serve)
             .chain(&backfill)
+            .chain(&sql_server)
             .copied()
             .collect();
         for (key, flag) in table {

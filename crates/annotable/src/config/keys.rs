@@ -60,6 +60,18 @@ pub mod defaults {
     pub const STATE_TABLE: &str = "annotations";
     /// `state.fold_budget_mb` of `maintain --refresh/--rebuild-state`.
     pub const STATE_FOLD_BUDGET_MB: u64 = 1024;
+    /// `sql.listen`: loopback, beside PostgreSQL's own 5432.
+    pub const SQL_LISTEN: &str = "127.0.0.1:5433";
+    /// `sql.user`.
+    pub const SQL_USER: &str = "annotable";
+    /// `sql.statement_timeout_secs`.
+    pub const SQL_STATEMENT_TIMEOUT_SECS: u64 = 300;
+    /// `sql.statement_memory_mb`.
+    pub const SQL_STATEMENT_MEMORY_MB: u64 = 1024;
+    /// `sql.max_statements`: statements running at once, over all connections.
+    pub const SQL_MAX_STATEMENTS: u64 = 8;
+    /// `sql.max_connections`.
+    pub const SQL_MAX_CONNECTIONS: u64 = 64;
     /// `state.refresh_interval_secs`: plain readers of the table lag by about this much;
     /// annotable's own queries see the journal's newest rows regardless.
     pub const STATE_REFRESH_INTERVAL_SECS: u64 = 5;
@@ -277,6 +289,27 @@ pub const KEYS: &[Key] = &[
         Num,
         Derived("serve: a quarter of serve.read_buffer_bytes; maintain: 1024"),
     ),
+    flag("sql.listen", Str, Text(d::SQL_LISTEN), "--listen"),
+    key("sql.user", Str, Text(d::SQL_USER)),
+    key(
+        "sql.password",
+        Str,
+        Derived("none: loopback only, no authentication"),
+    ),
+    key("sql.tls_cert", Str, Derived("none: no TLS")),
+    key("sql.tls_key", Str, Derived("none: no TLS")),
+    key(
+        "sql.statement_timeout_secs",
+        Num,
+        Number(d::SQL_STATEMENT_TIMEOUT_SECS),
+    ),
+    key(
+        "sql.statement_memory_mb",
+        Num,
+        Number(d::SQL_STATEMENT_MEMORY_MB),
+    ),
+    key("sql.max_statements", Num, Number(d::SQL_MAX_STATEMENTS)),
+    key("sql.max_connections", Num, Number(d::SQL_MAX_CONNECTIONS)),
     key("storage.s3_endpoint", Str, Derived("AWS")),
     key("storage.s3_region", Str, Derived("the AWS default chain")),
     key(

@@ -7,3 +7,4 @@ mod backfill;
 mod maintain;
 mod query;
 mod serve;
+mod sql_server;
