@@ -18,16 +18,20 @@ use datafusion_postgres::pgwire::api::auth::noop::NoopStartupHandler;
 use datafusion_postgres::pgwire::api::auth::sasl::SASLAuthStartupHandler;
 use datafusion_postgres::pgwire::api::auth::{DefaultServerParameterProvider, StartupHandler};
 use datafusion_postgres::pgwire::api::cancel::DefaultCancelHandler;
-use datafusion_postgres::pgwire::api::portal::Portal;
+use datafusion_postgres::pgwire::api::portal::{Portal, PortalExecutionState};
 use datafusion_postgres::pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
-use datafusion_postgres::pgwire::api::results::Response;
+use datafusion_postgres::pgwire::api::results::{Response, Tag};
 use datafusion_postgres::pgwire::api::store::PortalStore;
 use datafusion_postgres::pgwire::api::{
-    ClientInfo, ClientPortalStore, ConnectionManager, PgWireServerHandlers,
+    ClientInfo, ClientPortalStore, ConnectionManager, DEFAULT_NAME, PgWireConnectionState,
+    PgWireServerHandlers,
 };
 use datafusion_postgres::pgwire::error::{PgWireError, PgWireResult};
+use datafusion_postgres::pgwire::messages::extendedquery::Execute;
 use datafusion_postgres::pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
 use datafusion_postgres::{DfSessionService, Parser};
+use futures::{SinkExt, StreamExt};
+use std::ops::Deref;
 use tokio::sync::Semaphore;
 
 use crate::auth;
@@ -188,6 +192,64 @@ impl ExtendedQueryHandler for Extended {
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         self.service.query_parser()
+    }
+
+    /// pgwire answers an Execute by collecting the portal's rows into memory first; with no
+    /// row limit (what most drivers send) a query's rows stream to the client instead, so a
+    /// large result neither waits for its last row nor sits in memory outside DataFusion's
+    /// limit. An Execute with a row limit (a cursor's fetch) keeps pgwire's portal logic.
+    async fn on_execute<C>(&self, client: &mut C, message: Execute) -> PgWireResult<()>
+    where
+        C: ClientInfo
+            + ClientPortalStore
+            + futures::Sink<PgWireBackendMessage>
+            + Unpin
+            + Send
+            + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as futures::Sink<PgWireBackendMessage>>::Error>,
+    {
+        let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+        let portal = match client.portal_store().get_portal(name) {
+            Some(portal)
+                if message.max_rows == 0
+                    && matches!(client.state(), PgWireConnectionState::ReadyForQuery)
+                    && matches!(
+                        portal.state().lock().await.deref(),
+                        PortalExecutionState::Initial
+                    )
+                    && matches!(
+                        &portal.statement.statement,
+                        (_, Some((statement, _))) if kind(statement) == Kind::Query
+                    ) =>
+            {
+                portal
+            }
+            _ => return self._on_execute(client, message).await,
+        };
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let response = self.do_query(client, portal.as_ref(), 0).await?;
+        *portal.state().lock().await = PortalExecutionState::Finished;
+        let Response::Query(mut rows) = response else {
+            client.set_state(PgWireConnectionState::ReadyForQuery);
+            return Err(PgWireError::ApiError(
+                "a query answered without rows".to_string().into(),
+            ));
+        };
+        let tag = rows.command_tag().to_owned();
+        let mut sent = 0;
+        while let Some(row) = rows.data_rows().next().await {
+            client.feed(PgWireBackendMessage::DataRow(row?)).await?;
+            sent += 1;
+        }
+        client
+            .send(PgWireBackendMessage::CommandComplete(
+                Tag::new(&tag).with_rows(sent).into(),
+            ))
+            .await?;
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        Ok(())
     }
 
     async fn do_query<C>(

@@ -536,6 +536,108 @@ print(json.dumps(out))
     Ok(())
 }
 
+/// 20 clients query while a writer commits batches of 3 rows: within a statement a table is
+/// read at one snapshot (two counts of the journal agree), only whole batches are ever seen,
+/// no client sees the journal shrink, and the last statements see every commit. A client that drops its connection in the middle of
+/// a long result fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_clients_see_whole_commits_while_a_writer_commits() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().to_path_buf();
+    append(&d, vec![row("obj-0", None, "a", 1, RecordType::Put, "x")]).await?;
+    let server = SqlServer::start(&d, &[])?;
+    let url = format!(
+        "host=127.0.0.1 port={} user=annotable dbname=annotable",
+        server.port
+    );
+
+    // A client that walks away from a long result.
+    let (quitter, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+    let quitter_conn = tokio::spawn(connection);
+    let rows = quitter
+        .query_raw(
+            "SELECT v FROM generate_series(1, 100000000) t(v)",
+            Vec::<String>::new(),
+        )
+        .await?;
+    let mut rows = Box::pin(rows);
+    for _ in 0..10 {
+        futures::StreamExt::next(&mut rows)
+            .await
+            .ok_or("no rows")??;
+    }
+    drop(rows);
+    drop(quitter);
+    quitter_conn.abort();
+
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (d, done) = (d.clone(), done.clone());
+        tokio::spawn(async move {
+            for i in 1..=12u64 {
+                let key = format!("obj-{i}");
+                let rows = ["a", "b", "c"]
+                    .iter()
+                    .enumerate()
+                    .map(|(j, name)| row(&key, None, name, 10 * i + j as u64, RecordType::Put, "v"))
+                    .collect();
+                if let Err(e) = append(&d, rows).await {
+                    done.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return Err(e.to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        })
+    };
+    let mut clients = Vec::new();
+    for _ in 0..20 {
+        let (url, done) = (url.clone(), done.clone());
+        clients.push(tokio::spawn(async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            let sql = "SELECT (SELECT count(*) FROM annotation_journal) AS a, \
+                       (SELECT count(*) FROM annotation_journal) AS b";
+            let mut last = 0i64;
+            let mut statements = 0;
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let row = client
+                    .query_one(sql, &[])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let (a, b): (i64, i64) = (row.get(0), row.get(1));
+                if a != b || a % 3 != 1 || a < last {
+                    return Err(format!(
+                        "inconsistent answer: the journal counted {a} and {b} rows, after {last}"
+                    ));
+                }
+                last = a;
+                statements += 1;
+                if finished {
+                    return Ok((last, statements));
+                }
+            }
+        }));
+    }
+    writer.await?.map_err(|e| format!("writer: {e}"))?;
+    for client in clients {
+        let (last, statements) = client.await?.map_err(|e| format!("client: {e}"))?;
+        assert_eq!(last, 37, "a client's last statement missed commits");
+        assert!(statements >= 1);
+    }
+    let out = server.psql(
+        &["-A", "-t", "-c", "SELECT count(*) FROM annotations"],
+        None,
+    )?;
+    assert_eq!(text(&out.stdout).trim(), "37", "{}", text(&out.stderr));
+    drop(server);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_password_is_checked_and_an_exposed_address_needs_one() -> TestResult {
     let dir = tempfile::tempdir()?;
