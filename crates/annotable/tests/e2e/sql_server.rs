@@ -347,6 +347,13 @@ async fn psql_gets_what_annotable_query_gets_and_cannot_write() -> TestResult {
         listing.contains("annotation_journal") && listing.contains("annotations"),
         "{listing}"
     );
+    // \d describes a table's columns.
+    let out = server.psql(&["-c", "\\d annotations"], None)?;
+    let described = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for column in ["object_join_key", "sequence_number", "text_value"] {
+        assert!(described.contains(column), "{described}");
+    }
 
     // Every example query: the same rows from psql, psycopg and node-postgres as from
     // `annotable query`.
