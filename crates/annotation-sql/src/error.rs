@@ -64,6 +64,12 @@ pub enum SqlError {
         #[source]
         source: Box<DataFusionError>,
     },
+    /// A time-travel point that cannot be read (bad instant, unknown or expired snapshot).
+    #[error("time travel: {message}")]
+    TimeTravel {
+        /// What is wrong and what to give instead.
+        message: String,
+    },
     /// The result could not be written out.
     #[error("writing the result as {format} failed: {message}")]
     Output {
@@ -96,6 +102,7 @@ impl SqlError {
             | SqlError::UnknownTable { .. }
             | SqlError::TableNotCreated { .. }
             | SqlError::ReadOnly { .. }
+            | SqlError::TimeTravel { .. }
             | SqlError::View { .. } => false,
         }
     }

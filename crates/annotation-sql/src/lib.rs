@@ -12,12 +12,17 @@
 
 mod error;
 mod format;
+mod metadata_tables;
 mod provider;
 mod scan;
 mod session;
 mod state;
+mod time_travel;
 
 pub use error::SqlError;
-pub use format::{OutputFormat, write_result};
-pub use session::{CATALOG_NAME, QueryResult, QuerySession, SessionOptions, view_definitions};
+pub use format::{OutputFormat, ResultWriter, Written, write_result};
+pub use session::{
+    CATALOG_NAME, QueryResult, QuerySession, SessionOptions, TravelTarget, view_definitions,
+};
 pub use state::{AnnotationsSource, MAX_UNFOLDED_ROWS, StateComparison};
+pub use time_travel::TimeTravel;

@@ -28,7 +28,9 @@ use iceberg::{Catalog, ErrorKind, NamespaceIdent, TableIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
 use iceberg_datafusion::physical_plan::IcebergTableScan;
 
+use crate::metadata_tables::{MetadataKind, MetadataTable};
 use crate::scan::PartitionedScan;
+use crate::time_travel::TravelPoint;
 
 /// The name the views use for the journal, whatever the configured table is called.
 pub(crate) const JOURNAL_ALIAS: &str = "annotation_journal";
@@ -68,8 +70,9 @@ pub(crate) struct LiveTable {
     ident: TableIdent,
     schema: SchemaRef,
     pins: Pins,
-    /// A table read at one fixed snapshot instead of the current one.
-    fixed: Option<(Table, i64)>,
+    /// A table read at one fixed snapshot (`None`: the given table's current one, which time
+    /// travel has rewound) instead of the catalog's current one.
+    fixed: Option<(Table, Option<i64>)>,
 }
 
 impl LiveTable {
@@ -103,7 +106,7 @@ impl LiveTable {
             ident: table.identifier().clone(),
             schema,
             pins: Pins::default(),
-            fixed: Some((table, snapshot_id)),
+            fixed: Some((table, Some(snapshot_id))),
         })
     }
 
@@ -155,8 +158,11 @@ impl TableProvider for LiveTable {
         limit: Option<usize>,
     ) -> DFResult<Arc<dyn ExecutionPlan>> {
         let current = match &self.fixed {
-            Some((table, id)) => {
+            Some((table, Some(id))) => {
                 IcebergStaticTableProvider::try_new_from_table_snapshot(table.clone(), *id).await
+            }
+            Some((table, None)) => {
+                IcebergStaticTableProvider::try_new_from_table(table.clone()).await
             }
             None => {
                 IcebergStaticTableProvider::try_new_from_table(self.for_statement(state).await?)
@@ -207,6 +213,8 @@ pub(crate) struct NamespaceSchema {
     listed: RwLock<Vec<String>>,
     /// Shared by every table provider of the namespace, whichever scan asked for it.
     pins: Pins,
+    /// When set, every table is read as it was at this point (see `time_travel`).
+    travel: RwLock<Option<TravelPoint>>,
 }
 
 impl NamespaceSchema {
@@ -225,6 +233,7 @@ impl NamespaceSchema {
             views: RwLock::default(),
             listed: RwLock::default(),
             pins: Pins::default(),
+            travel: RwLock::default(),
         }
     }
 
@@ -243,8 +252,38 @@ impl NamespaceSchema {
         }
     }
 
-    /// Loads a table of the namespace by name or alias; `None` if it does not exist.
+    /// Reads every table as of `point` from the next statement on (`None`: the present).
+    pub(crate) fn set_travel(&self, point: Option<TravelPoint>) {
+        if let Ok(mut travel) = self.travel.write() {
+            *travel = point;
+        }
+    }
+
+    fn travel(&self) -> Option<TravelPoint> {
+        self.travel.read().ok().and_then(|t| t.clone())
+    }
+
+    /// Whether `name` (a name or alias) is the journal.
+    fn is_journal(&self, name: &str) -> bool {
+        self.table_name(name) == self.journal.as_deref().unwrap_or(JOURNAL_ALIAS)
+    }
+
+    /// Loads a table of the namespace by name or alias, as of the session's time-travel point
+    /// if it has one; `None` if it does not exist.
     pub(crate) async fn load(&self, name: &str) -> Result<Option<Table>, iceberg::Error> {
+        let table = self.load_now(name).await?;
+        match (table, self.travel()) {
+            (Some(table), Some(point)) => point
+                .rewind(&table, self.is_journal(name))
+                .map(Some)
+                .map_err(|e| iceberg::Error::new(ErrorKind::DataInvalid, e.to_string())),
+            (table, _) => Ok(table),
+        }
+    }
+
+    /// Loads a table of the namespace by name or alias as it is now; `None` if it does not
+    /// exist.
+    pub(crate) async fn load_now(&self, name: &str) -> Result<Option<Table>, iceberg::Error> {
         let ident = TableIdent::new(self.namespace.clone(), self.table_name(name));
         match self.catalog.load_table(&ident).await {
             Ok(table) => Ok(Some(table)),
@@ -281,6 +320,13 @@ impl NamespaceSchema {
         }
     }
 
+    /// Forgets every view (they are registered again over the tables as they now read).
+    pub(crate) fn clear_views(&self) {
+        if let Ok(mut views) = self.views.write() {
+            views.clear();
+        }
+    }
+
     pub(crate) fn has_view(&self, name: &str) -> bool {
         self.views.read().is_ok_and(|v| v.contains_key(name))
     }
@@ -305,8 +351,9 @@ impl NamespaceSchema {
         Ok(names)
     }
 
-    /// Whether the Iceberg table exists now (views aside).
+    /// Whether the Iceberg table (or the table of a metadata table) exists now, views aside.
     pub(crate) async fn table_exists_now(&self, name: &str) -> Result<bool, iceberg::Error> {
+        let name = MetadataKind::split(name).map_or(name, |(table, _)| table);
         let ident = TableIdent::new(self.namespace.clone(), self.table_name(name));
         match self.catalog.table_exists(&ident).await {
             Ok(exists) => Ok(exists),
@@ -334,32 +381,38 @@ impl SchemaProvider for NamespaceSchema {
         if let Some(view) = self.views.read().ok().and_then(|v| v.get(name).cloned()) {
             return Ok(Some(view));
         }
-        let ident = TableIdent::new(self.namespace.clone(), self.table_name(name));
-        let table = match self.catalog.load_table(&ident).await {
-            Ok(table) => table,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::TableNotFound | ErrorKind::NamespaceNotFound
-                ) =>
-            {
-                return Ok(None);
-            }
-            Err(e) => return Err(df_error(e)),
+        if let Some((table, kind)) = MetadataKind::split(name) {
+            return match self.load_now(table).await.map_err(df_error)? {
+                Some(table) => Ok(Some(Arc::new(MetadataTable::new(table, kind)?))),
+                None => Ok(None),
+            };
+        }
+        let Some(table) = self.load_now(name).await.map_err(df_error)? else {
+            return Ok(None);
         };
         let schema = without_metadata(
             &schema_to_arrow_schema(table.metadata().current_schema()).map_err(df_error)?,
         );
+        let fixed = match self.travel() {
+            Some(point) => Some((
+                point
+                    .rewind(&table, self.is_journal(name))
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?,
+                None,
+            )),
+            None => None,
+        };
         Ok(Some(Arc::new(LiveTable {
             catalog: self.catalog.clone(),
-            ident,
+            ident: table.identifier().clone(),
             schema,
             pins: self.pins.clone(),
-            fixed: None,
+            fixed,
         })))
     }
 
     fn table_exist(&self, name: &str) -> bool {
+        let name = MetadataKind::split(name).map_or(name, |(table, _)| table);
         self.has_view(name)
             || self
                 .listed

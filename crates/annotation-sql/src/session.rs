@@ -18,6 +18,7 @@ use tokio::sync::Mutex;
 use crate::error::SqlError;
 use crate::provider::{IcebergCatalog, JOURNAL_ALIAS, NamespaceSchema};
 use crate::state::{self, ANNOTATIONS, AnnotationsSource, FROM_JOURNAL, StateComparison};
+use crate::time_travel::{TimeTravel, TravelPoint};
 
 /// The name of the DataFusion catalog holding the Iceberg namespaces.
 pub const CATALOG_NAME: &str = "annotable";
@@ -54,6 +55,17 @@ pub struct SessionOptions {
     /// The most memory the session's statements may hold at once, in bytes; a statement that
     /// needs more fails with "resources exhausted" instead of growing the process.
     pub memory_limit: Option<usize>,
+}
+
+/// Where a time-travelling session reads the journal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TravelTarget {
+    /// What was asked for.
+    pub asked: TimeTravel,
+    /// The journal snapshot read (`None`: the journal had no rows yet then).
+    pub journal_snapshot: Option<i64>,
+    /// When that snapshot was committed (ms since the epoch).
+    pub committed_at_ms: Option<i64>,
 }
 
 /// A query's complete result.
@@ -230,6 +242,79 @@ impl QuerySession {
             .map_err(SqlError::from_planning)?;
         refuse_write_plan(&plan)?;
         Ok(plan)
+    }
+
+    /// Reads every table as of `travel` from the next statement on (`None`: the present
+    /// again): the journal, the state table behind `annotations` and its tombstones, and any
+    /// other table of the catalog. Says which journal snapshot that is; refuses an instant
+    /// whose history has expired and a snapshot id the journal does not have.
+    pub async fn set_time_travel(
+        &self,
+        travel: Option<TimeTravel>,
+    ) -> Result<Option<TravelTarget>, SqlError> {
+        let mut loaded = self.views_loaded.lock().await;
+        let Some(travel) = travel else {
+            self.schema.set_travel(None);
+            self.schema.clear_views();
+            *loaded = false;
+            return Ok(None);
+        };
+        let journal = self
+            .schema
+            .load_now(&self.journal)
+            .await
+            .map_err(|e| self.catalog_error("loading the journal", e))?;
+        let point = TravelPoint::resolve(travel, journal.as_ref())?;
+        let target = match &journal {
+            Some(journal) => {
+                let rewound = point.rewind(journal, true)?;
+                let snapshot = rewound.metadata().current_snapshot();
+                TravelTarget {
+                    asked: travel,
+                    journal_snapshot: snapshot.map(|s| s.snapshot_id()),
+                    committed_at_ms: snapshot.map(|s| s.timestamp_ms()),
+                }
+            }
+            None => TravelTarget {
+                asked: travel,
+                journal_snapshot: None,
+                committed_at_ms: None,
+            },
+        };
+        for table in [
+            crate::provider::STATE_ALIAS,
+            crate::provider::TOMBSTONES_ALIAS,
+        ] {
+            if let Some(now) = self
+                .schema
+                .load_now(table)
+                .await
+                .map_err(|e| self.catalog_error("loading the annotations table", e))?
+            {
+                point.rewind(&now, false)?;
+            }
+        }
+        self.schema.set_travel(Some(point));
+        // The views are plans over the tables they saw: build them again over the past.
+        self.schema.clear_views();
+        *loaded = false;
+        Ok(Some(target))
+    }
+
+    /// Runs one read-only statement, returning its schema and its rows as they are computed.
+    pub async fn stream(
+        &self,
+        sql: &str,
+    ) -> Result<(SchemaRef, datafusion::execution::SendableRecordBatchStream), SqlError> {
+        let frame = self.sql(sql).await?;
+        let schema = Arc::new(frame.schema().as_arrow().clone());
+        let stream = frame
+            .execute_stream()
+            .await
+            .map_err(|e| SqlError::Execution {
+                source: Box::new(e),
+            })?;
+        Ok((schema, stream))
     }
 
     /// Runs one read-only statement and collects its result.

@@ -144,6 +144,16 @@ async fn every_example_query_runs_and_answers_its_question() -> TestResult {
             ),
         ])
         .await?;
+    let examples_rows = strings(
+        &fixture
+            .session()
+            .await?
+            .query("SELECT count(*) AS n FROM annotation_journal")
+            .await?,
+        "n",
+    )[0]
+    .clone()
+    .unwrap_or_default();
     let session = fixture.session().await?;
     let examples = examples()?;
     assert!(examples.len() >= 5, "at least five example queries");
@@ -204,6 +214,23 @@ async fn every_example_query_runs_and_answers_its_question() -> TestResult {
                     "{name}"
                 );
                 assert_eq!(column(&result, "annotations"), ["2", "2", "1"], "{name}");
+            }
+            "recent_commits" => {
+                // One append of the rows above, by this process, from notifications.
+                assert_eq!(column(&result, "operation"), ["append"], "{name}");
+                assert_eq!(column(&result, "source"), ["notification"], "{name}");
+                assert_eq!(
+                    column(&result, "row_count"),
+                    std::slice::from_ref(&examples_rows),
+                    "{name}"
+                );
+                assert!(
+                    column(&result, "writer")
+                        .iter()
+                        .chain(column(&result, "batch_id").iter())
+                        .all(|v| v != "NULL"),
+                    "{name}"
+                );
             }
             other => panic!("queries/{other}.sql has no expectation in this test: add one"),
         }

@@ -4,4 +4,5 @@
 mod common;
 mod examples;
 mod session;
+mod time_travel;
 mod views;
