@@ -16,6 +16,7 @@ pub mod rows;
 pub mod serve;
 pub mod set_reader;
 pub mod setup;
+pub mod shell;
 pub mod sql_server;
 pub mod state;
 pub mod suppression;

@@ -11,9 +11,10 @@ use annotable::maintain::{self, MaintainRequest};
 use annotable::query::{self, QueryRequest};
 use annotable::serve::{self, ServeOptions};
 use annotable::setup::{self, SetupRequest};
+use annotable::shell;
 use annotable::sql_server;
 use annotation_source::{ListScope, Versions};
-use annotation_sql::OutputFormat;
+use annotation_sql::{OutputFormat, TimeTravel};
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::time::Duration;
@@ -240,6 +241,20 @@ struct QueryArgs {
     /// Write the result to this file instead of stdout (required for parquet).
     #[arg(long, short = 'o')]
     output: Option<PathBuf>,
+    /// Read every table as it was at this instant (RFC 3339 with a zone, or a date):
+    /// the journal, `annotations` and the rest.
+    #[arg(long, value_name = "INSTANT", conflicts_with = "snapshot")]
+    as_of: Option<String>,
+    /// Read the journal at this snapshot id, every other table as of its commit time.
+    #[arg(long, value_name = "ID")]
+    snapshot: Option<i64>,
+    /// Show at most this many rows of a text table (the rest are counted, not shown)
+    /// [default: all; 40 in the shell].
+    #[arg(long, value_name = "N")]
+    maxrows: Option<usize>,
+    /// Print no row count or timing on stderr.
+    #[arg(long, short = 'q')]
+    quiet: bool,
 }
 
 fn main() -> ExitCode {
@@ -304,14 +319,37 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     )?;
     match cli.command {
         Command::Query(args) => {
-            let sql = read_sql(&args)?;
+            let travel = match (&args.as_of, args.snapshot) {
+                (Some(instant), _) => Some(TimeTravel::parse_instant(instant)?),
+                (None, Some(id)) => Some(TimeTravel::Snapshot(id)),
+                (None, None) => None,
+            };
+            let Some(sql) = read_sql(&args)? else {
+                let session = query::open_session(&config).await?;
+                if let Some(target) = session.set_time_travel(travel).await? {
+                    println!("Reading {}.", query::describe_travel(&target));
+                }
+                let options = shell::ShellOptions {
+                    max_rows: Some(args.maxrows.unwrap_or(40)),
+                    format: args.format,
+                    history: shell::default_history(),
+                    namespace: config.namespace().to_string(),
+                };
+                shell::run(&session, options).await?;
+                return Ok(());
+            };
             let request = QueryRequest {
                 sql,
                 format: args.format,
                 output: args.output,
+                travel,
+                max_rows: args.maxrows,
             };
             let stdout = std::io::BufWriter::new(std::io::stdout());
-            query::run(&config, &request, stdout).await?;
+            let outcome = query::run(&config, &request, stdout).await?;
+            if !args.quiet {
+                eprintln!("{}", outcome.summary());
+            }
             Ok(())
         }
         Command::SqlServer(_) => {
@@ -518,7 +556,8 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn read_sql(args: &QueryArgs) -> anyhow::Result<String> {
+/// The SQL to run; `None` on a terminal with none given (the shell).
+fn read_sql(args: &QueryArgs) -> anyhow::Result<Option<String>> {
     let sql = match (&args.sql, &args.file) {
         (Some(sql), _) => sql.clone(),
         (None, Some(path)) if path.as_os_str() != "-" => std::fs::read_to_string(path)
@@ -526,7 +565,10 @@ fn read_sql(args: &QueryArgs) -> anyhow::Result<String> {
         _ => {
             let mut stdin = std::io::stdin();
             if stdin.is_terminal() && args.file.is_none() {
-                bail!("no SQL given: pass it as an argument, with --file FILE, or on stdin");
+                if args.output.is_some() {
+                    bail!("no SQL given: pass it as an argument, with --file FILE, or on stdin");
+                }
+                return Ok(None);
             }
             let mut sql = String::new();
             stdin
@@ -538,7 +580,7 @@ fn read_sql(args: &QueryArgs) -> anyhow::Result<String> {
     if sql.trim().is_empty() {
         bail!("the SQL is empty: pass a statement as an argument, with --file FILE, or on stdin");
     }
-    Ok(sql)
+    Ok(Some(sql))
 }
 
 #[cfg(test)]

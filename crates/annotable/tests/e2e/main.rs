@@ -7,4 +7,5 @@ mod backfill;
 mod maintain;
 mod query;
 mod serve;
+mod shell;
 mod sql_server;
