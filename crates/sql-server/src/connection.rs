@@ -272,9 +272,19 @@ impl ExtendedQueryHandler for Extended {
         let (_, Some((statement, plan))) = &portal.statement.statement else {
             return Ok(Response::EmptyQuery);
         };
-        if kind(statement) == Kind::Session {
-            return ExtendedQueryHandler::do_query(self.service.as_ref(), client, portal, max_rows)
+        match kind(statement) {
+            Kind::Session => {
+                return ExtendedQueryHandler::do_query(
+                    self.service.as_ref(),
+                    client,
+                    portal,
+                    max_rows,
+                )
                 .await;
+            }
+            Kind::Travel(travel) => return self.statements.travel(&travel).await,
+            Kind::ShowTravel => return self.statements.show_travel(client).await,
+            Kind::Refused(_) | Kind::Query => {}
         }
         let types = parameter_types(plan)?;
         let types: Vec<_> = types.iter().map(Option::as_ref).collect();

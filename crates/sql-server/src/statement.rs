@@ -6,12 +6,17 @@
 //! server refuses exactly what `annotable query` refuses and `annotations` means the same.
 //! An extended query is planned again when it runs, not only when it is parsed: a prepared
 //! statement run twice sees the snapshots of its second run.
+//!
+//! Time travel is a per-connection setting: `SET annotable.as_of = '2026-12-01T10:00:00Z'`
+//! (or `annotable.snapshot = <journal snapshot id>`) makes every later statement of the
+//! connection read the tables as they were then; `RESET annotable.as_of` (or setting it to
+//! `''`) returns to the present, and `SHOW annotable.as_of` says what is set.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use annotation_sql::{QuerySession, SqlError};
+use annotation_sql::{QuerySession, SqlError, TimeTravel};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ParamValues;
@@ -20,16 +25,16 @@ use datafusion::error::DataFusionError;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::{Set, Statement};
+use datafusion::sql::sqlparser::ast::{Reset, ResetStatement, Set, Statement};
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::hooks::{HookClient, QueryHook};
 use datafusion_postgres::pgwire::api::ClientInfo;
 use datafusion_postgres::pgwire::api::portal::Format;
-use datafusion_postgres::pgwire::api::results::{QueryResponse, Response};
+use datafusion_postgres::pgwire::api::results::{QueryResponse, Response, Tag};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::types::format::FormatOptions;
 use futures::{StreamExt, stream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
 
 use crate::options::Limits;
@@ -44,13 +49,81 @@ pub(crate) enum Kind {
     Session,
     /// Refused before planning, with the reason.
     Refused(String),
+    /// `SET annotable.as_of|snapshot = ..` or `RESET ..`: the connection's time travel
+    /// (`None`: the present), or why the value is not one.
+    Travel(Result<Option<TimeTravel>, String>),
+    /// `SHOW annotable.as_of`.
+    ShowTravel,
     /// Everything else: planned and run by annotable's session (which refuses writes).
     Query,
+}
+
+/// The settings of time travel.
+const AS_OF: &str = "annotable.as_of";
+const SNAPSHOT: &str = "annotable.snapshot";
+
+/// The query answering `SHOW annotable.as_of` with `value`.
+fn show_statement(value: &str) -> PgWireResult<Statement> {
+    let sql = format!("SELECT '{}' AS \"{AS_OF}\"", value.replace('\'', "''"));
+    datafusion::sql::sqlparser::parser::Parser::parse_sql(
+        &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+        &sql,
+    )
+    .map_err(|e| user_error("XX000", e.to_string()))?
+    .pop()
+    .ok_or_else(|| user_error("XX000", "SHOW annotable.as_of did not plan".into()))
+}
+
+/// The value of `SET annotable.as_of|snapshot = value`.
+fn travel_value(variable: &str, value: &str) -> Result<Option<TimeTravel>, String> {
+    let value = value.trim();
+    let value = value
+        .strip_prefix('\'')
+        .and_then(|v| v.strip_suffix('\''))
+        .unwrap_or(value);
+    if value.is_empty() || ["default", "now", "off"].contains(&value.to_lowercase().as_str()) {
+        return Ok(None);
+    }
+    if variable == SNAPSHOT {
+        return value
+            .parse::<i64>()
+            .map(|id| Some(TimeTravel::Snapshot(id)))
+            .map_err(|_| format!("{SNAPSHOT} takes a journal snapshot id, not {value:?}"));
+    }
+    TimeTravel::parse_instant(value)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Sorts a parsed statement.
 pub(crate) fn kind(statement: &Statement) -> Kind {
     match statement {
+        Statement::Set(Set::SingleAssignment {
+            variable, values, ..
+        }) if [AS_OF, SNAPSHOT].contains(&variable.to_string().to_lowercase().as_str()) => {
+            let variable = variable.to_string().to_lowercase();
+            match values.as_slice() {
+                [value] => Kind::Travel(travel_value(&variable, &value.to_string())),
+                _ => Kind::Travel(Err(format!("SET {variable} takes one value"))),
+            }
+        }
+        Statement::Reset(ResetStatement {
+            reset: Reset::ConfigurationParameter(name),
+        }) if [AS_OF, SNAPSHOT].contains(&name.to_string().to_lowercase().as_str()) => {
+            Kind::Travel(Ok(None))
+        }
+        Statement::ShowVariable { variable }
+            if [AS_OF, SNAPSHOT].contains(
+                &variable
+                    .iter()
+                    .map(|i| i.value.to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(".")
+                    .as_str(),
+            ) =>
+        {
+            Kind::ShowTravel
+        }
         Statement::Set(Set::SingleAssignment { variable, .. })
             if variable
                 .to_string()
@@ -77,6 +150,8 @@ pub(crate) struct Statements {
     session: Arc<QuerySession>,
     limits: Limits,
     slots: Arc<Semaphore>,
+    /// The connection's time travel, for `SHOW`.
+    travel: Mutex<Option<TimeTravel>>,
 }
 
 impl Statements {
@@ -85,7 +160,36 @@ impl Statements {
             session,
             limits,
             slots,
+            travel: Mutex::default(),
         }
+    }
+
+    /// Applies `SET annotable.as_of|snapshot` (or `RESET`) to the connection.
+    pub(crate) async fn travel(
+        &self,
+        travel: &Result<Option<TimeTravel>, String>,
+    ) -> PgWireResult<Response> {
+        let travel = travel.clone().map_err(|why| user_error("22023", why))?;
+        let mut current = self.travel.lock().await;
+        self.session
+            .set_time_travel(travel)
+            .await
+            .map_err(|e| user_error("22023", e.to_string()))?;
+        *current = travel;
+        Ok(Response::Execution(Tag::new("SET")))
+    }
+
+    /// `SHOW annotable.as_of`: the instant or snapshot set, or `now`.
+    pub(crate) async fn show_travel(
+        &self,
+        client: &(dyn ClientInfo + Send + Sync),
+    ) -> PgWireResult<Response> {
+        let value = match *self.travel.lock().await {
+            None => "now".to_string(),
+            Some(travel) => travel.to_string(),
+        };
+        self.run(&show_statement(&value)?, None, &Format::UnifiedText, client)
+            .await
     }
 
     /// Plans `statement` on the tables' current snapshots.
@@ -196,6 +300,8 @@ impl QueryHook for Statements {
         match kind(statement) {
             Kind::Session => None,
             Kind::Refused(why) => Some(Err(user_error("25006", why))),
+            Kind::Travel(travel) => Some(self.travel(&travel).await),
+            Kind::ShowTravel => Some(self.show_travel(client).await),
             Kind::Query => Some(
                 self.run(statement, None, &Format::UnifiedText, client)
                     .await,
@@ -211,6 +317,17 @@ impl QueryHook for Statements {
     ) -> Option<PgWireResult<LogicalPlan>> {
         match kind(statement) {
             Kind::Session => None,
+            // Nothing to describe: it answers "SET".
+            Kind::Travel(_) => Some(Ok(LogicalPlan::EmptyRelation(
+                datafusion::logical_expr::EmptyRelation {
+                    produce_one_row: false,
+                    schema: Arc::new(datafusion::common::DFSchema::empty()),
+                },
+            ))),
+            Kind::ShowTravel => Some(match show_statement("now") {
+                Ok(statement) => self.plan(&statement).await,
+                Err(e) => Err(e),
+            }),
             _ => Some(self.plan(statement).await),
         }
     }
@@ -348,6 +465,37 @@ mod tests {
             kind(&parse("SET datafusion.runtime.memory_limit = '100G'")?),
             Kind::Refused(_)
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn time_travel_is_a_connection_setting() -> Result<(), Box<dyn std::error::Error>> {
+        let at = TimeTravel::parse_instant("2026-12-01T10:00:00Z")?;
+        assert_eq!(
+            kind(&parse("SET annotable.as_of = '2026-12-01T10:00:00Z'")?),
+            Kind::Travel(Ok(Some(at)))
+        );
+        assert_eq!(
+            kind(&parse("SET annotable.snapshot = 42")?),
+            Kind::Travel(Ok(Some(TimeTravel::Snapshot(42))))
+        );
+        for present in [
+            "SET annotable.as_of = ''",
+            "SET annotable.as_of = DEFAULT",
+            "RESET annotable.as_of",
+            "RESET annotable.snapshot",
+        ] {
+            assert_eq!(kind(&parse(present)?), Kind::Travel(Ok(None)), "{present}");
+        }
+        assert!(matches!(
+            kind(&parse("SET annotable.as_of = 'yesterday'")?),
+            Kind::Travel(Err(_))
+        ));
+        assert!(matches!(
+            kind(&parse("SET annotable.snapshot = 'abc'")?),
+            Kind::Travel(Err(_))
+        ));
+        assert_eq!(kind(&parse("SHOW annotable.as_of")?), Kind::ShowTravel);
         Ok(())
     }
 }

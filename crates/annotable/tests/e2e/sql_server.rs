@@ -67,6 +67,16 @@ impl SqlServer {
 
     /// psql on this server: `args` after the connection options, `password` in PGPASSWORD.
     fn psql(&self, args: &[&str], password: Option<&str>) -> std::io::Result<Output> {
+        self.psql_with(args, password, &[])
+    }
+
+    /// [`SqlServer::psql`] with more libpq environment (`PGSSLMODE`, say).
+    fn psql_with(
+        &self,
+        args: &[&str],
+        password: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Output> {
         let port = self.port.to_string();
         let mut cmd = Command::new("psql");
         for (k, _) in std::env::vars() {
@@ -91,6 +101,7 @@ impl SqlServer {
         if let Some(password) = password {
             cmd.env("PGPASSWORD", password);
         }
+        cmd.envs(env.iter().copied());
         cmd.output()
     }
 }
@@ -321,6 +332,14 @@ async fn psql_gets_what_annotable_query_gets_and_cannot_write() -> TestResult {
     // `annotations` is the state with the newest journal rows folded in, as in `query`.
     let out = annotable(d, &["maintain", "--refresh"], &[]).output()?;
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // A copy of the view as it is now, for time travel to come back to.
+    let travel_sql = "SELECT object_key, name, text_value FROM annotations ORDER BY 1, 2";
+    let out = annotable(d, &["query", "--format", "csv", "-q", travel_sql], &[]).output()?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let copy_then = text(&out.stdout);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let between = chrono::Utc::now().to_rfc3339();
+    tokio::time::sleep(Duration::from_millis(20)).await;
     append(
         d,
         vec![
@@ -540,6 +559,52 @@ print(json.dumps(out))
         None,
     )?;
     assert_eq!(text(&out.stdout).trim(), "7", "{}", text(&out.stderr));
+
+    // Time travel is a setting of the connection: the copy taken before the second batch,
+    // from psql as from `annotable query --as-of`, then the present again after RESET.
+    let set = format!("SET annotable.as_of = '{between}'");
+    let out = server.psql(
+        &[
+            "--csv",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            &set,
+            "-c",
+            travel_sql,
+            "-c",
+            "SHOW annotable.as_of",
+            "-c",
+            "RESET annotable.as_of",
+            "-c",
+            "SELECT count(*) AS n FROM annotations",
+        ],
+        None,
+    )?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let screen = text(&out.stdout);
+    assert!(
+        screen.starts_with(&copy_then),
+        "psql as of {between}:\n{screen}\nthe copy then:\n{copy_then}"
+    );
+    assert!(screen.contains("annotable.as_of\n"), "{screen}");
+    assert!(screen.trim_end().ends_with("n\n5"), "{screen}");
+    let cli = annotable(
+        d,
+        &[
+            "query", "--format", "csv", "-q", "--as-of", &between, travel_sql,
+        ],
+        &[],
+    )
+    .output()?;
+    assert_eq!(text(&cli.stdout), copy_then, "{}", text(&cli.stderr));
+    let out = server.psql(&["-c", "SET annotable.snapshot = 42"], None)?;
+    assert!(
+        text(&out.stderr).contains("snapshot 42"),
+        "{}",
+        text(&out.stderr)
+    );
     Ok(())
 }
 
@@ -683,5 +748,44 @@ async fn a_password_is_checked_and_an_exposed_address_needs_one() -> TestResult 
     )?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "a.jpg");
+    drop(server);
+
+    // With a certificate, clients that require TLS get it.
+    let (cert, key) = (d.join("server.crt"), d.join("server.key"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()?;
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let server = SqlServer::start(
+        d,
+        &[
+            ("ANNOTABLE_SQL_PASSWORD", "s3cret pass"),
+            ("ANNOTABLE_SQL_TLS_CERT", &cert),
+            ("ANNOTABLE_SQL_TLS_KEY", &key),
+        ],
+    )?;
+    let out = server.psql_with(
+        &[
+            "-c",
+            "\\conninfo",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT object_key FROM annotations",
+        ],
+        Some("s3cret pass"),
+        &[("PGSSLMODE", "require")],
+    )?;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let screen = text(&out.stdout);
+    assert!(screen.contains("SSL connection"), "{screen}");
+    assert!(screen.trim_end().ends_with("a.jpg"), "{screen}");
     Ok(())
 }
