@@ -2,10 +2,10 @@
 //! named `<table>$<kind>` as in Trino (`SELECT * FROM annotation_journal$snapshots`).
 //!
 //! `snapshots.summary` carries every snapshot-summary property, annotable's own included
-//! (`annotable.batch-id`, `annotable.writer`, `annotable.source`, the state's watermark), so
-//! "which batch wrote this, and which process" is a query. Metadata tables always describe
-//! the table as it is now, time travel or not: they are how one finds the snapshot to travel
-//! to.
+//! (`annotable.batch-id`, `annotable.writer`, `annotable.source`, `annotable.backfill.run`,
+//! the state's watermark), so "which batch wrote this, and which process" is a query.
+//! Metadata tables always describe the table as it is now, time travel or not: they are how
+//! one finds the snapshot to travel to.
 
 use std::any::Any;
 use std::str::FromStr;

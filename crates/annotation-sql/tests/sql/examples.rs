@@ -219,6 +219,7 @@ async fn every_example_query_runs_and_answers_its_question() -> TestResult {
                 // One append of the rows above, by this process, from notifications.
                 assert_eq!(column(&result, "operation"), ["append"], "{name}");
                 assert_eq!(column(&result, "source"), ["notification"], "{name}");
+                assert_eq!(column(&result, "backfill_run"), ["NULL"], "{name}");
                 assert_eq!(
                     column(&result, "row_count"),
                     std::slice::from_ref(&examples_rows),
