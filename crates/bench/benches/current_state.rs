@@ -13,11 +13,11 @@
 //! `ANNOTABLE_BENCH_PRINT=1 <bench binary> --bench --child 'EXPLAIN ANALYZE SELECT ...'`, and
 //! to try a DataFusion setting, `ANNOTABLE_BENCH_SET='datafusion.optimizer.x=false'` with it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use annotable_bench::{build_journal, peak_rss_mib, py_tools_python, secs};
+use annotable_bench::{bench_dir, build_journal, peak_rss_mib, py_tools_python, secs};
 use annotation_sql::QuerySession;
 use annotation_table::{CatalogConfig, StorageConfig, connect};
 
@@ -178,12 +178,7 @@ async fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5_000_000);
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let dir = std::env::var("ANNOTABLE_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| target.join(format!("bench-data/current-state-{n}")));
+    let dir = bench_dir(&format!("current-state-{n}"));
     let args: Vec<String> = std::env::args().collect();
     if let Some(pos) = args.iter().position(|a| a == "--child") {
         let sql = args.get(pos + 1).ok_or("--child needs SQL")?;

@@ -9,11 +9,11 @@
 //! `cargo bench -p annotable-bench --bench export` (`ANNOTABLE_BENCH_ROWS`, 5,000,000;
 //! `ANNOTABLE_BENCH_RUNS`, 3 pairs).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use annotable_bench::{build_journal, env_usize, peak_rss_mib, secs};
+use annotable_bench::{bench_dir, build_journal, env_usize, peak_rss_mib, secs};
 use annotation_sql::{OutputFormat, QuerySession, write_result};
 use annotation_table::{CatalogConfig, StorageConfig, connect};
 
@@ -58,12 +58,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 async fn main() -> Result<()> {
     let n = env_usize("ANNOTABLE_BENCH_ROWS", 5_000_000);
     let runs = env_usize("ANNOTABLE_BENCH_RUNS", 3);
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let dir = std::env::var("ANNOTABLE_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| target.join(format!("bench-data/export-{n}")));
+    let dir = bench_dir(&format!("export-{n}"));
     let args: Vec<String> = std::env::args().collect();
     if let Some(pos) = args.iter().position(|a| a == "--child") {
         let mode = args.get(pos + 1).ok_or("--child needs a mode")?;

@@ -10,12 +10,12 @@
 //! `cargo bench -p annotable-bench --bench sql_server` (`ANNOTABLE_BENCH_ROWS`, 1,000,000;
 //! `ANNOTABLE_BENCH_SECS`, 10, how long the clients run; `ANNOTABLE_BENCH_CLIENTS`, 8).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use annotable_bench::{build_journal, env_usize, secs};
+use annotable_bench::{bench_dir, build_journal, env_usize, secs};
 use annotable_sql_server::{Limits, ServerOptions, SqlServer, Tables};
 use annotation_sql::QuerySession;
 use annotation_table::state::StateTables;
@@ -77,12 +77,7 @@ async fn main() -> Result<()> {
     let n = env_usize("ANNOTABLE_BENCH_ROWS", 1_000_000);
     let run_for = Duration::from_secs(env_usize("ANNOTABLE_BENCH_SECS", 10) as u64);
     let clients = env_usize("ANNOTABLE_BENCH_CLIENTS", 8);
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let dir = std::env::var("ANNOTABLE_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| target.join(format!("bench-data/sql-server-{n}")));
+    let dir = bench_dir(&format!("sql-server-{n}"));
     let args: Vec<String> = std::env::args().collect();
     if let Some(pos) = args.iter().position(|a| a == "--child") {
         let (bucket, key) = (args.get(pos + 1), args.get(pos + 2));

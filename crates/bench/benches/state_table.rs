@@ -19,12 +19,14 @@
 //! `ANNOTABLE_BENCH_QUERIES=0` stops after the refresh; the journal and its state are kept
 //! under the target dir and grow by the changes of each run).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use annotable_bench::{build_journal, peak_rss_mib, py_tools_python, realistic_rows_range, secs};
+use annotable_bench::{
+    bench_dir, build_journal, peak_rss_mib, py_tools_python, realistic_rows_range, secs,
+};
 use annotation_sql::QuerySession;
 use annotation_table::state::StateTables;
 use annotation_table::{
@@ -248,12 +250,7 @@ async fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-    let dir = std::env::var("ANNOTABLE_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| target.join(format!("bench-data/state-table-{n}")));
+    let dir = bench_dir(&format!("state-table-{n}"));
     let args: Vec<String> = std::env::args().collect();
     if let Some(pos) = args.iter().position(|a| a == "--child") {
         let sql = args.get(pos + 1).ok_or("--child needs SQL")?;

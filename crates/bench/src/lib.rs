@@ -218,6 +218,18 @@ pub fn peak_rss_mib() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Where a benchmark keeps the tables it builds (reused across runs): `$ANNOTABLE_BENCH_DIR`,
+/// else `bench-data/<name>` in the target directory.
+pub fn bench_dir(name: &str) -> PathBuf {
+    if let Ok(dir) = std::env::var("ANNOTABLE_BENCH_DIR") {
+        return PathBuf::from(dir);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    target.join("bench-data").join(name)
+}
+
 /// A `usize` from the environment, or `default`.
 pub fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key)

@@ -28,9 +28,9 @@ use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{Reset, ResetStatement, Set, Statement};
 use datafusion_postgres::arrow_pg::datatypes::{arrow_schema_to_pg_fields, encode_recordbatch};
 use datafusion_postgres::hooks::{HookClient, QueryHook};
-use datafusion_postgres::pgwire::api::ClientInfo;
 use datafusion_postgres::pgwire::api::portal::Format;
 use datafusion_postgres::pgwire::api::results::{QueryResponse, Response, Tag};
+use datafusion_postgres::pgwire::api::{ClientInfo, ConnectionHandle};
 use datafusion_postgres::pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use datafusion_postgres::pgwire::types::format::FormatOptions;
 use futures::{StreamExt, stream};
@@ -251,16 +251,45 @@ impl Statements {
             .await
             .map_err(|_| timed_out(timeout, "starting"))?
             .map_err(execution_error)?;
-        // Ends with one timeout error at the deadline; the slot goes when the stream does.
-        let batches = stream::unfold(Some((batches, slot)), move |state| async move {
-            let (mut batches, slot) = state?;
-            match tokio::time::timeout_at(deadline, batches.next()).await {
-                Ok(Some(Ok(batch))) => Some((Ok(batch), Some((batches, slot)))),
-                Ok(Some(Err(e))) => Some((Err(execution_error(e)), None)),
-                Ok(None) => None,
-                Err(_) => Some((Err(timed_out(timeout, "sending rows")), None)),
-            }
-        });
+        // pgwire listens for a client's cancel request only until this function returns; the
+        // rows are computed while they are sent, after that. So the stream listens itself,
+        // from its first poll on (when pgwire no longer does).
+        let handle = client.session_extensions().get::<Arc<ConnectionHandle>>();
+        // Ends with one error at the deadline or on a cancel request; the slot goes when the
+        // stream does.
+        let batches = stream::unfold(
+            Some((batches, slot, handle, None)),
+            move |state| async move {
+                let (mut batches, slot, handle, mut cancel) = state?;
+                if cancel.is_none()
+                    && let Some(handle) = &handle
+                {
+                    cancel = Some(handle.start_query().await);
+                }
+                let cancelled = async {
+                    // Only a cancel request sends; a dropped sender is not one.
+                    let requested = match cancel.as_mut() {
+                        Some(rx) => rx.await.is_ok(),
+                        None => false,
+                    };
+                    if !requested {
+                        std::future::pending::<()>().await
+                    }
+                };
+                let next = tokio::select! {
+                    next = tokio::time::timeout_at(deadline, batches.next()) => next,
+                    () = cancelled => {
+                        return Some((Err(user_error("57014", "canceling statement due to user request".into())), None));
+                    }
+                };
+                match next {
+                    Ok(Some(Ok(batch))) => Some((Ok(batch), Some((batches, slot, handle, cancel)))),
+                    Ok(Some(Err(e))) => Some((Err(execution_error(e)), None)),
+                    Ok(None) => None,
+                    Err(_) => Some((Err(timed_out(timeout, "sending rows")), None)),
+                }
+            },
+        );
         let rows_fields = fields.clone();
         let rows = batches
             .map(move |batch| {

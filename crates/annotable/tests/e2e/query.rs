@@ -12,7 +12,7 @@ use chrono::Utc;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn annotable(
+pub(crate) fn annotable(
     dir: &Path,
     args: &[&str],
     stdin: Option<&str>,
@@ -35,11 +35,11 @@ fn annotable(
     Ok(child.wait_with_output()?)
 }
 
-fn text(out: &[u8]) -> String {
+pub(crate) fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
 }
 
-fn put(key: &str, name: &str, seq: u64, value: &str) -> JournalRow {
+pub(crate) fn put(key: &str, name: &str, seq: u64, value: &str) -> JournalRow {
     let now = Utc::now();
     JournalRow {
         bucket: "photos".into(),

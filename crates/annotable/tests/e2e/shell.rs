@@ -3,42 +3,24 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use annotation_table::{
     Batch, CatalogConfig, JournalRow, JournalTable, RecordType, Source, StorageConfig,
 };
 use chrono::Utc;
 
+use super::query::{annotable, put, text};
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-fn put(key: &str, name: &str, seq: u64, value: &str) -> JournalRow {
-    let now = Utc::now();
+fn delete(key: &str, name: &str, seq: u64) -> JournalRow {
     JournalRow {
-        bucket: "photos".into(),
-        object_key: key.into(),
-        object_version_id: None,
-        object_join_key: format!("photos/{key}"),
-        name: Some(name.into()),
-        record_type: if value.is_empty() {
-            RecordType::Delete
-        } else {
-            RecordType::Put
-        },
-        sequence_number: format!("{seq:020}"),
-        last_modified_date: Some(now.naive_utc()),
-        size: Some(value.len() as i64),
-        e_tag: None,
-        checksum_algorithm: None,
-        replication_status: None,
-        text_value: (!value.is_empty()).then(|| value.into()),
-        event_name: Some("ObjectAnnotation:Put".into()),
-        event_time: Some(now),
-        source: Source::Notification,
-        requester: None,
-        source_ip_address: None,
-        request_id: None,
-        ingested_at: now,
+        record_type: RecordType::Delete,
+        text_value: None,
+        size: None,
+        event_name: Some("ObjectAnnotation:Delete".into()),
+        ..put(key, name, seq, "")
     }
 }
 
@@ -51,25 +33,6 @@ async fn journal(dir: &Path) -> Result<JournalTable, Box<dyn std::error::Error>>
     )
     .await?;
     Ok(JournalTable::open(catalog, "s3_metadata", None).await?)
-}
-
-fn annotable(dir: &Path, args: &[&str]) -> Result<Output, Box<dyn std::error::Error>> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_annotable"));
-    cmd.current_dir(dir)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("ANNOTABLE_") {
-            cmd.env_remove(k);
-        }
-    }
-    Ok(cmd.output()?)
-}
-
-fn text(out: &[u8]) -> String {
-    String::from_utf8_lossy(out).into_owned()
 }
 
 /// Types `lines` into the shell on a pty; returns the screen and the exit status line.
@@ -215,14 +178,14 @@ async fn query_travels_in_time_and_streams_with_a_summary_on_stderr() -> TestRes
         .append(Batch::new(
             Source::Notification,
             vec![
-                put("a.jpg", "review", 2, ""),
+                delete("a.jpg", "review", 2),
                 put("c.jpg", "review", 3, "new"),
             ],
         ))
         .await?;
     let sql = "SELECT object_key, text_value FROM annotations ORDER BY object_key";
 
-    let now = annotable(dir.path(), &["query", "--format", "csv", sql])?;
+    let now = annotable(dir.path(), &["query", "--format", "csv", sql], None)?;
     assert!(now.status.success(), "{}", text(&now.stderr));
     assert_eq!(text(&now.stdout), "object_key,text_value\nc.jpg,new\n");
     assert!(
@@ -234,6 +197,7 @@ async fn query_travels_in_time_and_streams_with_a_summary_on_stderr() -> TestRes
     let then = annotable(
         dir.path(),
         &["query", "--format", "csv", "--as-of", &between, sql],
+        None,
     )?;
     assert!(then.status.success(), "{}", text(&then.stderr));
     assert_eq!(text(&then.stdout), "object_key,text_value\na.jpg,ok\n");
@@ -253,6 +217,7 @@ async fn query_travels_in_time_and_streams_with_a_summary_on_stderr() -> TestRes
             "-q",
             "SELECT snapshot_id FROM annotation_journal$snapshots ORDER BY committed_at LIMIT 1",
         ],
+        None,
     )?;
     let id = text(&first.stdout)
         .lines()
@@ -267,19 +232,20 @@ async fn query_travels_in_time_and_streams_with_a_summary_on_stderr() -> TestRes
     let at = annotable(
         dir.path(),
         &["query", "--format", "csv", "--snapshot", &id, sql],
+        None,
     )?;
     assert!(at.status.success(), "{}", text(&at.stderr));
     assert_eq!(text(&at.stdout), "object_key,text_value\na.jpg,ok\n");
 
     // Bad points are refused with what to give instead.
-    let bad = annotable(dir.path(), &["query", "--as-of", "yesterday", sql])?;
+    let bad = annotable(dir.path(), &["query", "--as-of", "yesterday", sql], None)?;
     assert_eq!(bad.status.code(), Some(1));
     assert!(
         text(&bad.stderr).contains("RFC 3339"),
         "{}",
         text(&bad.stderr)
     );
-    let bad = annotable(dir.path(), &["query", "--snapshot", "42", sql])?;
+    let bad = annotable(dir.path(), &["query", "--snapshot", "42", sql], None)?;
     assert_eq!(bad.status.code(), Some(1));
     assert!(
         text(&bad.stderr).contains("snapshot 42") && text(&bad.stderr).contains("$snapshots"),
@@ -296,6 +262,7 @@ async fn query_travels_in_time_and_streams_with_a_summary_on_stderr() -> TestRes
             "1",
             "SELECT * FROM annotation_journal",
         ],
+        None,
     )?;
     assert!(cut.status.success(), "{}", text(&cut.stderr));
     assert!(

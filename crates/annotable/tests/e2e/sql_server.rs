@@ -542,6 +542,45 @@ print(json.dumps(out))
         "{}",
         text(&out.stderr)
     );
+    // Ctrl-C in psql sends a cancel request: the statement stops, the server stays up.
+    let port = server.port.to_string();
+    let running = Command::new("psql")
+        .args([
+            "-X",
+            "-w",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-U",
+            "annotable",
+            "-d",
+            "annotable",
+        ])
+        .args([
+            "-c",
+            "SELECT count(*) FROM generate_series(1, 5000000000) t(v) WHERE v % 7 = 3",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let interrupted = Command::new("kill")
+        .args(["-INT", &running.id().to_string()])
+        .status()?;
+    assert!(interrupted.success());
+    let started = Instant::now();
+    let out = running.wait_with_output()?;
+    assert!(
+        text(&out.stderr).contains("canceling statement due to user request"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the cancel took {:?}",
+        started.elapsed()
+    );
     let out = server.psql(
         &[
             "-c",
