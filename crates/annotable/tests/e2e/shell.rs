@@ -95,6 +95,8 @@ async fn the_shell_runs_statements_meta_commands_and_time_travel_on_a_terminal()
             "\\as-of 2000-01-01",
             "SELECT count(*) AS empty_then FROM annotations;",
             "\\as-of off",
+            "SELECT count(*) FROM generate_series(1, 5000000000) t(v) WHERE v % 7 = 3;",
+            "<ctrl-c>",
             "SELECT nonsense FROM nowhere;",
             "\\q",
         ],
@@ -135,6 +137,7 @@ async fn the_shell_runs_statements_meta_commands_and_time_travel_on_a_terminal()
         "\\as-of before the first commit",
     );
     expect("| 0          |", "annotations as of 2000 is empty");
+    expect("cancelled", "Ctrl-C cancels a running statement");
     expect(
         "error: unknown table nowhere",
         "an error leaves the shell running",

@@ -3,7 +3,8 @@
 Usage: pty_shell.py BINARY WORKDIR HISTORY < lines.json
 
 Starts BINARY `query` on a new pty (200x50), waits for the shell's prompt before typing each
-line of the JSON list, answers cursor-position queries, and after the last line waits for the
+line of the JSON list (`<ctrl-c>` instead types Ctrl-C two seconds after the line before),
+answers cursor-position queries, and after the last line waits for the
 process to exit. Prints the screen output with terminal escapes removed, then a last line
 `exit: N`.
 """
@@ -67,6 +68,11 @@ def main():
 
     start = 0
     for line in lines:
+        if line == "<ctrl-c>":
+            # Interrupt whatever runs now (no prompt to wait for).
+            pump(time.monotonic() + 2.0)
+            os.write(fd, b"\x03")
+            continue
         if not wait_prompt(start):
             break
         start = len(out)
