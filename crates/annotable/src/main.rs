@@ -349,6 +349,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let outcome = query::run(&config, &request, stdout).await?;
             if !args.quiet {
                 eprintln!("{}", outcome.summary());
+                if outcome.written.shown.is_some() {
+                    eprintln!(
+                        "(--maxrows limits the rows a table shows; csv, json and ndjson show all)"
+                    );
+                }
             }
             Ok(())
         }

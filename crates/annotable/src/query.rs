@@ -48,7 +48,7 @@ impl Outcome {
         let shown = self
             .written
             .shown
-            .map(|m| format!(", the first {m} shown (--maxrows)"))
+            .map(|m| format!(", the first {m} shown"))
             .unwrap_or_default();
         format!("{rows}{shown} ({:.3} s)", self.took.as_secs_f64())
     }
