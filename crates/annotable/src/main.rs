@@ -55,11 +55,13 @@ struct Global {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run one read-only SQL statement over the table and its views.
+    /// Run one read-only SQL statement over the table and its views (a shell on a terminal).
     ///
-    /// Tables: annotation_journal (every change) and the view annotations (current state,
-    /// AWS S3 Metadata compatible). JSON functions: json_get_str(text_value, 'key'),
-    /// json_get_int, json_get_bool, json_contains, and the -> / ->> operators.
+    /// Tables: annotation_journal (every change) and annotations (current state, AWS S3
+    /// Metadata compatible); <table>$snapshots, $history, $refs, $manifests and $files
+    /// describe each table. JSON functions: json_get_str(text_value, 'key'), json_get_int,
+    /// json_get_bool, json_contains, and the -> / ->> operators. With no SQL on a terminal,
+    /// an interactive shell (\? for its commands).
     Query(QueryArgs),
     /// Serve the same read-only SQL over the PostgreSQL wire protocol (psql, drivers, BI tools).
     ///
