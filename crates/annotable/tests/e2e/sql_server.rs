@@ -77,6 +77,16 @@ impl SqlServer {
         password: Option<&str>,
         env: &[(&str, &str)],
     ) -> std::io::Result<Output> {
+        let mut cmd = self.psql_command(args);
+        if let Some(password) = password {
+            cmd.env("PGPASSWORD", password);
+        }
+        cmd.envs(env.iter().copied());
+        cmd.output()
+    }
+
+    /// psql on this server, with no libpq environment of the caller's, not yet run.
+    fn psql_command(&self, args: &[&str]) -> Command {
         let port = self.port.to_string();
         let mut cmd = Command::new("psql");
         for (k, _) in std::env::vars() {
@@ -98,11 +108,7 @@ impl SqlServer {
         ])
         .args(args)
         .env("PGCONNECT_TIMEOUT", "20");
-        if let Some(password) = password {
-            cmd.env("PGPASSWORD", password);
-        }
-        cmd.envs(env.iter().copied());
-        cmd.output()
+        cmd
     }
 }
 
@@ -543,21 +549,8 @@ print(json.dumps(out))
         text(&out.stderr)
     );
     // Ctrl-C in psql sends a cancel request: the statement stops, the server stays up.
-    let port = server.port.to_string();
-    let running = Command::new("psql")
-        .args([
-            "-X",
-            "-w",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port,
-            "-U",
-            "annotable",
-            "-d",
-            "annotable",
-        ])
-        .args([
+    let running = server
+        .psql_command(&[
             "-c",
             "SELECT count(*) FROM generate_series(1, 5000000000) t(v) WHERE v % 7 = 3",
         ])
