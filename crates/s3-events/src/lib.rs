@@ -1,7 +1,7 @@
 //! Pure parsing of S3 bucket notification messages into typed changes.
 //!
-//! This crate owns one thing: turning the body of an SQS message that S3 (directly, or through
-//! SNS) delivered into [`Notification`], a list of [`Event`]s each naming the object version it
+//! This crate owns one thing: turning the body of an SQS message that S3 (directly, through
+//! SNS, or through EventBridge) delivered into [`Notification`], a list of [`Event`]s each naming the object version it
 //! concerns and the [`Action`] the indexing pipeline must take (docs/correctness.md §2). It does no I/O,
 //! holds no state and never panics on any input: everything it cannot understand is a
 //! [`ParseError`] that says what is wrong and where, which the consumer routes to the dead-letter
@@ -9,6 +9,8 @@
 //!
 //! What it accepts (leniently, because AWS's and the emulators' shapes differ, see the README's notes on AWS and the emulator):
 //! - raw S3 bodies `{"Records":[...]}` and SNS envelopes whose `Message` string holds one;
+//! - EventBridge events from `aws.s3` (`detail-type`, `detail`), directly or in an SNS
+//!   envelope: each becomes one event that re-reads the object version (see `eventbridge.rs`);
 //! - `s3:TestEvent` (flat object, no `Records`), which needs no action;
 //! - several records per message; `eventVersion` with major version 2 and any minor version;
 //! - event names with or without the `s3:` prefix;
@@ -21,6 +23,7 @@
 
 mod error;
 mod event;
+mod eventbridge;
 mod key;
 mod parse;
 mod sequencer;

@@ -51,7 +51,8 @@ pub struct Event {
     pub context: EventContext,
 }
 
-/// Parses one SQS message body (raw S3 notification, SNS envelope, or `s3:TestEvent`).
+/// Parses one SQS message body (raw S3 notification, SNS envelope, EventBridge event, or
+/// `s3:TestEvent`).
 ///
 /// Never panics; every failure is a [`ParseError`] naming the record and field at fault.
 pub fn parse_message(body: &[u8]) -> Result<Notification, ParseError> {
@@ -85,14 +86,14 @@ fn parse_value(value: &Value, allow_envelope: bool) -> Result<Notification, Pars
             request_id: opt_str(top, "RequestId"),
         }));
     }
+    if crate::eventbridge::is_eventbridge(top) {
+        return crate::eventbridge::parse(top);
+    }
     if allow_envelope && let Some(inner) = sns_message(top) {
         let inner = parse_json(inner, "SNS Message field")?;
         return parse_value(&inner, false);
     }
-    let detail = if top.contains_key("detail-type") && top.contains_key("detail") {
-        "this looks like an EventBridge event; route S3 notifications to SQS directly or through SNS"
-            .to_string()
-    } else if !allow_envelope {
+    let detail = if !allow_envelope {
         "the SNS Message holds neither Records nor an s3:TestEvent".to_string()
     } else {
         let mut keys: Vec<&str> = top.keys().map(String::as_str).take(8).collect();
@@ -174,6 +175,9 @@ impl<'a> RecordParser<'a> {
                 format!("{raw_key:?} does not decode to UTF-8"),
             )
         })?;
+        if key.is_empty() {
+            return Err(self.invalid("s3.object.key", "is empty".into()));
+        }
         let version_id = self
             .optional_str(object.get("versionId"), "s3.object.versionId")?
             .filter(|v| !v.is_empty())
@@ -448,20 +452,20 @@ fn opt_str(map: &Map<String, Value>, key: &str) -> Option<String> {
     map.get(key).and_then(Value::as_str).map(str::to_string)
 }
 
-fn strip_quotes(s: String) -> String {
+pub(crate) fn strip_quotes(s: String) -> String {
     match s.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
         Some(inner) => inner.to_string(),
         None => s,
     }
 }
 
-fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
+pub(crate) fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(raw)
         .ok()
         .map(|t| t.with_timezone(&Utc))
 }
 
-fn json_type(value: &Value) -> &'static str {
+pub(crate) fn json_type(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -67,8 +67,13 @@ fn not_utf8_not_json_not_s3() {
     );
     fails(
         br#"{"version":"0","detail-type":"Object Created","source":"aws.s3","detail":{}}"#,
+        "missing_field",
+        &["detail.bucket"],
+    );
+    fails(
+        br#"{"version":"0","detail-type":"EC2 Instance State-change Notification","source":"aws.ec2","detail":{}}"#,
         "not_s3_notification",
-        &["EventBridge"],
+        &["EventBridge", "aws.ec2", "aws.s3"],
     );
 }
 
@@ -368,4 +373,47 @@ fn one_bad_record_does_not_poison_its_siblings() {
     let body = serde_json::json!({ "Records": [bad.clone(), bad] }).to_string();
     let err = parse_message(body.as_bytes()).unwrap_err();
     assert_eq!(err.kind(), "missing_field");
+}
+
+#[test]
+fn eventbridge_events() {
+    let event = |patch: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = serde_json::json!({
+            "version": "0", "id": "e1", "detail-type": "Object Created", "source": "aws.s3",
+            "time": "2026-11-01T09:00:00Z", "region": "us-east-1",
+            "detail": {"bucket": {"name": "b"}, "object": {"key": "k", "version-id": "v1"},
+                       "reason": "PutObject"}
+        });
+        patch(&mut v);
+        v.to_string().into_bytes()
+    };
+    let Ok(s3_events::Notification::Events(events)) = parse_message(&event(&|_| {})) else {
+        panic!("the baseline EventBridge event parses")
+    };
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].object.version_id.as_deref(), Some("v1"));
+    fails(
+        &event(&|v| v["detail"]["object"]["version-id"] = serde_json::json!(7)),
+        "invalid_field",
+        &["detail.object.version-id", "a number"],
+    );
+    fails(
+        &event(&|v| v["detail"] = serde_json::json!("x")),
+        "invalid_field",
+        &["detail", "a string"],
+    );
+    fails(
+        &event(&|v| v["detail"]["object"]["key"] = serde_json::json!("")),
+        "invalid_field",
+        &["detail.object.key", "empty"],
+    );
+    // EventBridge → SNS → SQS: the envelope is unwrapped like a notification's.
+    let wrapped = serde_json::json!({
+        "Type": "Notification", "TopicArn": "arn:aws:sns:us-east-1:1:t",
+        "Message": String::from_utf8(event(&|_| {})).unwrap()
+    });
+    assert!(matches!(
+        parse_message(wrapped.to_string().as_bytes()),
+        Ok(s3_events::Notification::Events(e)) if e.len() == 1 && e[0].object.key == "k"
+    ));
 }
