@@ -205,8 +205,9 @@ struct MaintainArgs {
 
 #[derive(Debug, Subcommand)]
 enum SetupCommand {
-    /// Send a bucket's annotation and object notifications to the queue (merges with the
-    /// bucket's other notification configurations; idempotent).
+    /// Route a bucket's annotation and object events to the queue, directly, through an SNS
+    /// topic, or through EventBridge (merges with the bucket's other notification
+    /// configurations; idempotent; prints what changed).
     Notifications(SetupArgs),
 }
 
@@ -221,6 +222,24 @@ struct SetupArgs {
     /// Only keys under this prefix.
     #[arg(long)]
     prefix: Option<String>,
+    /// How events reach the queue: S3 → SQS, S3 → SNS → SQS, or S3 → EventBridge → SQS.
+    #[arg(long, value_enum, default_value_t = Via::Sqs)]
+    via: Via,
+    /// The SNS topic S3 publishes to (with --via sns; it must exist).
+    #[arg(long, required_if_eq("via", "sns"))]
+    topic_arn: Option<String>,
+    /// Subscribe the queue with raw message delivery (S3's message without SNS's envelope).
+    #[arg(long, requires = "topic_arn")]
+    raw_message_delivery: bool,
+}
+
+/// `setup notifications --via`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Via {
+    Sqs,
+    Sns,
+    #[value(name = "eventbridge")]
+    EventBridge,
 }
 
 #[derive(Debug, Args)]
@@ -458,18 +477,26 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Setup(SetupCommand::Notifications(args)) => {
             let sdk = annotable::aws::sdk_config(&config).await;
-            let s3 = annotable::aws::s3_client(&config, &sdk);
-            let sqs = annotable::aws::sqs_client(&sdk);
+            let clients = setup::Clients::new(annotable::aws::s3_client(&config, &sdk), &sdk);
+            let via = match (args.via, args.topic_arn) {
+                (Via::Sqs, _) => setup::Via::Sqs,
+                (Via::EventBridge, _) => setup::Via::EventBridge,
+                (Via::Sns, topic_arn) => setup::Via::Sns {
+                    topic_arn: topic_arn.unwrap_or_default(),
+                    raw_message_delivery: args.raw_message_delivery,
+                },
+            };
             let request = SetupRequest {
                 bucket: args.bucket,
                 queue_url: args.queue_url,
                 prefix: args.prefix,
                 expected_bucket_owner: config.aws.expected_bucket_owner.clone(),
+                via,
             };
-            let changes = setup::notifications(&s3, &sqs, &request).await?;
+            let changes = setup::notifications(&clients, &request).await?;
             if changes.is_empty() {
                 println!(
-                    "bucket {} already notifies {}: nothing changed",
+                    "bucket {} already routes its events to {}: nothing changed",
                     request.bucket, request.queue_url
                 );
             }

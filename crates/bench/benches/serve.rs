@@ -58,13 +58,13 @@ impl Rig {
         let config = Rig::config_for(&stack, dir.path(), &queue_url);
         let sdk = annotable::aws::sdk_config(&config).await;
         annotable::setup::notifications(
-            &annotable::aws::s3_client(&config, &sdk),
-            &annotable::aws::sqs_client(&sdk),
+            &annotable::setup::Clients::new(annotable::aws::s3_client(&config, &sdk), &sdk),
             &annotable::setup::SetupRequest {
                 bucket: bucket.clone(),
                 queue_url: queue_url.clone(),
                 prefix: None,
                 expected_bucket_owner: None,
+                via: annotable::setup::Via::Sqs,
             },
         )
         .await

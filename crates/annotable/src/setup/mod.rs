@@ -1,17 +1,21 @@
-//! `annotable setup notifications`: point a bucket's notifications at the queue.
+//! `annotable setup notifications`: route a bucket's events to the queue `serve` reads, in any
+//! of the three shapes AWS delivers them: directly (S3 → SQS), through a topic (S3 → SNS →
+//! SQS, raw or enveloped), or through EventBridge (S3 → EventBridge → rule → SQS).
 //!
 //! Merges, never clobbers: the bucket's other topic, queue, Lambda and EventBridge
-//! configurations are written back as they were; a queue configuration for this queue with the
-//! same prefix is replaced only if its events differ. The queue policy gets a statement letting
-//! the bucket send, if no statement allows it yet. Running it twice changes nothing the second
-//! time.
+//! configurations are written back as they were; a configuration for this destination with the
+//! same prefix is replaced only if its events differ. Each hop's resource policy gets a
+//! statement letting the previous hop deliver, if no statement allows it yet. Running it twice
+//! changes nothing the second time; every change is reported, one line each.
 
-use aws_sdk_s3::types::{
-    Event, FilterRule, FilterRuleName, NotificationConfiguration, NotificationConfigurationFilter,
-    QueueConfiguration, S3KeyFilter,
-};
+mod bucket;
+mod eventbridge;
+pub mod policy;
+mod sns;
+
 use aws_sdk_sqs::types::QueueAttributeName;
-use serde_json::{Value, json};
+
+use policy::Grant;
 
 /// The events annotable needs. Lifecycle expirations arrive only under their own name (never
 /// as `ObjectRemoved`), and they remove versions and their annotations like a DELETE does.
@@ -55,6 +59,24 @@ pub fn missing_events<'a>(
         .collect()
 }
 
+/// How the bucket's events reach the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// S3 sends to the queue.
+    Sqs,
+    /// S3 publishes to this topic and the queue subscribes to it.
+    Sns {
+        /// The topic's ARN.
+        topic_arn: String,
+        /// The queue receives S3's message as is, not inside SNS's JSON envelope (`serve`
+        /// reads both).
+        raw_message_delivery: bool,
+    },
+    /// S3 sends every event to EventBridge's default bus; a rule sends this bucket's events
+    /// (under the prefix) to the queue.
+    EventBridge,
+}
+
 /// What `setup notifications` does.
 #[derive(Debug, Clone)]
 pub struct SetupRequest {
@@ -65,8 +87,35 @@ pub struct SetupRequest {
     /// Only keys under this prefix.
     pub prefix: Option<String>,
     /// The account that must own the bucket (`aws.expected_bucket_owner`): sent with every
-    /// bucket call, and pinned as `aws:SourceAccount` in the queue policy statement.
+    /// bucket call, and pinned as `aws:SourceAccount` where the bucket is a policy's source.
     pub expected_bucket_owner: Option<String>,
+    /// The route.
+    pub via: Via,
+}
+
+/// The clients setup calls.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    /// The annotated buckets' S3.
+    pub s3: aws_sdk_s3::Client,
+    /// The queue's SQS.
+    pub sqs: aws_sdk_sqs::Client,
+    /// SNS, for `Via::Sns`.
+    pub sns: aws_sdk_sns::Client,
+    /// EventBridge, for `Via::EventBridge`.
+    pub events: aws_sdk_eventbridge::Client,
+}
+
+impl Clients {
+    /// `s3` for the buckets, and clients of the other services from `sdk`.
+    pub fn new(s3: aws_sdk_s3::Client, sdk: &aws_config::SdkConfig) -> Clients {
+        Clients {
+            s3,
+            sqs: aws_sdk_sqs::Client::new(sdk),
+            sns: aws_sdk_sns::Client::new(sdk),
+            events: aws_sdk_eventbridge::Client::new(sdk),
+        }
+    }
 }
 
 /// Why setup failed.
@@ -84,147 +133,149 @@ pub enum SetupError {
     },
 }
 
-/// What setup changed, one line each (empty: nothing to do).
+impl SetupError {
+    fn aws(what: String, message: String, hint: &'static str) -> SetupError {
+        SetupError::Aws {
+            what,
+            message,
+            hint,
+        }
+    }
+}
+
+/// Routes the bucket's events to the queue; what changed, one line each (empty: nothing).
 pub async fn notifications(
-    s3: &aws_sdk_s3::Client,
-    sqs: &aws_sdk_sqs::Client,
+    clients: &Clients,
     request: &SetupRequest,
 ) -> Result<Vec<String>, SetupError> {
     let mut changes = Vec::new();
-    let bucket = &request.bucket;
-    let attrs = sqs
-        .get_queue_attributes()
-        .queue_url(&request.queue_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .attribute_names(QueueAttributeName::Policy)
-        .send()
-        .await
-        .map_err(|e| SetupError::Aws {
-            what: format!("GetQueueAttributes on {}", request.queue_url),
-            message: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
-            hint: "check the queue URL and sqs:GetQueueAttributes permission",
-        })?;
-    let attributes = attrs.attributes().cloned().unwrap_or_default();
-    let queue_arn = attributes
-        .get(&QueueAttributeName::QueueArn)
-        .cloned()
-        .unwrap_or_default();
-    let bucket_arn = format!("arn:aws:s3:::{bucket}");
-
-    // 1. The queue policy.
-    let policy = attributes.get(&QueueAttributeName::Policy).cloned();
-    if let Some(new_policy) = policy_with_bucket(
-        policy.as_deref(),
-        &queue_arn,
-        &bucket_arn,
-        request.expected_bucket_owner.as_deref(),
-    ) {
-        sqs.set_queue_attributes()
+    let bucket_arn = format!("arn:aws:s3:::{}", request.bucket);
+    let (queue_arn, queue_policy) = queue_attributes(&clients.sqs, &request.queue_url).await?;
+    let prefix = request.prefix.clone().unwrap_or_default();
+    let from_bucket = |service, action| Grant {
+        service,
+        action,
+        source_arn: &bucket_arn,
+        source_account: request.expected_bucket_owner.as_deref(),
+    };
+    let queue_grant_source: String;
+    let queue_grant = match &request.via {
+        Via::Sqs => {
+            changes.extend(
+                bucket::route(
+                    &clients.s3,
+                    request,
+                    &prefix,
+                    bucket::Destination::Queue(&queue_arn),
+                )
+                .await?,
+            );
+            from_bucket("s3.amazonaws.com", "sqs:SendMessage")
+        }
+        Via::Sns {
+            topic_arn,
+            raw_message_delivery,
+        } => {
+            changes.extend(
+                sns::allow_publish(
+                    &clients.sns,
+                    topic_arn,
+                    from_bucket("s3.amazonaws.com", "sns:Publish"),
+                )
+                .await?,
+            );
+            changes.extend(
+                sns::subscribe(&clients.sns, topic_arn, &queue_arn, *raw_message_delivery).await?,
+            );
+            changes.extend(
+                bucket::route(
+                    &clients.s3,
+                    request,
+                    &prefix,
+                    bucket::Destination::Topic(topic_arn),
+                )
+                .await?,
+            );
+            Grant {
+                service: "sns.amazonaws.com",
+                action: "sqs:SendMessage",
+                source_arn: topic_arn,
+                source_account: None,
+            }
+        }
+        Via::EventBridge => {
+            changes.extend(
+                bucket::route(
+                    &clients.s3,
+                    request,
+                    &prefix,
+                    bucket::Destination::EventBridge,
+                )
+                .await?,
+            );
+            let (rule_arn, rule_changes) =
+                eventbridge::route(&clients.events, &request.bucket, &prefix, &queue_arn).await?;
+            changes.extend(rule_changes);
+            queue_grant_source = rule_arn;
+            Grant {
+                service: "events.amazonaws.com",
+                action: "sqs:SendMessage",
+                source_arn: &queue_grant_source,
+                source_account: None,
+            }
+        }
+    };
+    if let Some(new_policy) = policy::policy_with(queue_policy.as_deref(), &queue_arn, queue_grant)
+    {
+        clients
+            .sqs
+            .set_queue_attributes()
             .queue_url(&request.queue_url)
             .attributes(QueueAttributeName::Policy, new_policy)
             .send()
             .await
-            .map_err(|e| SetupError::Aws {
-                what: format!("SetQueueAttributes(Policy) on {}", request.queue_url),
-                message: aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
-                hint: "grant sqs:SetQueueAttributes, or add a statement allowing s3.amazonaws.com to sqs:SendMessage with aws:SourceArn = the bucket ARN yourself",
+            .map_err(|e| {
+                SetupError::aws(
+                    format!("SetQueueAttributes(Policy) on {}", request.queue_url),
+                    aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+                    "grant sqs:SetQueueAttributes, or add a statement allowing the sender to sqs:SendMessage yourself (docs/deploy)",
+                )
             })?;
         changes.push(format!(
-            "queue policy of {}: added a statement allowing {bucket_arn} to send (sqs:SendMessage from s3.amazonaws.com)",
-            request.queue_url
+            "queue policy of {}: added a statement allowing {} to send (sqs:SendMessage from {})",
+            request.queue_url, queue_grant.source_arn, queue_grant.service
         ));
     }
-
-    // 2. The bucket's notification configuration.
-    let current = s3
-        .get_bucket_notification_configuration()
-        .bucket(bucket)
-        .set_expected_bucket_owner(request.expected_bucket_owner.clone())
-        .send()
-        .await
-        .map_err(|e| SetupError::Aws {
-            what: format!("GetBucketNotificationConfiguration on bucket {bucket}"),
-            message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
-            hint: "check the bucket name and s3:GetBucketNotification permission",
-        })?;
-    let wanted: Vec<Event> = EVENTS.iter().map(|e| Event::from(*e)).collect();
-    let prefix = request.prefix.clone().unwrap_or_default();
-    let mut queues: Vec<QueueConfiguration> = Vec::new();
-    let mut present = false;
-    for q in current.queue_configurations() {
-        if q.queue_arn() == queue_arn && filter_prefix(q) == prefix {
-            let has_all = wanted.iter().all(|w| q.events().contains(w));
-            if has_all {
-                present = true;
-                queues.push(q.clone());
-            }
-            // Otherwise dropped and replaced below.
-        } else {
-            queues.push(q.clone());
-        }
-    }
-    if present {
-        return Ok(changes);
-    }
-    let mut builder = QueueConfiguration::builder()
-        .id(format!(
-            "annotable-{}",
-            short_hash(&format!("{queue_arn}{prefix}"))
-        ))
-        .queue_arn(&queue_arn)
-        .set_events(Some(wanted));
-    if !prefix.is_empty() {
-        let rule = FilterRule::builder()
-            .name(FilterRuleName::Prefix)
-            .value(&prefix)
-            .build();
-        builder = builder.filter(
-            NotificationConfigurationFilter::builder()
-                .key(S3KeyFilter::builder().filter_rules(rule).build())
-                .build(),
-        );
-    }
-    let added = builder.build().map_err(|e| SetupError::Aws {
-        what: "building the queue configuration".into(),
-        message: e.to_string(),
-        hint: "this is a bug; please report it",
-    })?;
-    queues.push(added);
-    let config = NotificationConfiguration::builder()
-        .set_topic_configurations(Some(current.topic_configurations().to_vec()))
-        .set_queue_configurations(Some(queues))
-        .set_lambda_function_configurations(Some(current.lambda_function_configurations().to_vec()))
-        .set_event_bridge_configuration(current.event_bridge_configuration().cloned())
-        .build();
-    s3.put_bucket_notification_configuration()
-        .bucket(bucket)
-        .set_expected_bucket_owner(request.expected_bucket_owner.clone())
-        .notification_configuration(config)
-        .send()
-        .await
-        .map_err(|e| SetupError::Aws {
-            what: format!("PutBucketNotificationConfiguration on bucket {bucket}"),
-            message: aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
-            hint: "check s3:PutBucketNotification permission; S3 refuses configurations whose prefixes and events overlap another one",
-        })?;
-    changes.push(format!(
-        "bucket {bucket}: notifications {} for keys under {:?} now go to {queue_arn}",
-        EVENTS.join(", "),
-        prefix
-    ));
     Ok(changes)
 }
 
-fn filter_prefix(q: &QueueConfiguration) -> String {
-    q.filter()
-        .and_then(|f| f.key())
-        .map(|k| k.filter_rules())
-        .unwrap_or_default()
-        .iter()
-        .find(|r| r.name() == Some(&FilterRuleName::Prefix))
-        .and_then(|r| r.value())
-        .unwrap_or("")
-        .to_string()
+/// The queue's ARN and policy.
+async fn queue_attributes(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+) -> Result<(String, Option<String>), SetupError> {
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .attribute_names(QueueAttributeName::Policy)
+        .send()
+        .await
+        .map_err(|e| {
+            SetupError::aws(
+                format!("GetQueueAttributes on {queue_url}"),
+                aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
+                "check the queue URL and sqs:GetQueueAttributes permission",
+            )
+        })?;
+    let attributes = attrs.attributes().cloned().unwrap_or_default();
+    Ok((
+        attributes
+            .get(&QueueAttributeName::QueueArn)
+            .cloned()
+            .unwrap_or_default(),
+        attributes.get(&QueueAttributeName::Policy).cloned(),
+    ))
 }
 
 fn short_hash(s: &str) -> String {
@@ -233,137 +284,9 @@ fn short_hash(s: &str) -> String {
     d[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The policy with a statement letting `bucket_arn` send to the queue, or `None` when some
-/// statement already allows it. With `source_account`, the statement also pins
-/// `aws:SourceAccount` (bucket names are global: a bucket of the same name in another account,
-/// after this one is deleted, could otherwise send to the queue).
-pub fn policy_with_bucket(
-    policy: Option<&str>,
-    queue_arn: &str,
-    bucket_arn: &str,
-    source_account: Option<&str>,
-) -> Option<String> {
-    let mut doc: Value = policy
-        .filter(|p| !p.trim().is_empty())
-        .and_then(|p| serde_json::from_str(p).ok())
-        .unwrap_or_else(|| json!({"Version": "2012-10-17", "Statement": []}));
-    let statements = match doc.get("Statement") {
-        Some(Value::Array(s)) => s.clone(),
-        Some(other) => vec![other.clone()],
-        None => Vec::new(),
-    };
-    if statements.iter().any(|s| allows(s, bucket_arn)) {
-        return None;
-    }
-    let mut statements = statements;
-    let mut condition = json!({"ArnLike": {"aws:SourceArn": bucket_arn}});
-    if let Some(account) = source_account {
-        condition["StringEquals"] = json!({"aws:SourceAccount": account});
-    }
-    statements.push(json!({
-        "Sid": format!("annotable-{}", short_hash(bucket_arn)),
-        "Effect": "Allow",
-        "Principal": {"Service": "s3.amazonaws.com"},
-        "Action": "sqs:SendMessage",
-        "Resource": queue_arn,
-        "Condition": condition
-    }));
-    doc["Statement"] = Value::Array(statements);
-    Some(doc.to_string())
-}
-
-fn allows(statement: &Value, bucket_arn: &str) -> bool {
-    let as_list = |v: Option<&Value>| -> Vec<String> {
-        match v {
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(a)) => a
-                .iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect(),
-            _ => Vec::new(),
-        }
-    };
-    if statement.get("Effect").and_then(Value::as_str) != Some("Allow") {
-        return false;
-    }
-    let actions = as_list(statement.get("Action"));
-    if !actions
-        .iter()
-        .any(|a| a == "*" || a == "sqs:*" || a.eq_ignore_ascii_case("sqs:SendMessage"))
-    {
-        return false;
-    }
-    let principal_ok = match statement.get("Principal") {
-        Some(Value::String(s)) => s == "*",
-        Some(p) => {
-            as_list(p.get("Service"))
-                .iter()
-                .any(|s| s == "s3.amazonaws.com")
-                || as_list(p.get("AWS")).iter().any(|s| s == "*")
-        }
-        None => false,
-    };
-    if !principal_ok {
-        return false;
-    }
-    match statement.get("Condition") {
-        None => true,
-        Some(cond) => {
-            let arns: Vec<String> = ["ArnLike", "ArnEquals", "StringEquals", "StringLike"]
-                .iter()
-                .flat_map(|op| as_list(cond.get(*op).and_then(|c| c.get("aws:SourceArn"))))
-                .collect();
-            arns.iter().any(|a| glob_match(a, bucket_arn))
-        }
-    }
-}
-
-fn glob_match(pattern: &str, s: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == s,
-        Some((head, tail)) => {
-            s.starts_with(head) && (tail.is_empty() || glob_match_tail(tail, &s[head.len()..]))
-        }
-    }
-}
-
-fn glob_match_tail(pattern: &str, s: &str) -> bool {
-    (0..=s.len()).any(|i| s.is_char_boundary(i) && glob_match(pattern, &s[i..]))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_policy_statement_is_added_once() {
-        let q = "arn:aws:sqs:us-east-1:1:q";
-        let b = "arn:aws:s3:::bucket";
-        let added = policy_with_bucket(None, q, b, None);
-        let Some(added) = added else {
-            panic!("a statement should be added")
-        };
-        assert_eq!(policy_with_bucket(Some(&added), q, b, None), None);
-        // Another bucket still needs its own.
-        assert!(policy_with_bucket(Some(&added), q, "arn:aws:s3:::other", None).is_some());
-        // With the expected owner, the statement pins the source account too.
-        let pinned = policy_with_bucket(None, q, b, Some("111122223333")).unwrap_or_default();
-        let doc: Value = serde_json::from_str(&pinned).unwrap_or_default();
-        assert_eq!(
-            doc["Statement"][0]["Condition"]["StringEquals"]["aws:SourceAccount"],
-            "111122223333"
-        );
-        assert_eq!(
-            doc["Statement"][0]["Condition"]["ArnLike"]["aws:SourceArn"],
-            b
-        );
-        // A wildcard condition covers it.
-        let wildcard = r#"{"Statement":[{"Effect":"Allow","Principal":{"Service":"s3.amazonaws.com"},"Action":["sqs:SendMessage"],"Condition":{"ArnLike":{"aws:SourceArn":"arn:aws:s3:::buck*"}}}]}"#;
-        assert_eq!(policy_with_bucket(Some(wildcard), q, b, None), None);
-        // A Deny does not.
-        let deny = r#"{"Statement":[{"Effect":"Deny","Principal":"*","Action":"sqs:*"}]}"#;
-        assert!(policy_with_bucket(Some(deny), q, b, None).is_some());
-    }
 
     #[test]
     fn missing_events_names_each_uncovered_family() {
