@@ -240,6 +240,9 @@ pub struct ServeSection {
     /// How far (milliseconds) a host's clock may be from S3's: an absence is only taken as
     /// already recorded when it was observed this long after the event.
     pub max_clock_skew_ms: Option<u64>,
+    /// `/healthz` fails when messages are held and no stage has moved one on for this long
+    /// (seconds), outside a reported outage.
+    pub wedged_after_secs: Option<u64>,
 }
 
 /// `[catalog]`.

@@ -40,6 +40,9 @@ pub mod defaults {
     pub const SERVE_DEDUP_LOOKBACK_SECS: u64 = 3_600;
     /// `serve.max_clock_skew_ms`.
     pub const SERVE_MAX_CLOCK_SKEW_MS: u64 = 50;
+    /// `serve.wedged_after_secs`: well above the longest a healthy stage takes (a 1 MiB
+    /// annotation set read, a commit's retries) and below what a stuck task should cost.
+    pub const SERVE_WEDGED_AFTER_SECS: u64 = 300;
     /// `backfill.concurrency`.
     pub const BACKFILL_CONCURRENCY: usize = 64;
     /// `backfill.flush_rows`.
@@ -223,6 +226,11 @@ pub const KEYS: &[Key] = &[
         "serve.max_clock_skew_ms",
         Num,
         Number(d::SERVE_MAX_CLOCK_SKEW_MS),
+    ),
+    key(
+        "serve.wedged_after_secs",
+        Num,
+        Number(d::SERVE_WEDGED_AFTER_SECS),
     ),
     flag(
         "backfill.concurrency",

@@ -124,6 +124,7 @@ async fn commit_through_outages(
         })
         .await?;
     debug!(batch_id = %report.batch_id, rows = report.rows, attempts = report.attempts, "committed");
+    shared.registry.moved();
     shared
         .metrics
         .commit_seconds

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::Shared;
+use super::health::Cause;
 use super::visibility::Held;
 
 /// A received message and what its body parsed to.
@@ -51,12 +52,23 @@ pub(crate) async fn receive_loop(
         };
         let messages = match response {
             Ok(out) => {
+                if failures > 0 {
+                    shared.health.recovered(Cause::Queue);
+                }
                 failures = 0;
                 out.messages.unwrap_or_default()
             }
             Err(e) => {
                 failures += 1;
                 shared.metrics.receive_errors.inc();
+                shared.health.failing(
+                    Cause::Queue,
+                    format!(
+                        "{} ({})",
+                        aws_sdk_sqs::error::DisplayErrorContext(&e),
+                        shared.queue.url
+                    ),
+                );
                 let wait = Duration::from_millis(200u64 << failures.min(6));
                 warn!(receiver = index, queue_url = %shared.queue.url, error = %aws_sdk_sqs::error::DisplayErrorContext(&e), ?wait, "ReceiveMessage failed; retrying");
                 tokio::select! {

@@ -88,6 +88,8 @@ pub struct ServeOptions {
     pub dedup_lookback: Duration,
     /// How far a host's clock may be from S3's (suppression of absences).
     pub max_clock_skew: Duration,
+    /// `/healthz` fails when held messages have not moved for this long (outside an outage).
+    pub wedged_after: Duration,
 }
 
 /// The smallest read buffer: four of the largest annotation.
@@ -151,6 +153,11 @@ impl ServeOptions {
             max_clock_skew: Duration::from_millis(
                 s.max_clock_skew_ms
                     .unwrap_or(defaults::SERVE_MAX_CLOCK_SKEW_MS),
+            ),
+            wedged_after: Duration::from_secs(
+                s.wedged_after_secs
+                    .unwrap_or(defaults::SERVE_WEDGED_AFTER_SECS)
+                    .max(1),
             ),
         })
     }
@@ -292,7 +299,7 @@ pub async fn run(
     source.calibrate_clock(CLOCK_CALIBRATION).await;
     report_clock(&source, options.max_clock_skew, None);
     let metrics = Arc::new(Metrics::new(source.stats().clone()));
-    let health = Arc::new(health::Health::default());
+    let health = Arc::new(health::Health::new(options.wedged_after));
     // The stop signal for the receivers: the caller's shutdown, or idleness.
     let stop_receiving = shutdown.child_token();
     let writer_id = rows::new_writer_id();
@@ -327,8 +334,7 @@ pub async fn run(
             info!(addr = %local, "serving /metrics, /healthz and /readyz");
             Some(tokio::spawn(http::serve(
                 listener,
-                metrics.clone(),
-                health.clone(),
+                shared.clone(),
                 http_stop.clone(),
             )))
         }

@@ -31,6 +31,8 @@ struct Inner {
     /// receipt handle → (message id, visibility deadline).
     held: HashMap<String, (String, Instant)>,
     last_received: Option<Instant>,
+    /// When held work last moved on: a message left, a commit landed, or work appeared.
+    last_moved: Option<Instant>,
 }
 
 /// The messages held by this process.
@@ -46,14 +48,35 @@ impl Registry {
 
     pub fn insert(&self, msg: &Held, visible_again: Instant) {
         let mut inner = self.lock();
+        let now = Instant::now();
+        if inner.held.is_empty() {
+            inner.last_moved = Some(now);
+        }
         inner
             .held
             .insert(msg.receipt.clone(), (msg.message_id.clone(), visible_again));
-        inner.last_received = Some(Instant::now());
+        inner.last_received = Some(now);
     }
 
     pub fn remove(&self, receipt: &str) {
-        self.lock().held.remove(receipt);
+        let mut inner = self.lock();
+        inner.held.remove(receipt);
+        inner.last_moved = Some(Instant::now());
+    }
+
+    /// Held work moved on without a message leaving (a commit of part of a large set).
+    pub fn moved(&self) {
+        self.lock().last_moved = Some(Instant::now());
+    }
+
+    /// How many messages are held, and for how long none of them has moved on.
+    pub fn stalled(&self) -> (usize, Duration) {
+        let inner = self.lock();
+        let still = inner
+            .last_moved
+            .map(|t| t.elapsed())
+            .unwrap_or(Duration::ZERO);
+        (inner.held.len(), still)
     }
 
     pub fn len(&self) -> usize {
