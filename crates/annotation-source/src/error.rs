@@ -131,6 +131,30 @@ impl SourceError {
         }
     }
 
+    /// With an expected owner configured, S3 answers a bucket owned by another account with
+    /// AccessDenied, like a missing permission: the hint names both causes.
+    pub(crate) fn with_owner_configured(self, expected_owner: Option<&str>) -> SourceError {
+        match (self, expected_owner) {
+            (
+                SourceError::Refused {
+                    op,
+                    target,
+                    code,
+                    message,
+                    ..
+                },
+                Some(_),
+            ) if code == "AccessDenied" => SourceError::Refused {
+                op,
+                target,
+                code,
+                message,
+                hint: "either the bucket belongs to another account than aws.expected_bucket_owner (nothing of it is indexed: check the setting), or annotable's role lacks s3:GetObjectAnnotation / s3:ListObjectAnnotations / s3:ListBucket on it (see docs/deploy/iam)",
+            },
+            (other, _) => other,
+        }
+    }
+
     /// Whether a later attempt (a redelivery of the message) may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, SourceError::Exhausted { .. } | SourceError::Closed)

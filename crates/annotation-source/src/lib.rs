@@ -241,7 +241,11 @@ impl AnnotationSource {
             let reason = match outcome {
                 Ok((at_nanos, Attempt::Done(value))) => return Ok(Observed::new(at_nanos, value)),
                 Ok((_, Attempt::Retry(reason))) => reason,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    return Err(
+                        e.with_owner_configured(self.options.expected_bucket_owner.as_deref())
+                    );
+                }
             };
             self.stats.record_retry(op);
             if attempt >= self.options.max_attempts {
