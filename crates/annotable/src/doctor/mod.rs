@@ -1,5 +1,12 @@
-//! `annotable doctor`: checks what `serve`, `backfill` and `query` need, and says what to fix.
+//! `annotable doctor`: checks what `serve`, `backfill` and `query` need, and says what to fix:
+//! credentials, the queue and its dead-letter queue, each bucket's route to the queue
+//! (`route.rs`), the bucket's annotation API and the warehouse (`probe.rs`), the catalog and
+//! the table.
 
+mod probe;
+mod route;
+
+use annotation_table::CatalogConfig;
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_sqs::types::QueueAttributeName;
 
@@ -36,11 +43,13 @@ pub async fn run(config: &Config, buckets: &[String]) -> Vec<Check> {
         result: creds,
     });
 
+    let clients = crate::setup::Clients::new(crate::aws::s3_client(config, &sdk), &sdk);
     let mut queue_arn = None;
+    let mut queue_policy = None;
     if let Some(url) = &config.serve.queue_url {
-        let sqs = crate::aws::sqs_client(&sdk);
         let mut dlq_check = None;
-        let r = sqs
+        let r = clients
+            .sqs
             .get_queue_attributes()
             .queue_url(url)
             .attribute_names(QueueAttributeName::All)
@@ -52,6 +61,7 @@ pub async fn run(config: &Config, buckets: &[String]) -> Vec<Check> {
                 let get = |k: QueueAttributeName| a.get(&k).cloned().unwrap_or_else(|| "?".into());
                 let redrive = a.get(&QueueAttributeName::RedrivePolicy).cloned();
                 queue_arn = a.get(&QueueAttributeName::QueueArn).cloned();
+                queue_policy = a.get(&QueueAttributeName::Policy).cloned();
                 let detail = format!(
                     "visibility timeout {} s, ~{} messages waiting, ~{} in flight",
                     get(QueueAttributeName::VisibilityTimeout),
@@ -87,43 +97,55 @@ pub async fn run(config: &Config, buckets: &[String]) -> Vec<Check> {
         });
     }
 
-    let s3 = crate::aws::s3_client(config, &sdk);
+    let owner = config.aws.expected_bucket_owner.as_deref();
+    let queue = route::QueueFacts {
+        url: config.serve.queue_url.as_deref(),
+        arn: queue_arn.as_deref(),
+        policy: queue_policy.as_deref(),
+    };
     for bucket in buckets {
-        let owner = config.aws.expected_bucket_owner.clone();
-        let result = match s3
+        if let Some(allowed) = &config.aws.allowed_buckets
+            && !allowed.contains(bucket)
+        {
+            checks.push(Check {
+                what: format!("bucket {bucket}"),
+                result: Err(format!(
+                    "not in aws.allowed_buckets ({}): serve refuses its events; add it to the list",
+                    allowed.join(", ")
+                )),
+            });
+            continue;
+        }
+        let reachable = clients
+            .s3
             .head_bucket()
             .bucket(bucket)
-            .set_expected_bucket_owner(owner.clone())
+            .set_expected_bucket_owner(owner.map(str::to_string))
             .send()
-            .await
-        {
-            Ok(_) => match s3
-                .get_bucket_notification_configuration()
-                .bucket(bucket)
-                .set_expected_bucket_owner(owner)
-                .send()
-                .await
-            {
-                Ok(n) => notification_check(
-                    bucket,
-                    n.queue_configurations(),
-                    queue_arn.as_deref(),
-                    config.serve.queue_url.as_deref(),
-                ),
-                Err(e) => Err(format!(
-                    "reachable, but its notification configuration cannot be read: {}",
-                    aws_sdk_s3::error::DisplayErrorContext(&e)
-                )),
-            },
+            .await;
+        let result = match reachable {
+            Ok(_) => route::check(&clients, bucket, owner, &queue).await,
             Err(e) => Err(format!(
-                "{}; check the name and s3:ListBucket permission",
-                aws_sdk_s3::error::DisplayErrorContext(&e)
+                "{}; check the name and s3:ListBucket permission{}",
+                aws_sdk_s3::error::DisplayErrorContext(&e),
+                if owner.is_some() {
+                    ", and that aws.expected_bucket_owner names its owner"
+                } else {
+                    ""
+                }
             )),
         };
+        let reached = result.is_ok();
         checks.push(Check {
             what: format!("bucket {bucket}"),
             result,
         });
+        if reached {
+            checks.push(Check {
+                what: format!("annotation API of bucket {bucket}"),
+                result: probe::annotation_api(&clients.s3, bucket, owner).await,
+            });
+        }
     }
 
     let catalog = match config.catalog_config() {
@@ -136,6 +158,11 @@ pub async fn run(config: &Config, buckets: &[String]) -> Vec<Check> {
             return checks;
         }
     };
+    checks.push(Check {
+        what: "warehouse".into(),
+        result: probe::warehouse(config, warehouse_of(&catalog)).await,
+    });
+    let ident = format!("{}.{}", config.namespace(), config.table());
     match annotation_table::connect(config.catalog_name(), &catalog, &config.storage_config()).await
     {
         Ok(cat) => {
@@ -143,23 +170,33 @@ pub async fn run(config: &Config, buckets: &[String]) -> Vec<Check> {
                 what: format!("catalog {}", catalog.describe()),
                 result: Ok("connected".into()),
             });
-            let ident = format!("{}.{}", config.namespace(), config.table());
-            let result = match annotation_sql::QuerySession::new(
-                cat,
-                catalog.describe(),
-                config.namespace(),
-                config.table(),
-            )
-            .await
-            {
-                Ok(session) => match session
-                    .query(&format!("SELECT count(*) AS n FROM {}", config.table()))
-                    .await
+            let exists = match annotation_table::table_ident(config.namespace(), config.table()) {
+                Some(table) => cat.table_exists(&table).await.map_err(|e| e.to_string()),
+                None => Err(format!("{ident:?} is not a valid table name")),
+            };
+            let result = match exists {
+                Ok(false) => Err(format!(
+                    "does not exist in {}: `annotable serve` and `annotable backfill` create it on their first run; if it exists elsewhere, check namespace and table (ANNOTABLE_NAMESPACE, ANNOTABLE_TABLE)",
+                    catalog.describe()
+                )),
+                Err(e) => Err(format!("cannot tell whether it exists: {e}")),
+                Ok(true) => match annotation_sql::QuerySession::new(
+                    cat,
+                    catalog.describe(),
+                    config.namespace(),
+                    config.table(),
+                )
+                .await
                 {
-                    Ok(r) => Ok(format!("readable, {} result rows", r.num_rows())),
+                    Ok(session) => match session
+                        .query(&format!("SELECT count(*) AS n FROM {}", config.table()))
+                        .await
+                    {
+                        Ok(r) => Ok(format!("readable, {} result rows", r.num_rows())),
+                        Err(e) => Err(e.to_string()),
+                    },
                     Err(e) => Err(e.to_string()),
                 },
-                Err(e) => Err(e.to_string()),
             };
             checks.push(Check {
                 what: format!("table {ident}"),
@@ -174,55 +211,12 @@ pub async fn run(config: &Config, buckets: &[String]) -> Vec<Check> {
     checks
 }
 
-/// Whether `bucket`'s queue configurations send every event `serve` needs to this queue; the
-/// fix when they do not.
-fn notification_check(
-    bucket: &str,
-    queues: &[aws_sdk_s3::types::QueueConfiguration],
-    queue_arn: Option<&str>,
-    queue_url: Option<&str>,
-) -> Result<String, String> {
-    let fix = format!(
-        "run `annotable setup notifications --bucket {bucket} --queue-url {}` (it merges with the bucket's other configurations)",
-        queue_url.unwrap_or("<serve.queue_url>")
-    );
-    let targets: Vec<&str> = queues.iter().map(|q| q.queue_arn()).collect();
-    let Some(arn) = queue_arn else {
-        return if targets.is_empty() {
-            Err(format!(
-                "reachable, but sends no notifications to any queue; {fix}"
-            ))
-        } else {
-            Ok(format!(
-                "reachable; notifies {} (serve.queue_url is not set, so which one serve reads is unknown)",
-                targets.join(", ")
-            ))
-        };
-    };
-    let ours: Vec<&aws_sdk_s3::types::QueueConfiguration> =
-        queues.iter().filter(|q| q.queue_arn() == arn).collect();
-    if ours.is_empty() {
-        return Err(if targets.is_empty() {
-            format!("reachable, but sends no notifications to any queue; {fix}")
-        } else {
-            format!(
-                "notifies {} but not this queue ({arn}); {fix}",
-                targets.join(", ")
-            )
-        });
-    }
-    let events: Vec<&str> = ours
-        .iter()
-        .flat_map(|q| q.events().iter().map(|e| e.as_str()))
-        .collect();
-    let missing = crate::setup::missing_events(events.iter().copied());
-    if missing.is_empty() {
-        Ok(format!("reachable; sends {} to {arn}", events.join(", ")))
-    } else {
-        Err(format!(
-            "sends {} to {arn} but not {}: those changes would never reach the table; {fix}",
-            events.join(", "),
-            missing.join(", ")
-        ))
+/// Where the catalog keeps the tables' files, when annotable writes them itself.
+fn warehouse_of(catalog: &CatalogConfig) -> Option<&str> {
+    match catalog {
+        CatalogConfig::Sql { warehouse, .. } | CatalogConfig::Glue { warehouse, .. } => {
+            Some(warehouse)
+        }
+        CatalogConfig::Rest { .. } | CatalogConfig::S3Tables { .. } => None,
     }
 }
