@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Python tools the tests and benchmarks compare annotable with: pyiceberg (reads the
 # tables annotable writes, through the same catalog; the ingest baseline), DuckDB (the
-# query baseline) and psycopg (a PostgreSQL driver, for sql-server's tests), in their own venv
+# query baseline), psycopg (a PostgreSQL driver, for sql-server's tests) and prometheus-client
+# (its OpenMetrics parser reads serve's /metrics in the tests), in their own venv
 # under the project's ignored .local/ folder.
 #
 #   scripts/py-tools.sh install     create/refresh the venv (idempotent, safe in parallel)
@@ -11,7 +12,7 @@
 set -euo pipefail
 
 # Pinned: the figures in the benchmarks' notes are against these versions.
-PACKAGES=("pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]==0.12.0" "duckdb==1.5.6" "psycopg[binary]==3.3.9")
+PACKAGES=("pyiceberg[sql-sqlite,pyarrow,pyiceberg-core]==0.12.0" "duckdb==1.5.6" "psycopg[binary]==3.3.9" "prometheus-client==0.23.1")
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir=${ANNOTABLE_PY_TOOLS_DIR:-$root/.local/py-tools}
 venv=$dir/venv

@@ -13,6 +13,9 @@ pub enum Refuse {
     /// Any call whose path contains this: 403 AccessDenied (a bucket these credentials cannot
     /// reach).
     AnyPath(String),
+    /// Any call whose `x-amz-expected-bucket-owner` names another account than this one: 403
+    /// AccessDenied, as S3 answers when the bucket belongs to someone else.
+    OwnerOtherThan(String),
 }
 
 /// An HTTP/1.1 proxy in front of the emulator that answers a share of the requests itself with
@@ -39,6 +42,16 @@ impl FaultProxy {
     /// A proxy that answers AccessDenied to every call whose request path contains `path_part`.
     pub async fn refusing(upstream_port: u16, path_part: &str) -> FaultProxy {
         FaultProxy::start_mode(upstream_port, 0, Refuse::AnyPath(path_part.to_string())).await
+    }
+
+    /// A proxy whose buckets all belong to `account`: a call expecting another owner is refused.
+    pub async fn owned_by(upstream_port: u16, account: &str) -> FaultProxy {
+        FaultProxy::start_mode(
+            upstream_port,
+            0,
+            Refuse::OwnerOtherThan(account.to_string()),
+        )
+        .await
     }
 
     /// A proxy whose S3 has no annotation API: every `?annotation` request gets 501
@@ -143,6 +156,15 @@ async fn proxy_one(
         Refuse::AnyPath(part) if request_line.contains(part.as_str()) => {
             Some(("403 Forbidden", "AccessDenied", "Access Denied"))
         }
+        Refuse::OwnerOtherThan(owner)
+            if head.lines().any(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("x-amz-expected-bucket-owner:")
+                    .is_some_and(|v| v.trim() != owner)
+            }) =>
+        {
+            Some(("403 Forbidden", "AccessDenied", "Access Denied"))
+        }
         _ => None,
     };
     if let Some((status, code, message)) = refusal {
@@ -188,10 +210,13 @@ async fn proxy_one(
 }
 
 /// A TCP forwarder to a local service that can be switched off: then every open connection is
-/// cut and new ones are closed at once (a database outage, as the client sees it).
+/// cut and new ones are closed at once (a database outage, as the client sees it). It can also
+/// stall: connections stay open, new ones are accepted, and nothing is forwarded either way
+/// (a hung peer, which no error reports).
 pub struct TcpSwitch {
     pub port: u16,
     on: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stalled: tokio::sync::watch::Sender<bool>,
     connections: std::sync::Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
     accept: tokio::task::JoinHandle<()>,
 }
@@ -204,6 +229,7 @@ impl TcpSwitch {
             .expect("bind switch");
         let port = listener.local_addr().expect("addr").port();
         let on = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (stalled, watch) = tokio::sync::watch::channel(false);
         let connections = std::sync::Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
         let (on2, conns2) = (on.clone(), connections.clone());
         let accept = tokio::spawn(async move {
@@ -215,19 +241,30 @@ impl TcpSwitch {
                     drop(inbound);
                     continue;
                 }
+                let mut stall = watch.clone();
                 conns2.lock().expect("lock").spawn(async move {
                     let Ok(mut upstream) =
                         tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await
                     else {
                         return;
                     };
-                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream).await;
+                    loop {
+                        // Hold both ends, forwarding nothing, while stalled.
+                        if stall.wait_for(|s| !*s).await.is_err() {
+                            return;
+                        }
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut inbound, &mut upstream) => return,
+                            _ = stall.wait_for(|s| *s) => {}
+                        }
+                    }
                 });
             }
         });
         TcpSwitch {
             port,
             on,
+            stalled,
             connections,
             accept,
         }
@@ -239,6 +276,11 @@ impl TcpSwitch {
         if !on {
             self.connections.lock().expect("lock").abort_all();
         }
+    }
+
+    /// Stops forwarding while keeping every connection open, or forwards again.
+    pub fn stall(&self, stalled: bool) {
+        self.stalled.send_replace(stalled);
     }
 }
 

@@ -4,7 +4,9 @@
 //! `maintain` through the CLI. The harness is the `annotable-tests` crate.
 
 mod backfill;
+mod delivery;
 mod maintain;
+mod operations;
 mod query;
 mod serve;
 mod shell;

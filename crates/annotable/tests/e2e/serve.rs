@@ -604,7 +604,7 @@ async fn s3_changing_under_two_writers_killed_at_random_with_maintenance_converg
 
 /// Issue 19, item 6: a catalog outage longer than the commit retries, on a queue whose
 /// dead-letter limit is two receives. Held messages stay held (extended, retried), `/readyz`
-/// says why serve is not ready, nothing reaches the dead-letter queue, and once the catalog
+/// says why serve is not ready while `/healthz` stays alive, nothing reaches the dead-letter queue, and once the catalog
 /// is back everything is committed. (Before: each failed batch was released with a backoff,
 /// so by the third receive the messages were dead-lettered.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -616,7 +616,14 @@ async fn a_catalog_outage_holds_messages_and_dead_letters_nothing() -> TestResul
     let http_addr = format!("127.0.0.1:{http}");
     let mut workload = Workload::new(0x07a6e, 20);
     workload.run(&env.stack.s3, 40).await;
-    let mut serve = env.spawn_serve(&[], &[("ANNOTABLE_SERVE_HTTP_ADDR", &http_addr)]);
+    // An outage is not a wedge: /healthz stays 200 however long the outage outlasts this.
+    let mut serve = env.spawn_serve(
+        &[],
+        &[
+            ("ANNOTABLE_SERVE_HTTP_ADDR", &http_addr),
+            ("ANNOTABLE_SERVE_WEDGED_AFTER_SECS", "3"),
+        ],
+    );
     env.wait_until_drained(Duration::from_secs(120)).await;
     assert_eq!(
         annotable_tests::http_get(http, "/readyz")
@@ -632,6 +639,8 @@ async fn a_catalog_outage_holds_messages_and_dead_letters_nothing() -> TestResul
     while outage.elapsed() < Duration::from_secs(80) {
         if let Some((503, body)) = annotable_tests::http_get(http, "/readyz").await {
             said_why = Some(body);
+            let alive = annotable_tests::http_get(http, "/healthz").await;
+            assert_eq!(alive.as_ref().map(|r| r.0), Some(200), "{alive:?}");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
