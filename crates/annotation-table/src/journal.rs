@@ -223,12 +223,15 @@ impl JournalTable {
             .await
             .map_err(|e| catalog_error(&name, "checking the namespace", e))?;
         // Another writer may create the namespace meanwhile; catalogs report that race
-        // differently (the SQL catalog as a unique-key violation), so look again on failure.
-        if !namespace_exists
-            && let Err(e) = catalog.create_namespace(&ns, HashMap::new()).await
-            && !catalog.namespace_exists(&ns).await.unwrap_or(false)
-        {
-            return Err(catalog_error(&name, "creating the namespace", e));
+        // differently (REST as NamespaceAlreadyExists, the SQL catalog as a unique-key
+        // violation), so look again on any other failure.
+        if !namespace_exists {
+            match catalog.create_namespace(&ns, HashMap::new()).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == iceberg::ErrorKind::NamespaceAlreadyExists => {}
+                Err(_) if catalog.namespace_exists(&ns).await.unwrap_or(false) => {}
+                Err(e) => return Err(catalog_error(&name, "creating the namespace", e)),
+            }
         }
         if !catalog
             .table_exists(&ident)
@@ -246,7 +249,10 @@ impl JournalTable {
             match catalog.create_table(&ns, creation).await {
                 Ok(_) => debug!(table = %name, "created the table"),
                 // Another writer created it first (its schema is checked below like any other).
-                Err(e) if catalog.table_exists(&ident).await.unwrap_or(false) => {
+                Err(e)
+                    if e.kind() == iceberg::ErrorKind::TableAlreadyExists
+                        || catalog.table_exists(&ident).await.unwrap_or(false) =>
+                {
                     debug!(table = %name, error = %e, "the table was created concurrently");
                 }
                 Err(e) => return Err(catalog_error(&name, "creating the table", e)),
