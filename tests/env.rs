@@ -136,6 +136,57 @@ impl Env {
         ];
     }
 
+    /// Points every process at an S3 Tables table bucket (created here) on the emulator:
+    /// `catalog.type = s3tables` through a [`S3TablesCasProxy`] (returned; keep it), or `rest`
+    /// through the emulator's Iceberg REST endpoint for the same kind of bucket (`/iceberg`,
+    /// the table bucket ARN as the warehouse), which checks commit requirements itself.
+    pub async fn use_table_bucket(
+        &mut self,
+        name: &str,
+        rest: bool,
+    ) -> Option<crate::net::S3TablesCasProxy> {
+        let arn = aws_sdk_s3tables::Client::new(&self.stack.stack.sdk_config())
+            .create_table_bucket()
+            .name(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("CreateTableBucket {name}: {e:?}"))
+            .arn
+            .clone();
+        let endpoint = self.stack.stack.endpoint();
+        let proxy = if rest {
+            None
+        } else {
+            Some(crate::net::S3TablesCasProxy::start(self.stack.stack.port()).await)
+        };
+        let (kind, uri) = match &proxy {
+            None => ("rest", format!("{endpoint}/iceberg")),
+            Some(proxy) => ("s3tables", format!("http://127.0.0.1:{}", proxy.port)),
+        };
+        self.env = vec![
+            ("ANNOTABLE_CATALOG_TYPE".into(), kind.into()),
+            ("ANNOTABLE_CATALOG_URI".into(), uri),
+            ("ANNOTABLE_CATALOG_WAREHOUSE".into(), arn.clone()),
+            ("ANNOTABLE_STORAGE_S3_ENDPOINT".into(), endpoint),
+            ("ANNOTABLE_STORAGE_S3_REGION".into(), "us-east-1".into()),
+            ("ANNOTABLE_STORAGE_S3_ACCESS_KEY_ID".into(), "test".into()),
+            (
+                "ANNOTABLE_STORAGE_S3_SECRET_ACCESS_KEY".into(),
+                "test".into(),
+            ),
+            ("ANNOTABLE_STORAGE_S3_PATH_STYLE".into(), "true".into()),
+        ];
+        proxy
+    }
+
+    /// Whether the catalog can hold the `annotations` state table (the SQL catalog only).
+    pub fn catalog_holds_the_state(&self) -> bool {
+        !self
+            .env
+            .iter()
+            .any(|(k, v)| k == "ANNOTABLE_CATALOG_TYPE" && v != "sql")
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }

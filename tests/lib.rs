@@ -23,7 +23,7 @@ pub mod truth;
 pub mod workload;
 
 pub use env::{Env, PLAIN, Serve, VERSIONED, annotable_bin};
-pub use net::{FaultProxy, Refuse, TcpSwitch, free_port, http_get};
+pub use net::{FaultProxy, Refuse, S3TablesCasProxy, TcpSwitch, free_port, http_get};
 pub use stack::{LocalStack, Queue, Stack, fixtures_dir, py_tools_python, save_fixture};
 pub use truth::{Row, assert_converged, join_key, read_version};
 pub use workload::{KEYS, Workload};

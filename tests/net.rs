@@ -313,3 +313,238 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("free port")
 }
+
+/// A proxy in front of the emulator's S3 Tables API that makes `UpdateTableMetadataLocation`
+/// a compare-and-swap, as AWS's is: the emulator hands out version tokens but never checks
+/// them, so two writers could overwrite each other's commits there and nowhere else. Every
+/// version token the proxy returns names the metadata location it was read with; an update
+/// whose token no longer names the current location is refused with 409 ConflictException.
+/// Updates are checked and forwarded one at a time.
+pub struct S3TablesCasProxy {
+    pub port: u16,
+    /// Updates refused as conflicts.
+    pub conflicts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl S3TablesCasProxy {
+    pub async fn start(upstream_port: u16) -> S3TablesCasProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let conflicts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let updates = std::sync::Arc::new(tokio::sync::Mutex::new(std::collections::HashSet::<
+            String,
+        >::new()));
+        let counted = conflicts.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let (updates, counted) = (updates.clone(), counted.clone());
+                tokio::spawn(async move {
+                    let _ = cas_one(conn, upstream_port, &updates, &counted).await;
+                });
+            }
+        });
+        S3TablesCasProxy {
+            port,
+            conflicts,
+            task,
+        }
+    }
+}
+
+impl Drop for S3TablesCasProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The version token of a metadata location; a table just created (whose response names no
+/// location) gets [`CREATED`].
+fn cas_token(location: Option<&str>) -> String {
+    use sha2::Digest;
+    let Some(location) = location else {
+        return CREATED.to_string();
+    };
+    let digest = sha2::Sha256::digest(location.as_bytes());
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The token of a table no update has been accepted for yet.
+const CREATED: &str = "created";
+
+async fn cas_one(
+    mut conn: tokio::net::TcpStream,
+    upstream_port: u16,
+    updates: &tokio::sync::Mutex<std::collections::HashSet<String>>,
+    conflicts: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (head, body) = read_message(&mut conn).await?;
+    let request_line = head.lines().next().unwrap_or("").to_string();
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let is_update = method == "PUT" && path.ends_with("/metadata-location");
+    // Updates are checked and forwarded one at a time; the set holds the tables that have
+    // taken an update (until then, the token a creation handed out is current too).
+    let mut serial = if is_update {
+        Some(updates.lock().await)
+    } else {
+        None
+    };
+    if let Some(updated) = serial.as_mut() {
+        // The location now, read with the update's own headers (they route it to S3 Tables).
+        let get_head = head.replacen("PUT ", "GET ", 1);
+        let get_head: String = get_head
+            .split("\r\n")
+            .filter(|l| {
+                let l = l.to_ascii_lowercase();
+                !l.starts_with("content-length:") && !l.starts_with("content-type:")
+            })
+            .filter(|l| !l.is_empty())
+            .map(|l| format!("{l}\r\n"))
+            .collect();
+        let (_, current) = forward(upstream_port, &get_head, &[]).await?;
+        let current: serde_json::Value = serde_json::from_slice(&current).unwrap_or_default();
+        let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let now = cas_token(current["metadataLocation"].as_str());
+        let asked = asked["versionToken"].as_str().unwrap_or("");
+        let current = asked == now || (asked == CREATED && !updated.contains(path));
+        if current {
+            updated.insert(path.to_string());
+        } else {
+            conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let body =
+                r#"{"message":"The version token does not match the table's current version."}"#;
+            let response = format!(
+                "HTTP/1.1 409 Conflict\r\nContent-Type: application/json\r\nx-amzn-errortype: ConflictException\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            conn.write_all(response.as_bytes()).await?;
+            return conn.shutdown().await;
+        }
+    }
+    let (status_and_headers, response_body) = forward(upstream_port, &head, &body).await?;
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&response_body).unwrap_or(serde_json::Value::Null);
+    let response_body = if json.get("versionToken").is_some() {
+        let token = cas_token(json["metadataLocation"].as_str());
+        json["versionToken"] = serde_json::Value::String(token);
+        json.to_string().into_bytes()
+    } else {
+        response_body
+    };
+    let head: String = status_and_headers
+        .split("\r\n")
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            !l.is_empty()
+                && !l.starts_with("content-length:")
+                && !l.starts_with("transfer-encoding:")
+                && !l.starts_with("connection:")
+        })
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    conn.write_all(
+        format!(
+            "{head}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            response_body.len()
+        )
+        .as_bytes(),
+    )
+    .await?;
+    conn.write_all(&response_body).await?;
+    conn.shutdown().await
+}
+
+/// One HTTP/1.1 message from `conn`: its head (up to the blank line) and its body
+/// (Content-Length or chunked).
+async fn read_message(conn: &mut tokio::net::TcpStream) -> std::io::Result<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok((String::from_utf8_lossy(&buf).into_owned(), Vec::new()));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let header = |name: &str| {
+        head.lines().find_map(|l| {
+            let lower = l.to_ascii_lowercase();
+            lower.strip_prefix(name).map(|v| v.trim().to_string())
+        })
+    };
+    let mut body = buf[head_end..].to_vec();
+    if header("transfer-encoding:").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            if let Some(decoded) = dechunk(&body) {
+                return Ok((head, decoded));
+            }
+            let n = conn.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok((head, dechunk(&body).unwrap_or_default()));
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    let length: usize = header("content-length:")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    while body.len() < length {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok((head, body))
+}
+
+/// The body of a complete chunked encoding, or `None` while more is to come.
+fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = String::from_utf8_lossy(&raw[..line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        if raw.len() < size + 2 {
+            return None;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
+/// Sends one request upstream (its head rewritten to close the connection) and reads the
+/// answer: (status line and headers, body).
+async fn forward(
+    upstream_port: u16,
+    head: &str,
+    body: &[u8],
+) -> std::io::Result<(String, Vec<u8>)> {
+    use tokio::io::AsyncWriteExt;
+    let mut rewritten: String = head
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    rewritten.push_str("Connection: close\r\n\r\n");
+    let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await?;
+    upstream.write_all(rewritten.as_bytes()).await?;
+    upstream.write_all(body).await?;
+    read_message(&mut upstream).await
+}

@@ -4,6 +4,7 @@
 //! `maintain` through the CLI. The harness is the `annotable-tests` crate.
 
 mod backfill;
+mod catalogs;
 mod delivery;
 mod maintain;
 mod operations;
