@@ -2,9 +2,13 @@
 
 use std::sync::Arc;
 
-use annotation_source::{CallStats, LATENCY_BUCKETS_SECONDS, Op};
+use annotation_source::{CallStats, LATENCY_BUCKETS_SECONDS, Op, OpSnapshot};
 use chrono::{DateTime, Utc};
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -16,7 +20,6 @@ use super::ServeReport;
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    s3: Arc<CallStats>,
     pub(crate) received: Counter,
     pub(crate) acked: Counter,
     pub(crate) failed: Counter,
@@ -161,6 +164,7 @@ impl Metrics {
             "How far the annotations table (as plain Iceberg readers see it) is behind the journal: the age of the oldest journal commit it has not folded in, after the last refresh",
             state_lag_seconds.clone(),
         );
+        registry.register_collector(Box::new(S3Calls(s3)));
         Metrics {
             registry,
             state_refreshes,
@@ -168,7 +172,6 @@ impl Metrics {
             state_refresh_seconds,
             state_bytes_rewritten,
             state_lag_seconds,
-            s3,
             clock_correction_seconds,
             clock_uncertainty_seconds,
             received,
@@ -233,67 +236,66 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus (OpenMetrics) text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
-        // encode() ends with "# EOF"; the S3 families go before it.
-        if let Some(stripped) = out.strip_suffix("# EOF\n") {
-            out.truncate(stripped.len());
-        }
-        self.render_s3(&mut out);
-        out.push_str("# EOF\n");
         out
     }
+}
 
-    fn render_s3(&self, out: &mut String) {
-        use std::fmt::Write;
+/// The S3 call statistics of the source, read at scrape time: calls, errors and latency per
+/// operation.
+#[derive(Debug)]
+struct S3Calls(Arc<CallStats>);
+
+impl Collector for S3Calls {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snaps: Vec<_> = Op::ALL
             .iter()
-            .map(|op| (op.name(), self.s3.snapshot(*op)))
+            .map(|op| (op.name(), self.0.snapshot(*op)))
             .collect();
-        let _ = writeln!(
-            out,
-            "# HELP annotable_s3_calls S3 calls made (every attempt).\n# TYPE annotable_s3_calls counter"
-        );
-        for (op, s) in &snaps {
-            let _ = writeln!(out, "annotable_s3_calls_total{{op=\"{op}\"}} {}", s.calls);
-        }
-        let _ = writeln!(
-            out,
-            "# HELP annotable_s3_errors S3 attempts that failed (throttling, 5xx, refusals).\n# TYPE annotable_s3_errors counter"
-        );
-        for (op, s) in &snaps {
-            let _ = writeln!(out, "annotable_s3_errors_total{{op=\"{op}\"}} {}", s.errors);
-        }
-        let _ = writeln!(
-            out,
-            "# HELP annotable_s3_call_seconds S3 call latency.\n# TYPE annotable_s3_call_seconds histogram"
-        );
-        for (op, s) in &snaps {
-            for (i, le) in LATENCY_BUCKETS_SECONDS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "annotable_s3_call_seconds_bucket{{op=\"{op}\",le=\"{le}\"}} {}",
-                    s.cumulative_buckets[i]
-                );
+        let counters: [(&str, &str, fn(&OpSnapshot) -> u64); 2] = [
+            ("s3_calls", "S3 calls made (every attempt)", |s| s.calls),
+            (
+                "s3_errors",
+                "S3 attempts that failed (throttling, 5xx, refusals)",
+                |s| s.errors,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (op, s) in &snaps {
+                ConstCounter::new(value(s)).encode(family.encode_family(&[("op", *op)])?)?;
             }
-            let total = s.cumulative_buckets.last().copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "annotable_s3_call_seconds_bucket{{op=\"{op}\",le=\"+Inf\"}} {total}"
-            );
-            let _ = writeln!(
-                out,
-                "annotable_s3_call_seconds_sum{{op=\"{op}\"}} {}",
-                s.latency_sum_seconds
-            );
-            let _ = writeln!(
-                out,
-                "annotable_s3_call_seconds_count{{op=\"{op}\"}} {total}"
-            );
         }
+        let mut latency = encoder.encode_descriptor(
+            "s3_call_seconds",
+            "S3 call latency",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (op, s) in &snaps {
+            // The snapshot's buckets are cumulative; the encoder wants each bucket's own count.
+            let mut below = 0;
+            let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS_SECONDS
+                .iter()
+                .copied()
+                .chain([f64::MAX])
+                .zip(&s.cumulative_buckets)
+                .map(|(le, &cumulative)| {
+                    let own = cumulative.saturating_sub(below);
+                    below = cumulative;
+                    (le, own)
+                })
+                .collect();
+            let count = s.cumulative_buckets.last().copied().unwrap_or(0);
+            latency
+                .encode_family(&[("op", *op)])?
+                .encode_histogram::<NoLabelSet>(s.latency_sum_seconds, count, &buckets, None)?;
+        }
+        Ok(())
     }
 }
