@@ -112,6 +112,16 @@ async fn metrics_are_all_there_parse_and_move_during_a_workload() -> TestResult 
         .message_body("{\"not\": \"a notification\"}")
         .send()
         .await?;
+    // An event that needs no row, counted as ignored.
+    env.stack
+        .sqs
+        .send_message()
+        .queue_url(&env.queue.url)
+        .message_body(format!(
+            r#"{{"Service":"Amazon S3","Event":"s3:TestEvent","Time":"2026-12-03T00:00:00Z","Bucket":"{PLAIN}","RequestId":"r","HostId":"h"}}"#
+        ))
+        .send()
+        .await?;
     env.wait_until_drained(Duration::from_secs(180)).await;
     // The refresher folds the last commits into the annotations table a few seconds later.
     let refreshed_by = Instant::now() + Duration::from_secs(30);
@@ -415,5 +425,60 @@ async fn doctor_finds_each_broken_setup_and_prints_its_fix() -> TestResult {
         !ok && warehouse.starts_with("FAIL") && warehouse.contains("cannot write"),
         "{stdout}"
     );
+    Ok(())
+}
+
+/// `/readyz` fails, naming the queue, while `ReceiveMessage` fails (the queue was deleted), and
+/// is ready again once the queue is back; `/healthz` stays alive throughout (nothing is held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_while_the_queue_cannot_be_read() -> TestResult {
+    let mut env = Env::start(30, 5).await;
+    let http = free_port();
+    let http_addr = format!("127.0.0.1:{http}");
+    let mut serve = env.spawn_serve(&[], &[("ANNOTABLE_SERVE_HTTP_ADDR", &http_addr)]);
+    let until = |status: u16, limit: Duration| async move {
+        let start = Instant::now();
+        loop {
+            if let Some((s, body)) = http_get(http, "/readyz").await
+                && s == status
+            {
+                return Some(body);
+            }
+            if start.elapsed() > limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    assert!(
+        until(200, Duration::from_secs(60)).await.is_some(),
+        "{}",
+        serve.log()
+    );
+
+    env.stack
+        .sqs
+        .delete_queue()
+        .queue_url(&env.queue.url)
+        .send()
+        .await?;
+    let why = until(503, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|| panic!("/readyz stayed ready\n{}", serve.log()));
+    assert!(
+        why.contains("receiving from the queue fails") && why.contains(&env.queue.url),
+        "{why}"
+    );
+    assert_eq!(http_get(http, "/healthz").await.map(|r| r.0), Some(200));
+
+    env.stack.queue("serve-events", &[]).await;
+    assert!(
+        until(200, Duration::from_secs(60)).await.is_some(),
+        "not ready again after the queue came back\n{}",
+        serve.log()
+    );
+    serve.signal(15);
+    let status = tokio::task::block_in_place(|| serve.wait(Duration::from_secs(60)));
+    assert!(status.success(), "{}", serve.log());
     Ok(())
 }
