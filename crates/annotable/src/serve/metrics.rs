@@ -246,6 +246,9 @@ impl Metrics {
     }
 }
 
+/// Which counter of an operation's snapshot a family shows.
+type CounterOf = fn(&OpSnapshot) -> u64;
+
 /// The S3 call statistics of the source, read at scrape time: calls, errors and latency per
 /// operation.
 #[derive(Debug)]
@@ -257,7 +260,7 @@ impl Collector for S3Calls {
             .iter()
             .map(|op| (op.name(), self.0.snapshot(*op)))
             .collect();
-        let counters: [(&str, &str, fn(&OpSnapshot) -> u64); 2] = [
+        let counters: [(&str, &str, CounterOf); 2] = [
             ("s3_calls", "S3 calls made (every attempt)", |s| s.calls),
             (
                 "s3_errors",
