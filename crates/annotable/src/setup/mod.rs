@@ -144,12 +144,20 @@ impl SetupError {
 }
 
 /// Routes the bucket's events to the queue; what changed, one line each (empty: nothing).
+///
+/// Each hop's policy is written before the hop that relies on it: S3 validates a queue or
+/// topic destination when the bucket's configuration is saved, and refuses it unless the
+/// policy already lets the bucket deliver.
 pub async fn notifications(
     clients: &Clients,
     request: &SetupRequest,
 ) -> Result<Vec<String>, SetupError> {
     let mut changes = Vec::new();
     let bucket_arn = format!("arn:aws:s3:::{}", request.bucket);
+    let queue = QueueHop {
+        sqs: &clients.sqs,
+        url: &request.queue_url,
+    };
     let (queue_arn, queue_policy) = queue_attributes(&clients.sqs, &request.queue_url).await?;
     let prefix = request.prefix.clone().unwrap_or_default();
     let from_bucket = |service, action| Grant {
@@ -158,95 +166,91 @@ pub async fn notifications(
         source_arn: &bucket_arn,
         source_account: request.expected_bucket_owner.as_deref(),
     };
-    let queue_grant_source: String;
-    let queue_grant = match &request.via {
+    let from = |service, source_arn| Grant {
+        service,
+        action: "sqs:SendMessage",
+        source_arn,
+        source_account: None,
+    };
+    let route = |destination| bucket::route(&clients.s3, request, &prefix, destination);
+    match &request.via {
         Via::Sqs => {
+            let grant = from_bucket("s3.amazonaws.com", "sqs:SendMessage");
             changes.extend(
-                bucket::route(
-                    &clients.s3,
-                    request,
-                    &prefix,
-                    bucket::Destination::Queue(&queue_arn),
-                )
-                .await?,
+                queue
+                    .allow(&queue_arn, queue_policy.as_deref(), grant)
+                    .await?,
             );
-            from_bucket("s3.amazonaws.com", "sqs:SendMessage")
+            changes.extend(route(bucket::Destination::Queue(&queue_arn)).await?);
         }
         Via::Sns {
             topic_arn,
             raw_message_delivery,
         } => {
+            let publish = from_bucket("s3.amazonaws.com", "sns:Publish");
+            changes.extend(sns::allow_publish(&clients.sns, topic_arn, publish).await?);
+            let grant = from("sns.amazonaws.com", topic_arn);
             changes.extend(
-                sns::allow_publish(
-                    &clients.sns,
-                    topic_arn,
-                    from_bucket("s3.amazonaws.com", "sns:Publish"),
-                )
-                .await?,
+                queue
+                    .allow(&queue_arn, queue_policy.as_deref(), grant)
+                    .await?,
             );
             changes.extend(
                 sns::subscribe(&clients.sns, topic_arn, &queue_arn, *raw_message_delivery).await?,
             );
-            changes.extend(
-                bucket::route(
-                    &clients.s3,
-                    request,
-                    &prefix,
-                    bucket::Destination::Topic(topic_arn),
-                )
-                .await?,
-            );
-            Grant {
-                service: "sns.amazonaws.com",
-                action: "sqs:SendMessage",
-                source_arn: topic_arn,
-                source_account: None,
-            }
+            changes.extend(route(bucket::Destination::Topic(topic_arn)).await?);
         }
         Via::EventBridge => {
-            changes.extend(
-                bucket::route(
-                    &clients.s3,
-                    request,
-                    &prefix,
-                    bucket::Destination::EventBridge,
-                )
-                .await?,
-            );
             let (rule_arn, rule_changes) =
                 eventbridge::route(&clients.events, &request.bucket, &prefix, &queue_arn).await?;
             changes.extend(rule_changes);
-            queue_grant_source = rule_arn;
-            Grant {
-                service: "events.amazonaws.com",
-                action: "sqs:SendMessage",
-                source_arn: &queue_grant_source,
-                source_account: None,
-            }
+            let grant = from("events.amazonaws.com", &rule_arn);
+            changes.extend(
+                queue
+                    .allow(&queue_arn, queue_policy.as_deref(), grant)
+                    .await?,
+            );
+            changes.extend(route(bucket::Destination::EventBridge).await?);
         }
-    };
-    if let Some(new_policy) = policy::policy_with(queue_policy.as_deref(), &queue_arn, queue_grant)
-    {
-        clients
-            .sqs
+    }
+    Ok(changes)
+}
+
+/// The queue, the last hop of every route.
+struct QueueHop<'a> {
+    sqs: &'a aws_sdk_sqs::Client,
+    url: &'a str,
+}
+
+impl QueueHop<'_> {
+    /// Adds a statement allowing `grant` to the queue's policy, if none allows it yet.
+    async fn allow(
+        &self,
+        queue_arn: &str,
+        policy: Option<&str>,
+        grant: Grant<'_>,
+    ) -> Result<Option<String>, SetupError> {
+        let Some(new_policy) = policy::policy_with(policy, queue_arn, grant) else {
+            return Ok(None);
+        };
+        self.sqs
             .set_queue_attributes()
-            .queue_url(&request.queue_url)
+            .queue_url(self.url)
             .attributes(QueueAttributeName::Policy, new_policy)
             .send()
             .await
             .map_err(|e| {
                 SetupError::aws(
-                    format!("SetQueueAttributes(Policy) on {}", request.queue_url),
+                    format!("SetQueueAttributes(Policy) on {}", self.url),
                     aws_sdk_sqs::error::DisplayErrorContext(&e).to_string(),
                     "grant sqs:SetQueueAttributes, or add a statement allowing the sender to sqs:SendMessage yourself (docs/deploy)",
                 )
             })?;
-        changes.push(format!(
+        Ok(Some(format!(
             "queue policy of {}: added a statement allowing {} to send (sqs:SendMessage from {})",
-            request.queue_url, queue_grant.source_arn, queue_grant.service
-        ));
+            self.url, grant.source_arn, grant.service
+        )))
     }
-    Ok(changes)
 }
 
 /// The queue's ARN and policy.
