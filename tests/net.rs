@@ -112,34 +112,10 @@ async fn proxy_one(
     slow_down: bool,
     refuse: &Refuse,
 ) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse().unwrap_or(0))
-        })
-        .unwrap_or(0);
-    while buf.len() < head_end + length {
-        let n = conn.read(&mut chunk).await?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
+    use tokio::io::AsyncWriteExt;
+    let (head, body) = read_message(&mut conn).await?;
+    if !head.ends_with("\r\n\r\n") {
+        return Ok(()); // closed before a whole request
     }
     let request_line = head.lines().next().unwrap_or("");
     let annotation_call =
@@ -194,17 +170,7 @@ async fn proxy_one(
         conn.write_all(response.as_bytes()).await?;
         return conn.shutdown().await;
     }
-    let mut rewritten: String = head
-        .split("\r\n")
-        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
-        .map(|l| format!("{l}\r\n"))
-        .collect();
-    rewritten.push_str("Connection: close\r\n\r\n");
-    let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await?;
-    upstream.write_all(rewritten.as_bytes()).await?;
-    upstream.write_all(&buf[head_end..]).await?;
-    let mut response = Vec::new();
-    upstream.read_to_end(&mut response).await?;
+    let response = forward_raw(upstream_port, &head, &body).await?;
     conn.write_all(&response).await?;
     conn.shutdown().await
 }
@@ -463,7 +429,9 @@ async fn cas_one(
 
 /// One HTTP/1.1 message from `conn`: its head (up to the blank line) and its body
 /// (Content-Length or chunked).
-async fn read_message(conn: &mut tokio::net::TcpStream) -> std::io::Result<(String, Vec<u8>)> {
+async fn read_message<R: tokio::io::AsyncRead + Unpin>(
+    conn: &mut R,
+) -> std::io::Result<(String, Vec<u8>)> {
     use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -529,14 +497,9 @@ fn dechunk(mut raw: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// Sends one request upstream (its head rewritten to close the connection) and reads the
-/// answer: (status line and headers, body).
-async fn forward(
-    upstream_port: u16,
-    head: &str,
-    body: &[u8],
-) -> std::io::Result<(String, Vec<u8>)> {
-    use tokio::io::AsyncWriteExt;
+/// Sends one request upstream (its head rewritten to close the connection); the whole answer.
+async fn forward_raw(upstream_port: u16, head: &str, body: &[u8]) -> std::io::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut rewritten: String = head
         .split("\r\n")
         .filter(|l| !l.to_ascii_lowercase().starts_with("connection:") && !l.is_empty())
@@ -546,5 +509,17 @@ async fn forward(
     let mut upstream = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await?;
     upstream.write_all(rewritten.as_bytes()).await?;
     upstream.write_all(body).await?;
-    read_message(&mut upstream).await
+    let mut response = Vec::new();
+    upstream.read_to_end(&mut response).await?;
+    Ok(response)
+}
+
+/// [`forward_raw`], the answer split: (status line and headers, body).
+async fn forward(
+    upstream_port: u16,
+    head: &str,
+    body: &[u8],
+) -> std::io::Result<(String, Vec<u8>)> {
+    let response = forward_raw(upstream_port, head, body).await?;
+    read_message(&mut response.as_slice()).await
 }
