@@ -123,6 +123,8 @@ pub async fn run(config: &Config, buckets: &[String]) -> Vec<Check> {
             .set_expected_bucket_owner(owner.map(str::to_string))
             .send()
             .await;
+        // The annotation API is probed on every bucket that answers, whatever its route.
+        let reached = reachable.is_ok();
         let result = match reachable {
             Ok(_) => route::check(&clients, bucket, owner, &queue).await,
             Err(e) => Err(format!(
@@ -135,7 +137,6 @@ pub async fn run(config: &Config, buckets: &[String]) -> Vec<Check> {
                 }
             )),
         };
-        let reached = result.is_ok();
         checks.push(Check {
             what: format!("bucket {bucket}"),
             result,
