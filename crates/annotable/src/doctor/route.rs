@@ -89,9 +89,9 @@ pub(super) async fn check(
             source_arn: &bucket_arn,
             source_account: expected_owner,
         };
-        if !policy_allows(queue.policy, grant) {
+        if let Some(why) = refused(queue.policy, grant, "the bucket") {
             return Err(format!(
-                "sends {} to {queue_arn}, but the queue's policy does not let the bucket send (sqs:SendMessage from s3.amazonaws.com with aws:SourceArn {bucket_arn}): S3 drops every notification; {}",
+                "sends {} to {queue_arn}, but {why}: S3 drops every notification; {}",
                 events.join(", "),
                 fix("")
             ));
@@ -126,9 +126,9 @@ pub(super) async fn check(
             source_arn: topic_arn,
             source_account: None,
         };
-        if !policy_allows(queue.policy, grant) {
+        if let Some(why) = refused(queue.policy, grant, "the topic") {
             return Err(format!(
-                "sends its events to topic {topic_arn}, but the queue's policy does not let the topic send (sqs:SendMessage from sns.amazonaws.com with aws:SourceArn {topic_arn}); {}",
+                "sends its events to topic {topic_arn}, but {why}; {}",
                 fix(&via_sns)
             ));
         }
@@ -177,9 +177,9 @@ pub(super) async fn check(
                 source_arn: rule_arn,
                 source_account: None,
             };
-            if !policy_allows(queue.policy, grant) {
+            if let Some(why) = refused(queue.policy, grant, "the rule") {
                 return Err(format!(
-                    "sends its events to EventBridge and rule {name} targets the queue, but the queue's policy does not let the rule send (sqs:SendMessage from events.amazonaws.com with aws:SourceArn {rule_arn}); {}",
+                    "sends its events to EventBridge and rule {name} targets the queue, but {why}; {}",
                     fix(" --via eventbridge")
                 ));
             }
@@ -208,6 +208,16 @@ pub(super) async fn check(
             "notifies {} but not this queue ({queue_arn}); {}",
             targets.join(", "),
             fix("")
+        )
+    })
+}
+
+/// Why the queue's policy stops `sender` delivering `grant`, or `None` when it lets it.
+fn refused(policy: Option<&str>, grant: Grant<'_>, sender: &str) -> Option<String> {
+    (!policy_allows(policy, grant)).then(|| {
+        format!(
+            "the queue's policy does not let {sender} send ({} from {} with aws:SourceArn {})",
+            grant.action, grant.service, grant.source_arn
         )
     })
 }
