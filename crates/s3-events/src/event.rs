@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::Sequencer;
+use crate::{ParseError, Sequencer};
 
 /// One object version in one bucket.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -132,4 +132,47 @@ pub struct EventContext {
     pub request_id: Option<String>,
     /// `s3.configurationId`: the notification configuration that matched.
     pub configuration_id: Option<String>,
+}
+
+/// What one SQS message body contained.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notification {
+    /// `s3:TestEvent`, sent when a notification configuration is saved: acknowledge it.
+    Test(TestEvent),
+    /// One or more events, in the order of the message's `Records` (a record that names several
+    /// annotations yields one event per annotation).
+    Events(Vec<Event>),
+    /// Some records parsed and some did not: the events of the good ones, and why each bad one
+    /// was rejected. One bad record does not hold its siblings back; the consumer processes
+    /// the events and reports every rejected record with the message's id.
+    Partial {
+        /// The events of the records that parsed.
+        events: Vec<Event>,
+        /// One error per rejected record (each names its record index).
+        rejected: Vec<ParseError>,
+    },
+}
+
+/// The flat `s3:TestEvent` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestEvent {
+    /// `Bucket`, when present.
+    pub bucket: Option<String>,
+    /// `Time`, as received.
+    pub time: Option<String>,
+    /// `RequestId`, when present.
+    pub request_id: Option<String>,
+}
+
+/// One change to one object version, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The object version concerned.
+    pub object: ObjectRef,
+    /// The event type.
+    pub kind: EventKind,
+    /// What the pipeline must do.
+    pub action: Action,
+    /// Record fields kept for the journal and logs.
+    pub context: EventContext,
 }

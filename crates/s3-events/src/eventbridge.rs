@@ -13,9 +13,14 @@
 
 use serde_json::{Map, Value};
 
-use crate::event::{Action, EventContext, EventKind, IgnoreReason, ObjectRef, ResetCause};
-use crate::parse::{Event, Notification, json_type, parse_time, strip_quotes};
+use crate::event::{
+    Action, Event, EventContext, EventKind, IgnoreReason, Notification, ObjectRef, ResetCause,
+};
+use crate::fields::{Fields, parse_time, strip_quotes};
 use crate::{ParseError, Sequencer};
+
+/// An EventBridge event is one record.
+const FIELDS: Fields = Fields { index: 0 };
 
 /// Whether `top` is an EventBridge event (any source).
 pub(crate) fn is_eventbridge(top: &Map<String, Value>) -> bool {
@@ -32,50 +37,43 @@ pub(crate) fn parse(top: &Map<String, Value>) -> Result<Notification, ParseError
             ),
         });
     }
-    let detail_type = required_str(top, "detail-type", "detail-type")?;
-    let detail = match top.get("detail") {
-        Some(Value::Object(detail)) => detail,
-        Some(other) => return Err(invalid("detail", format!("is {}", json_type(other)))),
-        None => return Err(missing("detail")),
-    };
-    let bucket = object(detail, "bucket", "detail.bucket")?;
-    let bucket_name = required_str(bucket, "name", "detail.bucket.name")?;
+    let f = FIELDS;
+    let detail_type = f.required_str(top.get("detail-type"), "detail-type")?;
+    let detail = f.required_object(top.get("detail"), "detail")?;
+    let bucket = f.required_object(detail.get("bucket"), "detail.bucket")?;
+    let bucket_name = f.required_str(bucket.get("name"), "detail.bucket.name")?;
     if bucket_name.is_empty() {
-        return Err(invalid("detail.bucket.name", "is empty".into()));
+        return Err(f.invalid("detail.bucket.name", "is empty".into()));
     }
-    let object_fields = object(detail, "object", "detail.object")?;
-    let key = required_str(object_fields, "key", "detail.object.key")?;
+    let object_fields = f.required_object(detail.get("object"), "detail.object")?;
+    let key = f.required_str(object_fields.get("key"), "detail.object.key")?;
     if key.is_empty() {
-        return Err(invalid("detail.object.key", "is empty".into()));
+        return Err(f.invalid("detail.object.key", "is empty".into()));
     }
-    let version_id = match object_fields.get("version-id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(v)) if v.is_empty() => None,
-        Some(Value::String(v)) => Some(v.clone()),
-        Some(other) => {
-            return Err(invalid(
-                "detail.object.version-id",
-                format!("is {}, expected a string", json_type(other)),
-            ));
-        }
-    };
-    let reason = lenient(detail.get("reason"));
+    let version_id = f
+        .optional_str(object_fields.get("version-id"), "detail.object.version-id")?
+        .filter(|v| !v.is_empty())
+        .map(str::to_string);
+    let reason = f.lenient_str(detail.get("reason"));
     let (event_name, kind) = classify(detail_type, reason.as_deref(), detail);
     let context = EventContext {
         event_name,
-        event_version: lenient(detail.get("event-version"))
-            .or_else(|| lenient(top.get("version")))
+        event_version: f
+            .lenient_str(detail.get("event-version"))
+            .or_else(|| f.lenient_str(top.get("version")))
             .unwrap_or_default(),
-        event_time: lenient(top.get("time")).and_then(|t| parse_time(&t)),
-        region: lenient(top.get("region")),
-        sequencer: lenient(object_fields.get("sequencer")).and_then(|s| Sequencer::parse(&s)),
+        event_time: f.lenient_str(top.get("time")).and_then(|t| parse_time(&t)),
+        region: f.lenient_str(top.get("region")),
+        sequencer: f
+            .lenient_str(object_fields.get("sequencer"))
+            .and_then(|s| Sequencer::parse(&s)),
         object_size: object_fields.get("size").and_then(Value::as_u64),
-        object_e_tag: lenient(object_fields.get("etag")).map(strip_quotes),
+        object_e_tag: f.lenient_str(object_fields.get("etag")).map(strip_quotes),
         has_object_annotation: None,
-        requester: lenient(detail.get("requester")),
-        source_ip_address: lenient(detail.get("source-ip-address")),
-        request_id: lenient(detail.get("request-id")),
-        configuration_id: lenient(top.get("id")),
+        requester: f.lenient_str(detail.get("requester")),
+        source_ip_address: f.lenient_str(detail.get("source-ip-address")),
+        request_id: f.lenient_str(detail.get("request-id")),
+        configuration_id: f.lenient_str(top.get("id")),
     };
     let object = ObjectRef {
         bucket: bucket_name.to_string(),
@@ -173,54 +171,5 @@ fn classify(
             EventKind::AnnotationOther(other.to_string()),
         ),
         other => (other.to_string(), EventKind::Other(other.to_string())),
-    }
-}
-
-fn object<'a>(
-    map: &'a Map<String, Value>,
-    key: &str,
-    field: &'static str,
-) -> Result<&'a Map<String, Value>, ParseError> {
-    match map.get(key) {
-        Some(Value::Object(inner)) => Ok(inner),
-        None | Some(Value::Null) => Err(missing(field)),
-        Some(other) => Err(invalid(
-            field,
-            format!("is {}, expected an object", json_type(other)),
-        )),
-    }
-}
-
-fn required_str<'a>(
-    map: &'a Map<String, Value>,
-    key: &str,
-    field: &'static str,
-) -> Result<&'a str, ParseError> {
-    match map.get(key) {
-        Some(Value::String(s)) => Ok(s),
-        None | Some(Value::Null) => Err(missing(field)),
-        Some(other) => Err(invalid(
-            field,
-            format!("is {}, expected a string", json_type(other)),
-        )),
-    }
-}
-
-fn lenient(value: Option<&Value>) -> Option<String> {
-    value
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-}
-
-fn missing(field: &'static str) -> ParseError {
-    ParseError::MissingField { record: 0, field }
-}
-
-fn invalid(field: &'static str, detail: String) -> ParseError {
-    ParseError::InvalidField {
-        record: 0,
-        field,
-        detail,
     }
 }

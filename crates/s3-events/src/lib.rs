@@ -24,14 +24,16 @@
 mod error;
 mod event;
 mod eventbridge;
+mod fields;
 mod key;
 mod parse;
 mod sequencer;
 
 pub use error::ParseError;
 pub use event::{
-    Action, AnnotationRef, EventContext, EventKind, IgnoreReason, ObjectRef, ResetCause,
+    Action, AnnotationRef, Event, EventContext, EventKind, IgnoreReason, Notification, ObjectRef,
+    ResetCause, TestEvent,
 };
 pub use key::decode_key;
-pub use parse::{Event, Notification, TestEvent, parse_message};
+pub use parse::parse_message;
 pub use sequencer::Sequencer;

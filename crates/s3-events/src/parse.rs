@@ -1,55 +1,13 @@
 //! Message body → [`Notification`].
 
-use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
 
 use crate::event::{
-    Action, AnnotationRef, EventContext, EventKind, IgnoreReason, ObjectRef, ResetCause,
+    Action, AnnotationRef, Event, EventContext, EventKind, IgnoreReason, Notification, ObjectRef,
+    ResetCause, TestEvent,
 };
+use crate::fields::{Fields, json_type, parse_time, strip_quotes};
 use crate::{ParseError, Sequencer, decode_key};
-
-/// What one SQS message body contained.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Notification {
-    /// `s3:TestEvent`, sent when a notification configuration is saved: acknowledge it.
-    Test(TestEvent),
-    /// One or more events, in the order of the message's `Records` (a record that names several
-    /// annotations yields one event per annotation).
-    Events(Vec<Event>),
-    /// Some records parsed and some did not: the events of the good ones, and why each bad one
-    /// was rejected. One bad record does not hold its siblings back; the consumer processes
-    /// the events and reports every rejected record with the message's id.
-    Partial {
-        /// The events of the records that parsed.
-        events: Vec<Event>,
-        /// One error per rejected record (each names its record index).
-        rejected: Vec<ParseError>,
-    },
-}
-
-/// The flat `s3:TestEvent` message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TestEvent {
-    /// `Bucket`, when present.
-    pub bucket: Option<String>,
-    /// `Time`, as received.
-    pub time: Option<String>,
-    /// `RequestId`, when present.
-    pub request_id: Option<String>,
-}
-
-/// One change to one object version, and what to do about it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    /// The object version concerned.
-    pub object: ObjectRef,
-    /// The event type.
-    pub kind: EventKind,
-    /// What the pipeline must do.
-    pub action: Action,
-    /// Record fields kept for the journal and logs.
-    pub context: EventContext,
-}
 
 /// Parses one SQS message body (raw S3 notification, SNS envelope, EventBridge event, or
 /// `s3:TestEvent`).
@@ -126,7 +84,13 @@ fn parse_records(records: &Value) -> Result<Notification, ParseError> {
     let mut rejected = Vec::new();
     for (index, record) in records.iter().enumerate() {
         let mut record_events = Vec::new();
-        match (RecordParser { index, record }).parse_into(&mut record_events) {
+        match (RecordParser {
+            index,
+            record,
+            f: Fields { index },
+        })
+        .parse_into(&mut record_events)
+        {
             Ok(()) => events.extend(record_events),
             Err(e) => rejected.push(e),
         }
@@ -141,16 +105,23 @@ fn parse_records(records: &Value) -> Result<Notification, ParseError> {
 struct RecordParser<'a> {
     index: usize,
     record: &'a Value,
+    f: Fields,
 }
 
 impl<'a> RecordParser<'a> {
     fn parse_into(&self, out: &mut Vec<Event>) -> Result<(), ParseError> {
         let Value::Object(record) = self.record else {
-            return Err(self.invalid("Records[]", format!("is {}", json_type(self.record))));
+            return Err(self
+                .f
+                .invalid("Records[]", format!("is {}", json_type(self.record))));
         };
-        let event_version = self.required_str(record.get("eventVersion"), "eventVersion")?;
+        let event_version = self
+            .f
+            .required_str(record.get("eventVersion"), "eventVersion")?;
         self.check_version(event_version)?;
-        if let Some(source) = self.optional_str(record.get("eventSource"), "eventSource")?
+        if let Some(source) = self
+            .f
+            .optional_str(record.get("eventSource"), "eventSource")?
             && source != "aws:s3"
         {
             return Err(ParseError::NotS3Source {
@@ -158,27 +129,28 @@ impl<'a> RecordParser<'a> {
                 source_name: source.to_string(),
             });
         }
-        let raw_name = self.required_str(record.get("eventName"), "eventName")?;
+        let raw_name = self.f.required_str(record.get("eventName"), "eventName")?;
         let event_name = raw_name.strip_prefix("s3:").unwrap_or(raw_name);
 
-        let s3 = self.required_object(record.get("s3"), "s3")?;
-        let bucket = self.required_object(s3.get("bucket"), "s3.bucket")?;
-        let bucket_name = self.required_str(bucket.get("name"), "s3.bucket.name")?;
+        let s3 = self.f.required_object(record.get("s3"), "s3")?;
+        let bucket = self.f.required_object(s3.get("bucket"), "s3.bucket")?;
+        let bucket_name = self.f.required_str(bucket.get("name"), "s3.bucket.name")?;
         if bucket_name.is_empty() {
-            return Err(self.invalid("s3.bucket.name", "is empty".into()));
+            return Err(self.f.invalid("s3.bucket.name", "is empty".into()));
         }
-        let object = self.required_object(s3.get("object"), "s3.object")?;
-        let raw_key = self.required_str(object.get("key"), "s3.object.key")?;
+        let object = self.f.required_object(s3.get("object"), "s3.object")?;
+        let raw_key = self.f.required_str(object.get("key"), "s3.object.key")?;
         let key = decode_key(raw_key).ok_or_else(|| {
-            self.invalid(
+            self.f.invalid(
                 "s3.object.key",
                 format!("{raw_key:?} does not decode to UTF-8"),
             )
         })?;
         if key.is_empty() {
-            return Err(self.invalid("s3.object.key", "is empty".into()));
+            return Err(self.f.invalid("s3.object.key", "is empty".into()));
         }
         let version_id = self
+            .f
             .optional_str(object.get("versionId"), "s3.object.versionId")?
             .filter(|v| !v.is_empty())
             .map(str::to_string);
@@ -186,16 +158,18 @@ impl<'a> RecordParser<'a> {
         // Neither field decides what is written (rows are ordered by observation), so an odd
         // value is dropped rather than failing the record.
         let sequencer = self
+            .f
             .lenient_str(object.get("sequencer"))
             .and_then(|raw| Sequencer::parse(&raw));
         let event_time = self
+            .f
             .lenient_str(record.get("eventTime"))
             .and_then(|raw| parse_time(&raw));
         let has_object_annotation = match object.get("hasObjectAnnotation") {
             None | Some(Value::Null) => None,
             Some(Value::Bool(b)) => Some(*b),
             Some(other) => {
-                return Err(self.invalid(
+                return Err(self.f.invalid(
                     "s3.object.hasObjectAnnotation",
                     format!("is {}, expected a boolean", json_type(other)),
                 ));
@@ -206,16 +180,21 @@ impl<'a> RecordParser<'a> {
             event_name: event_name.to_string(),
             event_version: event_version.to_string(),
             event_time,
-            region: self.lenient_str(record.get("awsRegion")),
+            region: self.f.lenient_str(record.get("awsRegion")),
             sequencer,
-            object_size: self.optional_u64(object.get("size"), "s3.object.size")?,
-            object_e_tag: self.lenient_str(object.get("eTag")).map(strip_quotes),
+            object_size: self.f.optional_u64(object.get("size"), "s3.object.size")?,
+            object_e_tag: self.f.lenient_str(object.get("eTag")).map(strip_quotes),
             has_object_annotation,
-            requester: self.lenient_str(path(record, &["userIdentity", "principalId"])),
+            requester: self
+                .f
+                .lenient_str(path(record, &["userIdentity", "principalId"])),
             source_ip_address: self
+                .f
                 .lenient_str(path(record, &["requestParameters", "sourceIPAddress"])),
-            request_id: self.lenient_str(path(record, &["responseElements", "x-amz-request-id"])),
-            configuration_id: self.lenient_str(s3.get("configurationId")),
+            request_id: self
+                .f
+                .lenient_str(path(record, &["responseElements", "x-amz-request-id"])),
+            configuration_id: self.f.lenient_str(s3.get("configurationId")),
         };
         let object = ObjectRef {
             bucket: bucket_name.to_string(),
@@ -300,7 +279,7 @@ impl<'a> RecordParser<'a> {
             Value::Array(items) => items.iter().collect(),
             Value::Object(_) => vec![value],
             other => {
-                return Err(self.invalid(
+                return Err(self.f.invalid(
                     field,
                     format!("is {}, expected an object or array", json_type(other)),
                 ));
@@ -310,16 +289,18 @@ impl<'a> RecordParser<'a> {
             .into_iter()
             .map(|entry| {
                 let Value::Object(entry) = entry else {
-                    return Err(self.invalid(field, format!("has a {} entry", json_type(entry))));
+                    return Err(self
+                        .f
+                        .invalid(field, format!("has a {} entry", json_type(entry))));
                 };
-                let name = self.required_str(entry.get("name"), field)?;
+                let name = self.f.required_str(entry.get("name"), field)?;
                 if name.is_empty() {
-                    return Err(self.invalid(field, "names an empty annotation".into()));
+                    return Err(self.f.invalid(field, "names an empty annotation".into()));
                 }
                 Ok(AnnotationRef {
                     name: name.to_string(),
-                    size: self.optional_u64(entry.get("size"), field)?,
-                    e_tag: self.lenient_str(entry.get("eTag")).map(strip_quotes),
+                    size: self.f.optional_u64(entry.get("size"), field)?,
+                    e_tag: self.f.lenient_str(entry.get("eTag")).map(strip_quotes),
                 })
             })
             .collect()
@@ -332,7 +313,9 @@ impl<'a> RecordParser<'a> {
             .next()
             .is_some_and(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()));
         if major.is_empty() || !major.bytes().all(|b| b.is_ascii_digit()) || !minor_ok {
-            return Err(self.invalid("eventVersion", format!("{version:?} is not MAJOR.MINOR")));
+            return Err(self
+                .f
+                .invalid("eventVersion", format!("{version:?} is not MAJOR.MINOR")));
         }
         if major.trim_start_matches('0') != "2" {
             return Err(ParseError::UnsupportedEventVersion {
@@ -341,89 +324,6 @@ impl<'a> RecordParser<'a> {
             });
         }
         Ok(())
-    }
-
-    fn invalid(&self, field: &'static str, detail: String) -> ParseError {
-        ParseError::InvalidField {
-            record: self.index,
-            field,
-            detail,
-        }
-    }
-
-    fn required_object(
-        &self,
-        value: Option<&'a Value>,
-        field: &'static str,
-    ) -> Result<&'a Map<String, Value>, ParseError> {
-        match value {
-            Some(Value::Object(map)) => Ok(map),
-            None | Some(Value::Null) => Err(ParseError::MissingField {
-                record: self.index,
-                field,
-            }),
-            Some(other) => Err(self.invalid(
-                field,
-                format!("is {}, expected an object", json_type(other)),
-            )),
-        }
-    }
-
-    fn required_str(
-        &self,
-        value: Option<&'a Value>,
-        field: &'static str,
-    ) -> Result<&'a str, ParseError> {
-        self.optional_str(value, field)?
-            .ok_or(ParseError::MissingField {
-                record: self.index,
-                field,
-            })
-    }
-
-    fn optional_str(
-        &self,
-        value: Option<&'a Value>,
-        field: &'static str,
-    ) -> Result<Option<&'a str>, ParseError> {
-        match value {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => {
-                Err(self.invalid(field, format!("is {}, expected a string", json_type(other))))
-            }
-        }
-    }
-
-    fn optional_u64(
-        &self,
-        value: Option<&Value>,
-        field: &'static str,
-    ) -> Result<Option<u64>, ParseError> {
-        match value {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| self.invalid(field, format!("{n} is not a non-negative integer"))),
-            // Some producers quote numbers; accept a decimal string.
-            Some(Value::String(s)) => s
-                .parse()
-                .map(Some)
-                .map_err(|_| self.invalid(field, format!("{s:?} is not a non-negative integer"))),
-            Some(other) => {
-                Err(self.invalid(field, format!("is {}, expected a number", json_type(other))))
-            }
-        }
-    }
-
-    /// Informational strings (identity, request ids): kept when they are non-empty strings,
-    /// ignored otherwise, never an error.
-    fn lenient_str(&self, value: Option<&Value>) -> Option<String> {
-        value
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
     }
 }
 
@@ -450,28 +350,4 @@ fn path<'v>(map: &'v Map<String, Value>, keys: &[&str]) -> Option<&'v Value> {
 
 fn opt_str(map: &Map<String, Value>, key: &str) -> Option<String> {
     map.get(key).and_then(Value::as_str).map(str::to_string)
-}
-
-pub(crate) fn strip_quotes(s: String) -> String {
-    match s.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
-        Some(inner) => inner.to_string(),
-        None => s,
-    }
-}
-
-pub(crate) fn parse_time(raw: &str) -> Option<DateTime<Utc>> {
-    DateTime::parse_from_rfc3339(raw)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
-
-pub(crate) fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
