@@ -34,6 +34,7 @@ async fn delete_chunk(shared: &Shared, chunk: &[Held]) {
                 .ok()
         })
         .collect();
+    let started = std::time::Instant::now();
     let result = shared
         .sqs
         .delete_message_batch()
@@ -41,6 +42,7 @@ async fn delete_chunk(shared: &Shared, chunk: &[Held]) {
         .set_entries(Some(entries))
         .send()
         .await;
+    shared.metrics.observe_delete(started.elapsed());
     match result {
         Ok(out) => {
             let failed: std::collections::HashMap<&str, String> = out

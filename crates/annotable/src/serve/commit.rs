@@ -125,10 +125,7 @@ async fn commit_through_outages(
         .await?;
     debug!(batch_id = %report.batch_id, rows = report.rows, attempts = report.attempts, "committed");
     shared.registry.moved();
-    shared
-        .metrics
-        .commit_seconds
-        .observe(started.elapsed().as_secs_f64());
+    shared.metrics.commit_seconds.observe(started.elapsed());
     if failed {
         shared.health.recovered(Cause::Catalog);
         info!(table = %table.ident(), batch_id = %batch_id, attempts = report.attempts, "commits work again; the held batch is committed");

@@ -43,6 +43,7 @@ pub(crate) async fn receive_loop(
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send();
         let mut request = std::pin::pin!(request);
+        let polled = Instant::now();
         let response = tokio::select! {
             _ = stop.cancelled() => {
                 hand_back_last_poll(&shared, request, index).await;
@@ -56,7 +57,13 @@ pub(crate) async fn receive_loop(
                     shared.health.recovered(Cause::Queue);
                 }
                 failures = 0;
-                out.messages.unwrap_or_default()
+                let messages = out.messages.unwrap_or_default();
+                if !messages.is_empty() {
+                    shared
+                        .metrics
+                        .observe_received(messages.len(), polled.elapsed());
+                }
+                messages
             }
             Err(e) => {
                 failures += 1;
@@ -98,7 +105,6 @@ pub(crate) async fn receive_loop(
                 body: m.body.unwrap_or_default(),
             };
             shared.registry.insert(&msg, msg.received_at + timeout);
-            shared.metrics.received.inc();
             debug!(message_id = %msg.message_id, receive_count, "received");
             received.push(msg);
         }

@@ -1,6 +1,8 @@
 //! Prometheus metrics of the service (`/metrics`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use annotation_source::{CallStats, LATENCY_BUCKETS_SECONDS, Op, OpSnapshot};
 use chrono::{DateTime, Utc};
@@ -14,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::ServeReport;
+use super::{ServeReport, StageTime, StageTimes};
 
 /// Every counter and histogram `serve` exports.
 #[derive(Debug)]
@@ -33,8 +35,16 @@ pub struct Metrics {
     pub(crate) commits: Counter,
     pub(crate) batch_rows: Histogram,
     pub(crate) batch_bytes: Histogram,
-    pub(crate) commit_seconds: Histogram,
+    pub(crate) commit_seconds: StageClock,
+    pub(crate) receive_seconds: StageClock,
+    pub(crate) resolve_seconds: StageClock,
+    pub(crate) delete_seconds: StageClock,
     pub(crate) lag_seconds: Histogram,
+    /// When the first message was received and the last one deleted (nanoseconds after
+    /// `started`, 0: not yet): the window a backlog drained in.
+    first_received_nanos: AtomicU64,
+    last_acked_nanos: AtomicU64,
+    started: Instant,
     pub(crate) clock_correction_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub(crate) clock_uncertainty_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub(crate) state_refreshes: Counter,
@@ -113,11 +123,33 @@ impl Metrics {
             "Approximate bytes per commit",
             vec![1e3, 1e4, 1e5, 1e6, 1e7, 1e8],
         );
-        let commit_seconds = hist(
+        let stage = |registry: &mut Registry, name: &str, help: &str, buckets: Vec<f64>| {
+            StageClock::new(hist(registry, name, help, buckets))
+        };
+        let commit_seconds = stage(
             &mut registry,
             "commit_seconds",
             "Time to write and commit a batch (retries included)",
             vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+        );
+        let stage_buckets = || vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+        let receive_seconds = stage(
+            &mut registry,
+            "receive_seconds",
+            "Time of ReceiveMessage calls that returned messages",
+            stage_buckets(),
+        );
+        let resolve_seconds = stage(
+            &mut registry,
+            "resolve_seconds",
+            "Time to resolve a message: the S3 reads of all its events",
+            stage_buckets(),
+        );
+        let delete_seconds = stage(
+            &mut registry,
+            "delete_seconds",
+            "Time of DeleteMessageBatch calls",
+            stage_buckets(),
         );
         let lag_seconds = hist(
             &mut registry,
@@ -188,7 +220,13 @@ impl Metrics {
             batch_rows,
             batch_bytes,
             commit_seconds,
+            receive_seconds,
+            resolve_seconds,
+            delete_seconds,
             lag_seconds,
+            first_received_nanos: AtomicU64::new(0),
+            last_acked_nanos: AtomicU64::new(0),
+            started: Instant::now(),
         }
     }
 
@@ -223,9 +261,45 @@ impl Metrics {
         }
     }
 
+    /// Notes that messages arrived (the drain window opens at the first).
+    pub(crate) fn observe_received(&self, messages: usize, took: Duration) {
+        self.received.inc_by(messages as u64);
+        self.receive_seconds.observe(took);
+        let at = self.since_start();
+        let _ =
+            self.first_received_nanos
+                .compare_exchange(0, at, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Notes a DeleteMessageBatch call (the drain window closes at the last).
+    pub(crate) fn observe_delete(&self, took: Duration) {
+        self.delete_seconds.observe(took);
+        self.last_acked_nanos
+            .fetch_max(self.since_start(), Ordering::Relaxed);
+    }
+
+    fn since_start(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
     /// The counters as a report.
     pub fn report(&self) -> ServeReport {
+        let first = self.first_received_nanos.load(Ordering::Relaxed);
+        let last = self.last_acked_nanos.load(Ordering::Relaxed);
         ServeReport {
+            stages: StageTimes {
+                receive: self.receive_seconds.total(),
+                resolve: self.resolve_seconds.total(),
+                commit: self.commit_seconds.total(),
+                delete: self.delete_seconds.total(),
+                drain: Duration::from_nanos(if first > 0 {
+                    last.saturating_sub(first)
+                } else {
+                    0
+                }),
+            },
             received: self.received.get(),
             acked: self.acked.get(),
             rows: self.rows_written.get(),
@@ -300,5 +374,38 @@ impl Collector for S3Calls {
                 .encode_histogram::<NoLabelSet>(s.latency_sum_seconds, count, &buckets, None)?;
         }
         Ok(())
+    }
+}
+
+/// A stage's latency histogram plus its running count and total, which the histogram exports but
+/// does not let the process read back (the bench reports per-stage time from them).
+#[derive(Debug)]
+pub(crate) struct StageClock {
+    histogram: Histogram,
+    count: AtomicU64,
+    nanos: AtomicU64,
+}
+
+impl StageClock {
+    fn new(histogram: Histogram) -> Self {
+        Self {
+            histogram,
+            count: AtomicU64::new(0),
+            nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn observe(&self, took: Duration) {
+        self.histogram.observe(took.as_secs_f64());
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    fn total(&self) -> StageTime {
+        StageTime {
+            count: self.count.load(Ordering::Relaxed),
+            seconds: Duration::from_nanos(self.nanos.load(Ordering::Relaxed)).as_secs_f64(),
+        }
     }
 }

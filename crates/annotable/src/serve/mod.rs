@@ -221,6 +221,34 @@ pub struct ServeReport {
     pub extended: u64,
     /// Whether the shutdown deadline cut the drain short.
     pub deadline_hit: bool,
+    /// Where the time went, stage by stage.
+    pub stages: StageTimes,
+}
+
+/// Where a run's time went. Stages overlap (many messages resolve at once, receives go on
+/// during commits), so each figure is that stage's busy time, not a share of the wall time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageTimes {
+    /// `ReceiveMessage` calls that returned messages.
+    pub receive: StageTime,
+    /// Messages resolved (the S3 reads of all their events).
+    pub resolve: StageTime,
+    /// Batches written and committed.
+    pub commit: StageTime,
+    /// `DeleteMessageBatch` calls.
+    pub delete: StageTime,
+    /// From the first message received to the last `DeleteMessageBatch` call's end: the
+    /// window a backlog drained in, without start-up and the idle wait before stopping.
+    pub drain: Duration,
+}
+
+/// A stage's count and summed seconds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StageTime {
+    /// Calls, messages or batches.
+    pub count: u64,
+    /// Their summed duration.
+    pub seconds: f64,
 }
 
 /// What the queue says about itself.

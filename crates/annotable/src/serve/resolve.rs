@@ -61,7 +61,9 @@ pub(crate) async fn resolve_loop(
         let shared = shared.clone();
         let tx = tx.clone();
         tasks.spawn(async move {
+            let started = std::time::Instant::now();
             let resolved = resolve_through_outages(&shared, inbound, &tx).await;
+            shared.metrics.resolve_seconds.observe(started.elapsed());
             let _ = tx.send(resolved).await;
             drop(permit);
         });
