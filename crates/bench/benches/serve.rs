@@ -2,10 +2,13 @@
 //!
 //! 1. **freshness**: annotation put → visible in `annotations`, p50/p99, at a steady
 //!    `ANNOTABLE_BENCH_RATE` (50) events/s for `ANNOTABLE_BENCH_SECS` (30) s, default settings,
-//!    with the current-state refresher on (the default) and off;
+//!    with the current-state refresher on (the default) and off, and then with the previous
+//!    default `serve.flush_age_ms` (2,000) beside the current one;
 //! 2. **throughput**: a backlog of `ANNOTABLE_BENCH_EVENTS` (5,000) annotation events drained by
-//!    one process, events/s, next to the emulator's capacity for the same GetObjectAnnotation
-//!    calls from a plain concurrent SDK client measured in the same run (the ratio);
+//!    one process, events/s from its first receive to its last delete, next to a plain SDK
+//!    client draining an equal queue (receive, GetObjectAnnotation, delete;
+//!    `ANNOTABLE_BENCH_PLAIN_POLLERS` (8) loops) and to the GetObjectAnnotation calls alone, 64
+//!    at a time, all in the same run; then where serve's time went, stage by stage;
 //! 3. **memory**: peak RSS while draining `ANNOTABLE_BENCH_BACKLOG` (100,000) messages;
 //! 4. **large sets**: peak RSS while draining the copies of an object carrying
 //!    `ANNOTABLE_BENCH_ANNOTATIONS` (1,000) annotations of 1 MiB, `ANNOTABLE_BENCH_COPIES` (3)
@@ -33,6 +36,8 @@ struct Rig {
     bucket: String,
     /// Whether serve runs the current-state refresher (`state.refresh_interval_secs`).
     refresher: bool,
+    /// `serve.flush_age_ms`, when not the default.
+    flush_age_ms: Option<u64>,
 }
 
 impl Rig {
@@ -75,11 +80,12 @@ impl Rig {
             queue_url,
             bucket,
             refresher: true,
+            flush_age_ms: None,
         }
     }
 
     fn config_for(stack: &LocalStack, dir: &std::path::Path, queue_url: &str) -> Config {
-        Rig::config_with(stack, dir, queue_url, true)
+        Rig::config_with(stack, dir, queue_url, true, None)
     }
 
     fn config_with(
@@ -87,9 +93,10 @@ impl Rig {
         dir: &std::path::Path,
         queue_url: &str,
         refresher: bool,
+        flush_age_ms: Option<u64>,
     ) -> Config {
         // SAFETY-free: the bench is single-purpose; the SDK reads credentials from the env.
-        let vars = [
+        let mut vars = vec![
             ("ANNOTABLE_DATA_DIR", dir.join("data").display().to_string()),
             ("ANNOTABLE_AWS_ENDPOINT_URL", stack.endpoint()),
             ("ANNOTABLE_AWS_REGION", "us-east-1".into()),
@@ -101,6 +108,9 @@ impl Rig {
                 if refresher { "5" } else { "0" }.into(),
             ),
         ];
+        if let Some(ms) = flush_age_ms {
+            vars.push(("ANNOTABLE_SERVE_FLUSH_AGE_MS", ms.to_string()));
+        }
         Config::load(None, vars.into_iter().map(|(k, v)| (k.to_string(), v))).expect("config")
     }
 
@@ -110,6 +120,7 @@ impl Rig {
             self.dir.path(),
             &self.queue_url,
             self.refresher,
+            self.flush_age_ms,
         )
     }
 
@@ -164,11 +175,19 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-async fn freshness(refresher: bool) {
+/// `flush_age_ms`: `None` runs the default; `Some` the given age (the previous default, 2,000,
+/// measured beside the current one in the same run).
+async fn freshness(refresher: bool, flush_age_ms: Option<u64>) {
     let rate = env_usize("ANNOTABLE_BENCH_RATE", 50);
     let secs = env_usize("ANNOTABLE_BENCH_SECS", 30);
-    let mut rig = Rig::new(if refresher { "fresh-on" } else { "fresh-off" }).await;
+    let name = format!(
+        "fresh-{}-{}",
+        if refresher { "on" } else { "off" },
+        flush_age_ms.map_or("default".to_string(), |ms| ms.to_string())
+    );
+    let mut rig = Rig::new(&name).await;
     rig.refresher = refresher;
+    rig.flush_age_ms = flush_age_ms;
     rig.objects(50).await;
     let (stop, handle) = rig.start_serve(None);
     tokio::time::sleep(Duration::from_secs(3)).await; // past start-up
@@ -222,7 +241,14 @@ async fn freshness(refresher: bool) {
     let mut lat: Vec<f64> = seen.values().copied().collect();
     lat.sort_by(|a, b| a.total_cmp(b));
     println!(
-        "freshness at {rate} events/s for {secs} s (default flush_age 2 s, polls every 100 ms), state refresher {}: {} of {total} seen, p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+        "freshness at {rate} events/s for {secs} s (flush_age {}, polls every 100 ms), state refresher {}: {} of {total} seen, p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+        flush_age_ms.map_or(
+            format!(
+                "{} ms, the default",
+                annotable::config::defaults::SERVE_FLUSH_AGE_MS
+            ),
+            |ms| format!("{ms} ms")
+        ),
         if refresher { "on (every 5 s)" } else { "off" },
         lat.len(),
         percentile(&lat, 0.5),
@@ -233,8 +259,17 @@ async fn freshness(refresher: bool) {
 
 async fn throughput() {
     let events = env_usize("ANNOTABLE_BENCH_EVENTS", 5_000);
+    let pollers = env_usize("ANNOTABLE_BENCH_PLAIN_POLLERS", 8);
     let rig = Rig::new("tput").await;
     rig.objects(100).await;
+    let sqs = rig.stack.sqs();
+    // The objects' creation events are not part of the backlog.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    sqs.purge_queue()
+        .queue_url(&rig.queue_url)
+        .send()
+        .await
+        .expect("purge");
     // The backlog: `events` annotation puts (each one notification).
     let load = Instant::now();
     let puts = (0..events).map(|i| {
@@ -248,12 +283,26 @@ async fn throughput() {
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await;
+    // The same notifications, once for the plain client and once for serve, so both drain
+    // equal queues (the emulator's queue operations cost more the longer the queue).
+    let bodies = take_all(&sqs, &rig.queue_url, events).await;
+    let plain_url = sqs
+        .create_queue()
+        .queue_name("bench-tput-plain")
+        .send()
+        .await
+        .expect("queue")
+        .queue_url
+        .unwrap();
+    enqueue(&sqs, &plain_url, &bodies).await;
+    enqueue(&sqs, &rig.queue_url, &bodies).await;
     println!(
-        "backlog: {events} annotation puts in {:.1} s",
+        "backlog: {events} annotation puts and their notifications queued twice in {:.1} s",
         load.elapsed().as_secs_f64()
     );
 
-    // Baseline: the same GetObjectAnnotation calls from a plain SDK client, 64 at a time.
+    // Reference 1: the GetObjectAnnotation calls alone, from a plain SDK client, 64 at a time
+    // (what the emulator answers when no queue is involved).
     let s3 = rig.stack.s3();
     let base = Instant::now();
     let gets = (0..events).map(|i| {
@@ -275,21 +324,160 @@ async fn throughput() {
         .buffer_unordered(64)
         .collect::<Vec<_>>()
         .await;
-    let baseline = events as f64 / base.elapsed().as_secs_f64();
+    let gets_only = events as f64 / base.elapsed().as_secs_f64();
+
+    // Reference 2: a plain SDK client draining an equal queue: receive 10, read each event's
+    // annotation, delete the 10; `pollers` such loops at once. No table, no ordering.
+    let base = Instant::now();
+    let drained =
+        futures::future::join_all((0..pollers).map(|_| plain_drain(&sqs, &s3, &plain_url)))
+            .await
+            .into_iter()
+            .sum::<usize>();
+    assert_eq!(drained, events, "the plain client drained what was queued");
+    let plain = events as f64 / base.elapsed().as_secs_f64();
 
     let idle = Duration::from_secs(2);
     let (_, handle) = rig.start_serve(Some(idle));
     let t = Instant::now();
     let report = handle.await.expect("serve");
-    let secs = (t.elapsed() - idle).as_secs_f64();
-    let rate = report.acked as f64 / secs;
+    let wall = (t.elapsed() - idle).as_secs_f64();
+    let drain = report.stages.drain.as_secs_f64();
+    let rate = report.acked as f64 / drain;
     println!(
-        "throughput: serve drained {} messages ({} rows, {} commits) in {secs:.1} s = {rate:.0} events/s; plain SDK GetObjectAnnotation x64 = {baseline:.0} calls/s; ratio {:.2}",
-        report.acked,
-        report.rows,
-        report.commits,
-        rate / baseline
+        "throughput: serve drained {} messages ({} rows, {} commits) in {drain:.2} s (first receive to last delete) = {rate:.0} events/s; {wall:.2} s with start-up and stop",
+        report.acked, report.rows, report.commits,
     );
+    println!(
+        "throughput: plain SDK client draining an equal queue ({pollers} x receive/get/delete) = {plain:.0} events/s; ratio {:.2}",
+        rate / plain
+    );
+    println!(
+        "throughput: plain SDK GetObjectAnnotation x64, no queue = {gets_only:.0} calls/s; ratio {:.2}",
+        rate / gets_only
+    );
+    let s = report.stages;
+    let line = |what: &str, t: annotable::serve::StageTime, per: &str| {
+        println!(
+            "  stage {what:<8} {:>6} {per:<9} {:>7.2} s busy, {:>7.2} ms each",
+            t.count,
+            t.seconds,
+            1e3 * t.seconds / t.count.max(1) as f64
+        )
+    };
+    line("receive", s.receive, "polls");
+    line("resolve", s.resolve, "messages");
+    line("commit", s.commit, "batches");
+    line("delete", s.delete, "batches");
+}
+
+/// Receives every message of `queue_url` (expecting `n`), keeps their bodies, and empties the
+/// queue.
+async fn take_all(sqs: &aws_sdk_sqs::Client, queue_url: &str, n: usize) -> Vec<String> {
+    let mut bodies = Vec::with_capacity(n);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bodies.len() < n && Instant::now() < deadline {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(3600)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive");
+        bodies.extend(out.messages().iter().filter_map(|m| m.body.clone()));
+    }
+    assert_eq!(bodies.len(), n, "every put's notification arrived");
+    sqs.purge_queue()
+        .queue_url(queue_url)
+        .send()
+        .await
+        .expect("purge");
+    bodies
+}
+
+async fn enqueue(sqs: &aws_sdk_sqs::Client, queue_url: &str, bodies: &[String]) {
+    let batches = bodies.chunks(10).map(|chunk| {
+        let entries = chunk.iter().enumerate().map(|(j, body)| {
+            aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                .id(j.to_string())
+                .message_body(body)
+                .build()
+                .unwrap()
+        });
+        sqs.send_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries.collect()))
+            .send()
+    });
+    for out in futures::stream::iter(batches)
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await
+    {
+        assert!(out.expect("send batch").failed().is_empty());
+    }
+}
+
+/// One plain consumer loop; returns the messages it deleted once the queue stays empty.
+async fn plain_drain(sqs: &aws_sdk_sqs::Client, s3: &aws_sdk_s3::Client, queue_url: &str) -> usize {
+    let mut deleted = 0;
+    loop {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .expect("receive");
+        let messages = out.messages.unwrap_or_default();
+        if messages.is_empty() {
+            return deleted;
+        }
+        let gets = messages.iter().flat_map(|m| {
+            let body = m.body().unwrap_or_default();
+            let Ok(s3_events::Notification::Events(events)) =
+                s3_events::parse_message(body.as_bytes())
+            else {
+                panic!("not a notification: {body}");
+            };
+            events.into_iter().map(|e| {
+                let s3_events::Action::FetchAnnotation(a) = &e.action else {
+                    panic!("not an annotation put: {e:?}");
+                };
+                s3.get_object_annotation()
+                    .bucket(&e.object.bucket)
+                    .key(&e.object.key)
+                    .annotation_name(&a.name)
+                    .send()
+            })
+        });
+        for out in futures::future::join_all(gets).await {
+            out.expect("get")
+                .annotation_payload
+                .collect()
+                .await
+                .expect("body");
+        }
+        let entries = messages.iter().enumerate().map(|(i, m)| {
+            aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                .id(i.to_string())
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .build()
+                .unwrap()
+        });
+        let out = sqs
+            .delete_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries.collect()))
+            .send()
+            .await
+            .expect("delete");
+        assert!(out.failed().is_empty());
+        deleted += messages.len();
+    }
 }
 
 async fn rss() {
@@ -421,8 +609,9 @@ fn main() {
         .expect("runtime");
     rt.block_on(async {
         if only.is_empty() || only == "freshness" {
-            freshness(false).await;
-            freshness(true).await;
+            freshness(false, None).await;
+            freshness(true, None).await;
+            freshness(true, Some(2_000)).await;
         }
         if only.is_empty() || only == "throughput" {
             throughput().await;
