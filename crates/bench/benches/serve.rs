@@ -270,14 +270,18 @@ async fn throughput() {
         .send()
         .await
         .expect("purge");
-    // The backlog: `events` annotation puts (each one notification).
+    // The backlog: `events` annotation puts (each one notification), each a name of its own so
+    // every event is a row to commit (overwrites of one name would mostly be suppressed).
     let load = Instant::now();
-    let puts = (0..events).map(|i| {
-        rig.put(
-            format!("obj/{:05}", i % 100),
-            "label",
-            format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(150)),
-        )
+    let rig_ref = &rig;
+    let puts = (0..events).map(|i| async move {
+        rig_ref
+            .put(
+                format!("obj/{:05}", i % 100),
+                &format!("n{i:05}"),
+                format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(150)),
+            )
+            .await
     });
     futures::stream::iter(puts)
         .buffer_unordered(32)
@@ -313,7 +317,7 @@ async fn throughput() {
                 .get_object_annotation()
                 .bucket(bucket)
                 .key(format!("obj/{:05}", i % 100))
-                .annotation_name("label")
+                .annotation_name(format!("n{i:05}"))
                 .send()
                 .await
                 .expect("get");
