@@ -373,10 +373,18 @@ impl StateTables {
 
         // One partition at a time: its rows, its old files, its new files.
         let prefix = format!("state-{}", uuid::Uuid::now_v7());
+        let pass = Pass {
+            state_table: &state_table,
+            tomb_table: &tomb_table,
+            state_schema: &state_schema,
+            tomb_schema: &tomb_schema,
+            budget,
+            incremental: !delta.full,
+            prefix: &prefix,
+        };
         let mut replaced_state = Vec::new();
         let mut replaced_tombs = Vec::new();
-        let mut new_state = Vec::new();
-        let mut new_tombs = Vec::new();
+        let mut out = Written::default();
         let written = async {
             for group in 0..groups {
                 let mut rows = rows_of(group).await.map_err(journal_error)?;
@@ -399,23 +407,6 @@ impl StateTables {
                 }
                 report.partitions += partitions.len();
                 for partition in partitions {
-                    let mut fold = Fold::default();
-                    // An incremental refresh decodes and folds only the object versions its
-                    // journal rows touch; every other row of the partition is already folded
-                    // and is carried over as Arrow, untouched.
-                    let mut touched: Option<HashSet<VersionKey>> = (!delta.full).then(HashSet::new);
-                    for row in rows.remove(&partition).unwrap_or_default() {
-                        if let Some(touched) = &mut touched {
-                            touched.insert(version_key(
-                                &row.bucket,
-                                &row.object_key,
-                                row.object_version_id.as_deref(),
-                            ));
-                        }
-                        fold.add(row);
-                    }
-                    let touched = touched.map(Arc::new);
-                    let (mut kept_state, mut kept_tombs) = (Vec::new(), Vec::new());
                     let old_state = state_files.remove(&partition).unwrap_or_default();
                     let old_tombs = tomb_files.remove(&partition).unwrap_or_default();
                     // An incremental refresh folds into the partition as it is; a whole-journal
@@ -428,85 +419,12 @@ impl StateTables {
                     } else {
                         (old_state.clone(), old_tombs.clone())
                     };
+                    let rows = rows.remove(&partition).unwrap_or_default();
+                    let load = (load_state.as_slice(), load_tombs.as_slice());
+                    if let Some(needs) = self.rewrite_partition(&pass, rows, load, &mut out).await?
                     {
-                        // Compressed sizes first, so an oversized partition is not even fetched.
-                        let mut loaded: u64 = load_state
-                            .iter()
-                            .chain(&load_tombs)
-                            .map(DataFile::file_size_in_bytes)
-                            .sum();
-                        if let Some(budget) = budget
-                            && loaded > budget
-                        {
-                            return Ok(Some(loaded));
-                        }
-                        loaded = 0;
-                        let files = load_state
-                            .iter()
-                            .map(|f| (f, true))
-                            .chain(load_tombs.iter().map(|f| (f, false)));
-                        for (file, of_state) in files {
-                            let (table, schema, record_type) = if of_state {
-                                (&state_table, &state_schema, Some("PUT"))
-                            } else {
-                                (&tomb_table, &tomb_schema, None)
-                            };
-                            let error = |e| {
-                                let action = "reading a partition to rewrite";
-                                if of_state {
-                                    self.state_error(action, e)
-                                } else {
-                                    self.tomb_error(action, e)
-                                }
-                            };
-                            let raw = fetch(table, file).await.map_err(error)?;
-                            loaded += uncompressed_size(&raw, file).map_err(error)?;
-                            if let Some(budget) = budget
-                                && loaded > budget
-                            {
-                                return Ok(Some(loaded));
-                            }
-                            let (file_rows, kept) =
-                                split(raw, schema, file, record_type, touched.clone())
-                                    .await
-                                    .map_err(error)?;
-                            for row in file_rows {
-                                fold.add(row);
-                            }
-                            if of_state {
-                                kept_state.extend(kept);
-                            } else {
-                                kept_tombs.extend(kept);
-                            }
-                        }
+                        return Ok(Some(needs));
                     }
-                    let folded = fold.finish();
-                    let rows_in =
-                        |kept: &[RecordBatch]| kept.iter().map(|b| b.num_rows()).sum::<usize>();
-                    report.live_rows += folded.live.len() + rows_in(&kept_state);
-                    report.tombstones += folded.tombstones.len() + rows_in(&kept_tombs);
-                    new_tombs.extend(
-                        write(
-                            &tomb_table,
-                            &tomb_schema,
-                            kept_tombs,
-                            &folded.tombstones,
-                            &prefix,
-                        )
-                        .await
-                        .map_err(|e| self.tomb_error("writing tombstones", e))?,
-                    );
-                    new_state.extend(
-                        write(
-                            &state_table,
-                            &state_schema,
-                            kept_state,
-                            &folded.live,
-                            &prefix,
-                        )
-                        .await
-                        .map_err(|e| self.state_error("writing the state", e))?,
-                    );
                     replaced_state.extend(old_state);
                     replaced_tombs.extend(old_tombs);
                 }
@@ -514,6 +432,13 @@ impl StateTables {
             Ok::<Option<u64>, TableError>(None)
         }
         .await;
+        report.live_rows += out.live_rows;
+        report.tombstones += out.tombstones;
+        let Written {
+            state: new_state,
+            tombs: new_tombs,
+            ..
+        } = out;
         match written {
             Ok(None) => {}
             Ok(Some(needs)) => {
@@ -554,6 +479,141 @@ impl StateTables {
                 if delta.full { "rebuild" } else { "incremental" }.to_string(),
             ),
         ];
+        let replaced = (replaced_state.as_slice(), replaced_tombs.as_slice());
+        let id = self
+            .commit_refresh(&pass, replaced, new_state, new_tombs, properties)
+            .await?;
+        report.snapshot_id = Some(id);
+        report.to = Some(to.snapshot_id());
+        report.took = started.elapsed();
+        info!(
+            table = %self.state.table().ident(),
+            from = ?report.from, to = ?report.to, rebuilt = report.rebuilt,
+            journal_rows = report.journal_rows, partitions = report.partitions,
+            bytes_written = report.bytes_written, took_ms = report.took.as_millis() as u64,
+            "state refreshed"
+        );
+        Ok(report)
+    }
+
+    /// Rewrites one partition: folds its journal `rows` onto the files it is loaded from (its
+    /// own for an incremental refresh, the retention base's for a rebuild), writes the result
+    /// and adds what it wrote to `out`. `Ok(Some(bytes))`: loading the partition needs more
+    /// than the budget, and nothing of it was written.
+    async fn rewrite_partition(
+        &self,
+        pass: &Pass<'_>,
+        rows: Vec<JournalRow>,
+        (load_state, load_tombs): (&[DataFile], &[DataFile]),
+        out: &mut Written,
+    ) -> Result<Option<u64>, TableError> {
+        let mut fold = Fold::default();
+        // An incremental refresh decodes and folds only the object versions its journal rows
+        // touch; every other row of the partition is already folded and is carried over as
+        // Arrow, untouched.
+        let mut touched: Option<HashSet<VersionKey>> = pass.incremental.then(HashSet::new);
+        for row in rows {
+            if let Some(touched) = &mut touched {
+                touched.insert(version_key(
+                    &row.bucket,
+                    &row.object_key,
+                    row.object_version_id.as_deref(),
+                ));
+            }
+            fold.add(row);
+        }
+        let touched = touched.map(Arc::new);
+        let (mut kept_state, mut kept_tombs) = (Vec::new(), Vec::new());
+        // Compressed sizes first, so an oversized partition is not even fetched.
+        let mut loaded: u64 = load_state
+            .iter()
+            .chain(load_tombs)
+            .map(DataFile::file_size_in_bytes)
+            .sum();
+        if let Some(budget) = pass.budget
+            && loaded > budget
+        {
+            return Ok(Some(loaded));
+        }
+        loaded = 0;
+        let files = load_state
+            .iter()
+            .map(|f| (f, true))
+            .chain(load_tombs.iter().map(|f| (f, false)));
+        for (file, of_state) in files {
+            let (table, schema, record_type) = if of_state {
+                (pass.state_table, pass.state_schema, Some("PUT"))
+            } else {
+                (pass.tomb_table, pass.tomb_schema, None)
+            };
+            let error = |e| {
+                let action = "reading a partition to rewrite";
+                if of_state {
+                    self.state_error(action, e)
+                } else {
+                    self.tomb_error(action, e)
+                }
+            };
+            let raw = fetch(table, file).await.map_err(error)?;
+            loaded += uncompressed_size(&raw, file).map_err(error)?;
+            if let Some(budget) = pass.budget
+                && loaded > budget
+            {
+                return Ok(Some(loaded));
+            }
+            let (file_rows, kept) = split(raw, schema, file, record_type, touched.clone())
+                .await
+                .map_err(error)?;
+            for row in file_rows {
+                fold.add(row);
+            }
+            if of_state {
+                kept_state.extend(kept);
+            } else {
+                kept_tombs.extend(kept);
+            }
+        }
+        let folded = fold.finish();
+        let rows_in = |kept: &[RecordBatch]| kept.iter().map(|b| b.num_rows()).sum::<usize>();
+        out.live_rows += folded.live.len() + rows_in(&kept_state);
+        out.tombstones += folded.tombstones.len() + rows_in(&kept_tombs);
+        out.tombs.extend(
+            write(
+                pass.tomb_table,
+                pass.tomb_schema,
+                kept_tombs,
+                &folded.tombstones,
+                pass.prefix,
+            )
+            .await
+            .map_err(|e| self.tomb_error("writing tombstones", e))?,
+        );
+        out.state.extend(
+            write(
+                pass.state_table,
+                pass.state_schema,
+                kept_state,
+                &folded.live,
+                pass.prefix,
+            )
+            .await
+            .map_err(|e| self.state_error("writing the state", e))?,
+        );
+        Ok(None)
+    }
+
+    /// Commits a refresh: the tombstones first, then the state with its new watermark (in
+    /// `properties`), each over the snapshot the refresh read. When a commit fails, the files
+    /// the refresh wrote are deleted again. Returns the state's new snapshot.
+    async fn commit_refresh(
+        &self,
+        pass: &Pass<'_>,
+        (replaced_state, replaced_tombs): (&[DataFile], &[DataFile]),
+        new_state: Vec<DataFile>,
+        new_tombs: Vec<DataFile>,
+        properties: Vec<(String, String)>,
+    ) -> Result<i64, TableError> {
+        let (state_table, tomb_table) = (pass.state_table, pass.tomb_table);
         let rewrite = |table: &Table, removed: &[DataFile], added: Vec<DataFile>| Rewrite {
             removed: removed.iter().map(|f| f.file_path().to_string()).collect(),
             added,
@@ -566,36 +626,25 @@ impl StateTables {
         if (!replaced_tombs.is_empty() || !new_tombs.is_empty())
             && let Err(e) = self
                 .tombstones
-                .commit(&rewrite(&tomb_table, &replaced_tombs, new_tombs.clone()))
+                .commit(&rewrite(tomb_table, replaced_tombs, new_tombs.clone()))
                 .await
         {
-            self.discard(&state_table, &tomb_table, &new_state, &new_tombs)
+            self.discard(state_table, tomb_table, &new_state, &new_tombs)
                 .await;
             return Err(e);
         }
         match self
             .state
-            .commit(&rewrite(&state_table, &replaced_state, new_state.clone()))
+            .commit(&rewrite(state_table, replaced_state, new_state.clone()))
             .await
         {
-            Ok(id) => report.snapshot_id = Some(id),
+            Ok(id) => Ok(id),
             Err(e) => {
                 // The tombstones may have landed: harmless, the next refresh folds them again.
-                self.discard(&state_table, &tomb_table, &new_state, &[])
-                    .await;
-                return Err(e);
+                self.discard(state_table, tomb_table, &new_state, &[]).await;
+                Err(e)
             }
         }
-        report.to = Some(to.snapshot_id());
-        report.took = started.elapsed();
-        info!(
-            table = %self.state.table().ident(),
-            from = ?report.from, to = ?report.to, rebuilt = report.rebuilt,
-            journal_rows = report.journal_rows, partitions = report.partitions,
-            bytes_written = report.bytes_written, took_ms = report.took.as_millis() as u64,
-            "state refreshed"
-        );
-        Ok(report)
     }
 
     /// Deletes files written for a refresh that did not commit (the orphan sweep gets any
@@ -628,6 +677,28 @@ impl StateTables {
     fn tomb_error(&self, action: &str, source: Error) -> TableError {
         table_error(self.tombstones.table(), action, source)
     }
+}
+
+/// What every partition of one refresh shares: the tables as read, their schemas, the memory
+/// budget and the name prefix of the files it writes.
+struct Pass<'a> {
+    state_table: &'a Table,
+    tomb_table: &'a Table,
+    state_schema: &'a SchemaRef,
+    tomb_schema: &'a SchemaRef,
+    budget: Option<u64>,
+    /// Folding onto the partitions as they are (not a whole-journal rebuild).
+    incremental: bool,
+    prefix: &'a str,
+}
+
+/// The files a refresh wrote so far and the rows they hold.
+#[derive(Default)]
+struct Written {
+    state: Vec<DataFile>,
+    tombs: Vec<DataFile>,
+    live_rows: usize,
+    tombstones: usize,
 }
 
 /// The watermark a state table's current snapshot records.
