@@ -1,21 +1,35 @@
-//! The convergence workload through the CLI on every catalog the README offers besides the
-//! SQL one (which every other test uses): S3 Tables, and an Iceberg REST catalog (the
-//! emulator's `/iceberg` endpoint). backfill, two serve processes on one table while S3
-//! changes, `maintain` and `query`; the table must end equal to S3, column for column.
+//! The convergence workload through the CLI on the catalogs the README offers: S3 Tables, an
+//! Iceberg REST catalog (the emulator's `/iceberg` endpoint), and PostgreSQL, the SQL catalog
+//! the other tests use in many shapes, here through the same workload so the runs compare.
+//! backfill, two serve processes on one table while S3 changes, `maintain` and `query`; the
+//! table must end equal to S3, column for column. Each run prints its wall time.
 //!
 //! The emulator's S3 Tables API does not check version tokens (AWS's does), so without help
 //! two writers there overwrite each other's commits; the S3 Tables runs go through
 //! `S3TablesCasProxy`, which makes the pointer update the compare-and-swap it is on AWS.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use annotable_tests::{Env, PLAIN, TestResult, VERSIONED, Workload, assert_converged};
 
-async fn converge_on_a_table_bucket(rest: bool, seed: u64) -> TestResult {
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Catalog {
+    PostgreSql,
+    S3Tables,
+    Rest,
+}
+
+async fn converge_on(catalog: Catalog, seed: u64) -> TestResult {
+    let started = Instant::now();
     let mut env = Env::start(30, 5).await;
-    let cas = env
-        .use_table_bucket(if rest { "via-rest" } else { "via-s3tables" }, rest)
-        .await;
+    let cas = match catalog {
+        Catalog::PostgreSql => {
+            env.use_postgres("converge");
+            None
+        }
+        Catalog::S3Tables => env.use_table_bucket("via-s3tables", false).await,
+        Catalog::Rest => env.use_table_bucket("via-rest", true).await,
+    };
     let mut workload = Workload::new(seed, 25);
     workload.run(&env.stack.s3, 80).await;
     for bucket in [VERSIONED, PLAIN] {
@@ -43,12 +57,19 @@ async fn converge_on_a_table_bucket(rest: bool, seed: u64) -> TestResult {
     );
     assert!(maintain.status.success(), "maintain: {said}");
     // Files the catalog's own maintenance looks after are left to it, and maintain says so.
-    let handed_off = if rest {
-        "catalog server's own maintenance"
-    } else {
-        "S3 Tables' managed maintenance"
+    let handed_off = match catalog {
+        Catalog::Rest => Some("catalog server's own maintenance"),
+        Catalog::S3Tables => Some("S3 Tables' managed maintenance"),
+        Catalog::PostgreSql => None,
     };
-    assert!(said.contains(handed_off), "{said}");
+    match handed_off {
+        Some(handed_off) => assert!(said.contains(handed_off), "{said}"),
+        // The SQL catalog's tables are annotable's to compact: nothing is handed off.
+        None => assert!(
+            !said.contains("own maintenance") && !said.contains("managed maintenance"),
+            "{said}"
+        ),
+    }
     let query = env.annotable(&[
         "query",
         "-q",
@@ -69,17 +90,26 @@ async fn converge_on_a_table_bucket(rest: bool, seed: u64) -> TestResult {
         let conflicts = cas.conflicts.load(std::sync::atomic::Ordering::Relaxed);
         eprintln!("S3 Tables commits refused as conflicts: {conflicts}");
     }
+    eprintln!(
+        "the convergence workload on {catalog:?}: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_convergence_workload_passes_on_postgresql() -> TestResult {
+    converge_on(Catalog::PostgreSql, 0x9051).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_convergence_workload_passes_on_s3_tables() -> TestResult {
-    converge_on_a_table_bucket(false, 0x53).await
+    converge_on(Catalog::S3Tables, 0x53).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_convergence_workload_passes_on_an_iceberg_rest_catalog() -> TestResult {
-    converge_on_a_table_bucket(true, 0x4e57).await
+    converge_on(Catalog::Rest, 0x4e57).await
 }
 
 /// Glue cannot hold the journal with iceberg 0.10.1: every command refuses it before doing
