@@ -15,6 +15,7 @@ mod format;
 mod metadata_tables;
 mod provider;
 mod scan;
+mod schema;
 mod session;
 mod state;
 mod time_travel;

@@ -30,6 +30,7 @@ use iceberg_datafusion::physical_plan::IcebergTableScan;
 
 use crate::metadata_tables::{MetadataKind, MetadataTable};
 use crate::scan::PartitionedScan;
+use crate::schema::without_metadata;
 use crate::time_travel::TravelPoint;
 
 /// The name the views use for the journal, whatever the configured table is called.
@@ -44,20 +45,6 @@ pub(crate) const TOMBSTONES_ALIAS: &str = "annotations_tombstones";
 
 fn df_error(e: iceberg::Error) -> DataFusionError {
     DataFusionError::External(Box::new(e))
-}
-
-/// `schema` without field metadata. iceberg puts each column's field id (and doc) there, and
-/// the journal, the state table and its tombstones number their columns differently: a UNION
-/// of them (the `annotations` overlay) would otherwise carry conflicting metadata, which
-/// DataFusion 53 merges differently in the logical and the physical plan and then refuses.
-pub(crate) fn without_metadata(schema: &datafusion::arrow::datatypes::Schema) -> SchemaRef {
-    Arc::new(datafusion::arrow::datatypes::Schema::new(
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_metadata(HashMap::new()))
-            .collect::<Vec<_>>(),
-    ))
 }
 
 /// The table each statement in planning has loaded, by table: (statement start time, table).

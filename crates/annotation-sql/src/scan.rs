@@ -81,7 +81,7 @@ impl PartitionedScan {
             .await
             .map_err(df_error)?;
 
-        let schema = crate::provider::without_metadata(&scan.schema());
+        let schema = crate::schema::without_metadata(&scan.schema());
         let statistics = statistics(&tasks, &schema, scan.predicates().is_some(), scan.limit());
         let groups = spread(tasks, partitions.max(1));
         let properties = Arc::new(PlanProperties::new(

@@ -26,9 +26,8 @@ use datafusion::prelude::SessionContext;
 use iceberg::arrow::schema_to_arrow_schema;
 
 use crate::error::SqlError;
-use crate::provider::{
-    JOURNAL_ALIAS, NamespaceSchema, STATE_ALIAS, TOMBSTONES_ALIAS, without_metadata,
-};
+use crate::provider::{JOURNAL_ALIAS, NamespaceSchema, STATE_ALIAS, TOMBSTONES_ALIAS};
+use crate::schema::without_metadata;
 use datafusion::arrow::record_batch::RecordBatch;
 
 /// More unfolded journal rows than this and a statement reads the journal view instead (the
