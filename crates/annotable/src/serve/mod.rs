@@ -20,6 +20,8 @@
 //! - `visibility.rs` extends every message still held near its timeout; `warm_up.rs` fills the
 //!   suppression memory from the journal at start; `metrics.rs`, `health.rs` and `http.rs` serve
 //!   `/metrics`, `/healthz` and `/readyz`.
+//! - `maintenance.rs` runs table maintenance and journal retention every
+//!   `maintain.serve_interval_secs` when set (off by default).
 //! - On shutdown: stop receiving, resolve and commit what is held, delete those messages,
 //!   return, all within the deadline; whatever is not deleted by then comes back by itself.
 
@@ -30,6 +32,7 @@ mod dead_letter;
 mod health;
 mod http;
 mod intake;
+mod maintenance;
 mod metrics;
 mod resolve;
 mod visibility;
@@ -391,7 +394,7 @@ pub async fn run(
             info!(every_secs = secs, "maintenance in serve is on");
             let retention = match config.maintain.journal_retention_days {
                 Some(days) => match crate::state::open(config).await {
-                    Ok((_, state)) => Some(crate::maintain::Retention {
+                    Ok((_, state)) => Some(maintenance::Retention {
                         days,
                         state,
                         budget: crate::state::fold_budget(config, options.read_buffer_bytes / 4),
@@ -404,7 +407,7 @@ pub async fn run(
                 None => None,
             };
             let holder = crate::lease::Holder::this_process(format!("serve {}", shared.writer_id));
-            Some(tokio::spawn(crate::maintain::periodic(
+            Some(tokio::spawn(maintenance::periodic(
                 maintainer,
                 maintain_options,
                 Duration::from_secs(secs),
