@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use annotable_tests::{Env, PLAIN, TestResult, VERSIONED, Workload, assert_converged};
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 enum Catalog {
     PostgreSql,
     S3Tables,
@@ -64,11 +64,9 @@ async fn converge_on(catalog: Catalog, seed: u64) -> TestResult {
     };
     match handed_off {
         Some(handed_off) => assert!(said.contains(handed_off), "{said}"),
-        // The SQL catalog's tables are annotable's to compact: nothing is handed off.
-        None => assert!(
-            !said.contains("own maintenance") && !said.contains("managed maintenance"),
-            "{said}"
-        ),
+        // The SQL catalog's tables are annotable's to compact, and two writers' commits left
+        // small files to rewrite.
+        None => assert!(said.contains("compact  rewrote"), "{said}"),
     }
     let query = env.annotable(&[
         "query",
