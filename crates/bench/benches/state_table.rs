@@ -16,8 +16,11 @@
 //!
 //! `cargo bench -p annotable-bench --bench state_table` (`ANNOTABLE_BENCH_ROWS` to change
 //! 5,000,000, `ANNOTABLE_BENCH_FOLD_BUDGET_MB` the rebuild's fold budget, 1024;
-//! `ANNOTABLE_BENCH_QUERIES=0` stops after the refresh; the journal and its state are kept
-//! under the target dir and grow by the changes of each run).
+//! `ANNOTABLE_BENCH_QUERIES=0` stops after the refresh, `ANNOTABLE_BENCH_VIEW=0` leaves the
+//! journal view out (at 50M rows it takes minutes per statement and no goal compares with it),
+//! `ANNOTABLE_BENCH_EXPLAIN=1` prints annotable's `EXPLAIN ANALYZE` of each query on the state;
+//! the journal and its state are kept under the target dir and grow by the changes of each
+//! run).
 
 use std::path::Path;
 use std::process::Command;
@@ -140,15 +143,31 @@ async fn state_tables(dir: &Path, catalog: Arc<dyn Catalog>) -> Result<StateTabl
     .await?)
 }
 
-/// Child mode: one statement through annotable's session, then `WARM_RUNS` more; prints JSON.
-async fn child(dir: &Path, sql: &str) -> Result<()> {
-    let session = QuerySession::new(
+async fn session(dir: &Path) -> Result<QuerySession> {
+    Ok(QuerySession::new(
         catalog(dir).await?,
         "bench",
         NAMESPACE,
         "annotation_journal",
     )
-    .await?;
+    .await?)
+}
+
+/// Explain mode: one warm-up run of the statement, then its `EXPLAIN ANALYZE`, printed as text.
+async fn explain(dir: &Path, sql: &str) -> Result<()> {
+    let session = session(dir).await?;
+    session.query(sql).await?;
+    let plan = session.query(&format!("EXPLAIN ANALYZE {sql}")).await?;
+    println!(
+        "{}",
+        arrow::util::pretty::pretty_format_batches(&plan.batches)?
+    );
+    Ok(())
+}
+
+/// Child mode: one statement through annotable's session, then `WARM_RUNS` more; prints JSON.
+async fn child(dir: &Path, sql: &str) -> Result<()> {
+    let session = session(dir).await?;
     let start = Instant::now();
     let result = session.query(sql).await?;
     let first = secs(start);
@@ -256,6 +275,10 @@ async fn main() -> Result<()> {
         let sql = args.get(pos + 1).ok_or("--child needs SQL")?;
         return child(&dir, sql).await;
     }
+    if let Some(pos) = args.iter().position(|a| a == "--explain") {
+        let sql = args.get(pos + 1).ok_or("--explain needs SQL")?;
+        return explain(&dir, sql).await;
+    }
     let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
     println!(
         "state-table benchmark: {n}-row journal, {changes} changes per refresh, {cores} cores; queries: median of {RUNS} processes"
@@ -350,6 +373,8 @@ async fn main() -> Result<()> {
         cmd
     };
     let view = |sql: &str| sql.replace("FROM annotations", "FROM annotations_from_journal");
+    let with_view = !std::env::var("ANNOTABLE_BENCH_VIEW").is_ok_and(|v| v == "0");
+    let explain = std::env::var("ANNOTABLE_BENCH_EXPLAIN").is_ok_and(|v| v == "1");
 
     println!(
         "\n{:<42} {:<30} {:>10} {:>10} {:>9} {:>7}",
@@ -358,15 +383,32 @@ async fn main() -> Result<()> {
     for (label, ours_sql, duck_sql, check) in QUERIES {
         let ours_sql = ours_sql.replace("{lookup}", &lookup);
         let duck_sql = duck_sql.replace("{lookup}", &lookup);
-        let engines: [(&str, Engine, String); 3] = [
+        if explain {
+            let out = Command::new(&me)
+                .args(["--bench", "--explain"])
+                .arg(&ours_sql)
+                .env("ANNOTABLE_BENCH_DIR", &dir)
+                .output()?;
+            println!(
+                "{label}: EXPLAIN ANALYZE (annotable, state table, warm)\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let mut engines: Vec<(&str, Engine, String)> = vec![
             ("annotable, state table", Box::new(ours), ours_sql.clone()),
-            (
-                "annotable, view (journal)",
-                Box::new(|s: &str| ours(&view(s))),
-                ours_sql.clone(),
-            ),
             ("DuckDB, state files", Box::new(duck), duck_sql.clone()),
         ];
+        if with_view {
+            engines.insert(
+                1,
+                (
+                    "annotable, view (journal)",
+                    Box::new(|s: &str| ours(&view(s))),
+                    ours_sql.clone(),
+                ),
+            );
+        }
         // Same answer from every engine first.
         let mut expected: Option<(String, &str)> = None;
         for (engine, cmd, sql) in &engines {
@@ -399,12 +441,20 @@ async fn main() -> Result<()> {
             );
             results.push(m);
         }
-        let (state, view, duckdb) = (results[0], results[1], results[2]);
+        let (state, duckdb) = (results[0], results[results.len() - 1]);
+        let against_view = if with_view {
+            let view = results[1];
+            format!(
+                "state / view: fresh {:.3}x, warm {:.3}x; ",
+                state.fresh / view.fresh,
+                state.warm / view.warm
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "{:<42} state / view: fresh {:.3}x, warm {:.3}x; state / DuckDB: fresh {:.2}x, warm {:.2}x\n",
+            "{:<42} {against_view}state / DuckDB: fresh {:.2}x, warm {:.2}x\n",
             "",
-            state.fresh / view.fresh,
-            state.warm / view.warm,
             state.fresh / duckdb.fresh,
             state.warm / duckdb.warm
         );
