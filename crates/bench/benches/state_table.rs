@@ -389,10 +389,16 @@ async fn main() -> Result<()> {
                 .arg(&ours_sql)
                 .env("ANNOTABLE_BENCH_DIR", &dir)
                 .output()?;
+            if !out.status.success() {
+                return Err(format!(
+                    "{label}: EXPLAIN ANALYZE failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+                .into());
+            }
             println!(
-                "{label}: EXPLAIN ANALYZE (annotable, state table, warm)\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
+                "{label}: EXPLAIN ANALYZE (annotable, state table, warm)\n{}",
+                String::from_utf8_lossy(&out.stdout)
             );
         }
         let mut engines: Vec<(&str, Engine, String)> = vec![
