@@ -7,8 +7,10 @@
 //!    journal, then one incremental refresh: time, partitions and bytes rewritten;
 //! 3. **queries**: `count(*)`, a point lookup by (bucket, object_key), a JSON filter and
 //!    `counts_and_sizes_by_name` on `annotations` answered by the state table, by the view over
-//!    the journal it replaces (`annotations_from_journal`), and by DuckDB reading the state
-//!    table's data files (the current snapshot's file plan) in the same run. Each is measured
+//!    the journal it replaces (`annotations_from_journal`), by the same session reading the
+//!    state table's data files (the current snapshot's file plan) with DataFusion's own
+//!    Parquet source instead of iceberg's reader, and by DuckDB reading those files, in the
+//!    same run. Each is measured
 //!    from a fresh process (wall time of the whole process, start-up and catalog included, the
 //!    warm runs it makes afterwards left out) and
 //!    warm (the best of 4 more runs of the same statement in that process). Every engine's
@@ -165,9 +167,58 @@ async fn explain(dir: &Path, sql: &str) -> Result<()> {
     Ok(())
 }
 
+/// The name under which the DataFusion engine reads the state's files directly.
+const FILES_TABLE: &str = "direct.files.annotations";
+
+/// Registers the state's data files (the current snapshot's file plan) as [`FILES_TABLE`], read
+/// by DataFusion's own Parquet source (string views, its pruning) rather than iceberg's reader:
+/// what the same session would take without iceberg's Arrow reader in between.
+async fn register_files(session: &QuerySession, files: &[String]) -> Result<()> {
+    use datafusion::catalog::{CatalogProvider, SchemaProvider};
+    use datafusion::datasource::file_format::parquet::ParquetFormat;
+    use datafusion::datasource::listing::{
+        ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+    };
+    let ctx = session.context();
+    let urls = files
+        .iter()
+        .map(ListingTableUrl::parse)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    // `ANNOTABLE_BENCH_VIEW_TYPES=0`: strings as Utf8, as iceberg's reader gives them.
+    let views = !std::env::var("ANNOTABLE_BENCH_VIEW_TYPES").is_ok_and(|v| v == "0");
+    let format = ParquetFormat::default().with_force_view_types(views);
+    let options = ListingOptions::new(Arc::new(format))
+        .with_file_extension(".parquet")
+        .with_target_partitions(ctx.state().config().target_partitions());
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .infer_schema(&ctx.state())
+        .await?;
+    // The session's own schema is read-only: the files get a catalog of their own.
+    let catalog = Arc::new(datafusion::catalog::MemoryCatalogProvider::new());
+    let schema = Arc::new(datafusion::catalog::MemorySchemaProvider::new());
+    schema.register_table(
+        "annotations".to_string(),
+        Arc::new(ListingTable::try_new(config)?),
+    )?;
+    catalog.register_schema("files", schema)?;
+    ctx.register_catalog("direct", catalog);
+    Ok(())
+}
+
 /// Child mode: one statement through annotable's session, then `WARM_RUNS` more; prints JSON.
-async fn child(dir: &Path, sql: &str) -> Result<()> {
+/// With `files`, `annotations` is first replaced by those files read by DataFusion directly.
+async fn child(dir: &Path, sql: &str, files: Option<&str>) -> Result<()> {
     let session = session(dir).await?;
+    let sql = match files {
+        None => sql.to_string(),
+        Some(files) => {
+            let files: Vec<String> = serde_json::from_str(files)?;
+            register_files(&session, &files).await?;
+            sql.replace("FROM annotations", &format!("FROM {FILES_TABLE}"))
+        }
+    };
+    let sql = sql.as_str();
     let start = Instant::now();
     let result = session.query(sql).await?;
     let first = secs(start);
@@ -198,7 +249,14 @@ fn run(cmd: &mut Command) -> Result<(Figures, serde_json::Value)> {
     let out = cmd.output()?;
     let fresh = secs(start);
     if !out.status.success() {
-        return Err(format!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+        // The program and the statement (not the file list a direct read passes after them).
+        let args: Vec<_> = cmd.get_args().take(3).collect();
+        return Err(format!(
+            "{:?} {args:?} failed: {}",
+            cmd.get_program(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let figures = Figures {
@@ -273,7 +331,11 @@ async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if let Some(pos) = args.iter().position(|a| a == "--child") {
         let sql = args.get(pos + 1).ok_or("--child needs SQL")?;
-        return child(&dir, sql).await;
+        let files = args
+            .iter()
+            .position(|a| a == "--files")
+            .and_then(|p| args.get(p + 1));
+        return child(&dir, sql, files.map(String::as_str)).await;
     }
     if let Some(pos) = args.iter().position(|a| a == "--explain") {
         let sql = args.get(pos + 1).ok_or("--explain needs SQL")?;
@@ -372,6 +434,11 @@ async fn main() -> Result<()> {
             .arg(WARM_RUNS.to_string());
         cmd
     };
+    let direct = |sql: &str| {
+        let mut cmd = ours(sql);
+        cmd.arg("--files").arg(&files_json);
+        cmd
+    };
     let view = |sql: &str| sql.replace("FROM annotations", "FROM annotations_from_journal");
     let with_view = !std::env::var("ANNOTABLE_BENCH_VIEW").is_ok_and(|v| v == "0");
     let explain = std::env::var("ANNOTABLE_BENCH_EXPLAIN").is_ok_and(|v| v == "1");
@@ -403,6 +470,11 @@ async fn main() -> Result<()> {
         }
         let mut engines: Vec<(&str, Engine, String)> = vec![
             ("annotable, state table", Box::new(ours), ours_sql.clone()),
+            (
+                "DataFusion Parquet, state files",
+                Box::new(direct),
+                ours_sql.clone(),
+            ),
             ("DuckDB, state files", Box::new(duck), duck_sql.clone()),
         ];
         if with_view {
@@ -458,9 +530,11 @@ async fn main() -> Result<()> {
         } else {
             String::new()
         };
+        let direct = results[results.len() - 2];
         println!(
-            "{:<42} {against_view}state / DuckDB: fresh {:.2}x, warm {:.2}x\n",
+            "{:<42} {against_view}state / DataFusion Parquet: warm {:.2}x; state / DuckDB: fresh {:.2}x, warm {:.2}x\n",
             "",
+            state.warm / direct.warm,
             state.fresh / duckdb.fresh,
             state.warm / duckdb.warm
         );
