@@ -12,6 +12,7 @@
 
 mod error;
 mod format;
+mod local_scan;
 mod metadata_tables;
 mod provider;
 mod scan;

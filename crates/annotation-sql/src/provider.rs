@@ -28,6 +28,7 @@ use iceberg::{Catalog, ErrorKind, NamespaceIdent, TableIdent};
 use iceberg_datafusion::IcebergStaticTableProvider;
 use iceberg_datafusion::physical_plan::IcebergTableScan;
 
+use crate::local_scan;
 use crate::metadata_tables::{MetadataKind, MetadataTable};
 use crate::scan::PartitionedScan;
 use crate::schema::without_metadata;
@@ -170,7 +171,15 @@ impl TableProvider for LiveTable {
                 let scan =
                     PartitionedScan::plan(scan, config.target_partitions(), config.batch_size())
                         .await?;
-                Ok(Arc::new(scan))
+                let local = local_scan::plan(
+                    state,
+                    scan.groups(),
+                    &self.schema,
+                    projection,
+                    !filters.is_empty(),
+                    limit,
+                )?;
+                Ok(local.unwrap_or_else(|| Arc::new(scan)))
             }
             None => Ok(plan),
         }

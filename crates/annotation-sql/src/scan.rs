@@ -8,6 +8,9 @@
 //! batches of 1,024 rows, and it reports no row count, so DataFusion could not tell a join's
 //! small side from its large one. This scan keeps its planning (projection, pushed-down
 //! predicate, limit) and changes only how the files are read.
+//!
+//! Whole local Parquet files without deletes are read by DataFusion's own Parquet source
+//! instead (`local_scan`, from the files planned here); this scan reads the rest.
 
 use std::any::Any;
 use std::fmt;
@@ -41,12 +44,12 @@ const FILES_IN_FLIGHT: usize = 2;
 /// The footer read of a local file. iceberg's default (512 KiB, tuned for object stores, where
 /// a round trip costs more than bytes) reads the whole of a typical state file to find a
 /// footer of a few KiB; locally a second read when the footer is larger costs one syscall.
-const LOCAL_METADATA_HINT: usize = 16 * 1024;
+pub(crate) const LOCAL_METADATA_HINT: usize = 16 * 1024;
 
 /// Whether a data file is read from the local file system, where reads are cheap and bytes
 /// copied are the cost: such files are read column chunk by column chunk, no footer prefetch
 /// beyond [`LOCAL_METADATA_HINT`] and no coalescing of the chunks a query skips.
-fn is_local(path: &str) -> bool {
+pub(crate) fn is_local(path: &str) -> bool {
     path.starts_with("file:") || path.starts_with('/')
 }
 
@@ -117,7 +120,7 @@ impl PartitionedScan {
 
 /// The row count the files hold: exact when every row of every file is returned (no
 /// predicate, no delete files, no limit), an upper bound otherwise.
-fn statistics(
+pub(crate) fn statistics(
     tasks: &[FileScanTask],
     schema: &SchemaRef,
     filtered: bool,
@@ -154,6 +157,13 @@ fn spread(mut tasks: Vec<FileScanTask>, partitions: usize) -> Vec<Vec<FileScanTa
         }
     }
     groups.into_iter().map(|(_, files)| files).collect()
+}
+
+impl PartitionedScan {
+    /// The files each partition reads.
+    pub(crate) fn groups(&self) -> &[Vec<FileScanTask>] {
+        &self.groups
+    }
 }
 
 impl DisplayAs for PartitionedScan {
