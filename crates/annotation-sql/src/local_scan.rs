@@ -106,26 +106,10 @@ pub(crate) fn plan(
 mod tests {
     use super::*;
 
+    /// A 100-byte file at `path`, planned from byte 0 for `length` bytes.
     fn task(path: &str, length: u64, deletes: bool) -> Result<FileScanTask, iceberg::Error> {
         let schema = Arc::new(iceberg::spec::Schema::builder().build()?);
-        let delete = |path: &str| FileScanTask {
-            file_size_in_bytes: 10,
-            start: 0,
-            length: 10,
-            record_count: Some(1),
-            data_file_path: path.to_string(),
-            data_file_format: DataFileFormat::Parquet,
-            schema: schema.clone(),
-            project_field_ids: Vec::new(),
-            predicate: None,
-            deletes: Vec::new(),
-            partition: None,
-            partition_spec: None,
-            name_mapping: None,
-            case_sensitive: true,
-        };
-        let mut task = delete(path);
-        task.file_size_in_bytes = 100;
+        let mut task = crate::scan::test_task(path, 100, &schema);
         task.length = length;
         if deletes {
             task.deletes = vec![iceberg::scan::FileScanTaskDeleteFile {

@@ -279,6 +279,31 @@ impl ExecutionPlan for PartitionedScan {
     }
 }
 
+/// A whole Parquet file of `length` bytes and `length * 10` rows at `path`, without deletes.
+#[cfg(test)]
+pub(crate) fn test_task(
+    path: &str,
+    length: u64,
+    schema: &iceberg::spec::SchemaRef,
+) -> FileScanTask {
+    FileScanTask {
+        file_size_in_bytes: length,
+        start: 0,
+        length,
+        record_count: Some(length * 10),
+        data_file_path: path.to_string(),
+        data_file_format: iceberg::spec::DataFileFormat::Parquet,
+        schema: schema.clone(),
+        project_field_ids: Vec::new(),
+        predicate: None,
+        deletes: Vec::new(),
+        partition: None,
+        partition_spec: None,
+        name_mapping: None,
+        case_sensitive: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,23 +317,7 @@ mod tests {
     }
 
     fn task(length: u64, schema: &iceberg::spec::SchemaRef) -> FileScanTask {
-        let schema = schema.clone();
-        FileScanTask {
-            file_size_in_bytes: length,
-            start: 0,
-            length,
-            record_count: Some(length * 10),
-            data_file_path: format!("file:///f{length}.parquet"),
-            data_file_format: iceberg::spec::DataFileFormat::Parquet,
-            schema,
-            project_field_ids: Vec::new(),
-            predicate: None,
-            deletes: Vec::new(),
-            partition: None,
-            partition_spec: None,
-            name_mapping: None,
-            case_sensitive: true,
-        }
+        test_task(&format!("file:///f{length}.parquet"), length, schema)
     }
 
     #[test]
