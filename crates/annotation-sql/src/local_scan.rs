@@ -6,8 +6,9 @@
 //! files are handed to DataFusion's `DataSourceExec` instead of iceberg's Arrow reader: it
 //! decodes string columns without iceberg's extra copies, caches footers across statements,
 //! and takes the statement's filters from DataFusion's own filter pushdown, for row-group and
-//! page pruning and as row filters. Everything else (object-store warehouses, delete files, split files) keeps
-//! iceberg's reader, which applies deletes and speaks to every store iceberg's FileIO does.
+//! page pruning and as row filters. Everything else (object-store warehouses, delete files,
+//! split files) keeps iceberg's reader, which applies deletes and speaks to every store
+//! iceberg's FileIO does.
 //!
 //! Columns are matched by name, where iceberg matches them by field id. annotable's tables
 //! never rename a column, so the two agree; a column a file lacks reads as NULL in both.
@@ -74,11 +75,9 @@ pub(crate) fn plan(
     };
     // The table's string columns are Utf8, as iceberg's reader gives them.
     options.global.schema_force_view_types = false;
-    // Filters are evaluated while decoding, as iceberg's reader does: the columns only a
-    // query's output needs are decoded for the rows that pass (`name = 'review'` leaves an
-    // eighth of the `text_value`s to decode).
+    // Filters are applied while decoding, as iceberg's reader applies them: the columns only
+    // the output needs are decoded for the rows that pass, not for every row.
     options.global.pushdown_filters = true;
-    options.global.metadata_size_hint = Some(LOCAL_METADATA_HINT);
     let store = session
         .runtime_env()
         .object_store(ObjectStoreUrl::local_filesystem())?;
