@@ -8,19 +8,19 @@
 //! 3. **queries**: `count(*)`, a point lookup by (bucket, object_key), a JSON filter and
 //!    `counts_and_sizes_by_name` on `annotations` answered by the state table, by the view over
 //!    the journal it replaces (`annotations_from_journal`), by the same session reading the
-//!    state table's data files (the current snapshot's file plan) with DataFusion's own
-//!    Parquet source instead of iceberg's reader, and by DuckDB reading those files, in the
-//!    same run. Each is measured
-//!    from a fresh process (wall time of the whole process, start-up and catalog included, the
-//!    warm runs it makes afterwards left out) and
-//!    warm (the best of 4 more runs of the same statement in that process). Every engine's
-//!    answer is checked first, digit for digit.
+//!    state table's data files (the current snapshot's file plan) through DataFusion's own
+//!    ListingTable (no Iceberg metadata, so no partition pruning; string views), and by DuckDB
+//!    reading those files, in the same run. Each is measured from a fresh process (wall time
+//!    of the whole process, start-up and catalog included, the warm runs it makes afterwards
+//!    left out) and warm (the best of 4 more runs of the same statement in that process).
+//!    Every engine's answer is checked first, digit for digit.
 //!
 //! `cargo bench -p annotable-bench --bench state_table` (`ANNOTABLE_BENCH_ROWS` to change
 //! 5,000,000, `ANNOTABLE_BENCH_FOLD_BUDGET_MB` the rebuild's fold budget, 1024;
 //! `ANNOTABLE_BENCH_QUERIES=0` stops after the refresh, `ANNOTABLE_BENCH_VIEW=0` leaves the
 //! journal view out (at 50M rows it takes minutes per statement and no goal compares with it),
-//! `ANNOTABLE_BENCH_EXPLAIN=1` prints annotable's `EXPLAIN ANALYZE` of each query on the state;
+//! `ANNOTABLE_BENCH_EXPLAIN=1` prints annotable's `EXPLAIN ANALYZE` of each query on the state,
+//! `ANNOTABLE_BENCH_VIEW_TYPES=0` makes the DataFusion column read strings as Utf8;
 //! the journal and its state are kept under the target dir and grow by the changes of each
 //! run).
 
