@@ -66,8 +66,7 @@ pub(crate) fn plan(
         };
         files.push(FileGroup::new(group));
     }
-    let tasks: Vec<FileScanTask> = groups.iter().flatten().cloned().collect();
-    let statistics = statistics(&tasks, schema, filtered, limit);
+    let statistics = statistics(groups.iter().flatten(), schema, filtered, limit);
 
     let mut options = TableParquetOptions {
         global: session.config_options().execution.parquet.clone(),

@@ -97,7 +97,12 @@ impl PartitionedScan {
             .map_err(df_error)?;
 
         let schema = crate::schema::without_metadata(&scan.schema());
-        let statistics = statistics(&tasks, &schema, scan.predicates().is_some(), scan.limit());
+        let statistics = statistics(
+            tasks.iter(),
+            &schema,
+            scan.predicates().is_some(),
+            scan.limit(),
+        );
         let groups = spread(tasks, partitions.max(1));
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema),
@@ -116,21 +121,26 @@ impl PartitionedScan {
             properties,
         })
     }
+
+    /// The files each partition reads.
+    pub(crate) fn groups(&self) -> &[Vec<FileScanTask>] {
+        &self.groups
+    }
 }
 
 /// The row count the files hold: exact when every row of every file is returned (no
 /// predicate, no delete files, no limit), an upper bound otherwise.
-pub(crate) fn statistics(
-    tasks: &[FileScanTask],
+pub(crate) fn statistics<'a>(
+    tasks: impl Iterator<Item = &'a FileScanTask> + Clone,
     schema: &SchemaRef,
     filtered: bool,
     limit: Option<usize>,
 ) -> Statistics {
     let rows: Option<usize> = tasks
-        .iter()
+        .clone()
         .map(|t| t.record_count.and_then(|n| usize::try_from(n).ok()))
         .sum();
-    let exact = !filtered && limit.is_none() && tasks.iter().all(|t| t.deletes.is_empty());
+    let exact = !filtered && limit.is_none() && tasks.clone().all(|t| t.deletes.is_empty());
     let num_rows = match (rows, limit) {
         (None, _) => Precision::Absent,
         (Some(n), Some(limit)) => Precision::Inexact(n.min(limit)),
@@ -157,13 +167,6 @@ fn spread(mut tasks: Vec<FileScanTask>, partitions: usize) -> Vec<Vec<FileScanTa
         }
     }
     groups.into_iter().map(|(_, files)| files).collect()
-}
-
-impl PartitionedScan {
-    /// The files each partition reads.
-    pub(crate) fn groups(&self) -> &[Vec<FileScanTask>] {
-        &self.groups
-    }
 }
 
 impl DisplayAs for PartitionedScan {
@@ -346,15 +349,15 @@ mod tests {
         let tasks = tasks(&[1, 2])?;
         let schema = Arc::new(datafusion::arrow::datatypes::Schema::empty());
         assert_eq!(
-            statistics(&tasks, &schema, false, None).num_rows,
+            statistics(tasks.iter(), &schema, false, None).num_rows,
             Precision::Exact(30)
         );
         assert_eq!(
-            statistics(&tasks, &schema, true, None).num_rows,
+            statistics(tasks.iter(), &schema, true, None).num_rows,
             Precision::Inexact(30)
         );
         assert_eq!(
-            statistics(&tasks, &schema, false, Some(5)).num_rows,
+            statistics(tasks.iter(), &schema, false, Some(5)).num_rows,
             Precision::Inexact(5)
         );
         Ok(())
