@@ -303,12 +303,13 @@ async fn scans_spread_the_snapshot_files_over_partitions_and_lose_no_row() -> Te
         .into_iter()
         .flatten()
         .collect::<String>();
-    // Local files: DataFusion's Parquet source reads them (`local_scan`), with the filter
+    // Local files: DataFusion's Parquet source reads all five (`local_scan`), with the filter
     // pushed into it for pruning.
     assert!(
         text.contains(&format!(
             "DataSourceExec: file_groups={{{partitions} groups"
-        )) && text.contains("file_type=parquet, predicate=name@"),
+        )) && text.contains("file_type=parquet, predicate=name@")
+            && text.matches(".parquet").count() == 5,
         "{text}"
     );
 
