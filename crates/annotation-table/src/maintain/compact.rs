@@ -17,9 +17,9 @@ use arrow::array::RecordBatch;
 use arrow::compute::concat_batches;
 use arrow::datatypes::SchemaRef;
 use iceberg::spec::{
-    DataFile, MAIN_BRANCH, ManifestEntryRef, ManifestListWriter, ManifestWriterBuilder, Operation,
-    Snapshot, SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary,
-    TableMetadata,
+    DataContentType, DataFile, MAIN_BRANCH, ManifestEntryRef, ManifestListWriter,
+    ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention,
+    SnapshotSummaryCollector, Summary, TableMetadata,
 };
 use iceberg::table::Table;
 use iceberg::{Error, ErrorKind, MetadataLocation};
@@ -46,15 +46,25 @@ impl Bin {
 
 /// The bins worth rewriting: per partition, files under 3/4 of the target size, packed
 /// greedily (smallest first) into groups of at most `target` bytes; a group of one file is
-/// left alone.
-pub(crate) fn plan(live: &[ManifestEntryRef], target: u64) -> Vec<Bin> {
+/// left alone, and so is a partition with position deletes (`deletes`), which only the state
+/// refresh that wrote them rewrites.
+pub(crate) fn plan(
+    live: &[ManifestEntryRef],
+    deletes: &[ManifestEntryRef],
+    target: u64,
+) -> Vec<Bin> {
     let small = target.saturating_mul(3) / 4;
+    let deleted: HashSet<String> = deletes
+        .iter()
+        .map(|e| partition_key(e.data_file()))
+        .collect();
     let mut by_partition: BTreeMap<String, Vec<DataFile>> = BTreeMap::new();
     for entry in live {
         let file = entry.data_file();
-        if file.file_size_in_bytes() < small {
+        let partition = partition_key(file);
+        if file.file_size_in_bytes() < small && !deleted.contains(&partition) {
             by_partition
-                .entry(format!("{:?}", file.partition()))
+                .entry(partition)
                 .or_default()
                 .push(file.clone());
         }
@@ -262,14 +272,36 @@ pub(crate) async fn stage(
         }
     };
     let parent_id = parent.as_ref().map(|p| p.snapshot_id());
-    let live: HashMap<&str, &ManifestEntryRef> =
-        files.live.iter().map(|e| (e.file_path(), e)).collect();
+    let live: HashMap<&str, &ManifestEntryRef> = files
+        .live
+        .iter()
+        .chain(&files.deletes)
+        .map(|e| (e.file_path(), e))
+        .collect();
     if let Some(gone) = rewrite
         .removed
         .iter()
         .find(|p| !live.contains_key(p.as_str()))
     {
         return Err(BuildFailure::Gone(gone.clone()));
+    }
+    // A data file replaced while a position-delete file of its partition stays would drop
+    // those deletes on the floor (they name the old file): the rows would come back. Only
+    // the state refresh replaces such files, and it replaces the partition's deletes with them.
+    let deleted_partitions: HashSet<String> = files
+        .deletes
+        .iter()
+        .filter(|e| !rewrite.removed.contains(e.file_path()))
+        .map(|e| partition_key(e.data_file()))
+        .collect();
+    if let Some(entry) = files.live.iter().find(|e| {
+        rewrite.removed.contains(e.file_path())
+            && deleted_partitions.contains(&partition_key(e.data_file()))
+    }) {
+        return Err(BuildFailure::Gone(format!(
+            "{} (rows of it were deleted meanwhile)",
+            entry.file_path()
+        )));
     }
 
     let snapshot_id = unique_snapshot_id(metadata);
@@ -279,41 +311,54 @@ pub(crate) async fn stage(
     let schema = metadata.current_schema().clone();
     let spec = metadata.default_partition_spec().clone();
     let mut written = Vec::new();
-
-    let manifest_path = format!("{meta_dir}/{commit_id}-m0.avro");
-    let mut writer = ManifestWriterBuilder::new(
-        table.file_io().new_output(&manifest_path)?,
-        Some(snapshot_id),
-        schema.clone(),
-        spec.as_ref().clone(),
-    )
-    .build_v2_data();
     let mut summary = SnapshotSummaryCollector::default();
-    let (mut total_records, mut total_files, mut total_bytes) = (0u64, 0u64, 0u64);
-    for file in &rewrite.added {
-        writer.add_file(file.clone(), sequence_number)?;
-        summary.add_file(file, schema.clone(), spec.clone());
-        total_records += file.record_count();
-        total_files += 1;
-        total_bytes += file.file_size_in_bytes();
-    }
-    for entry in &files.live {
-        let file = entry.data_file().clone();
-        let data_seq = entry.sequence_number().unwrap_or(sequence_number);
-        let file_seq = entry.file_sequence_number.or(Some(data_seq));
-        if rewrite.removed.contains(entry.file_path()) {
-            summary.remove_file(&file, schema.clone(), spec.clone());
-            writer.add_delete_file(file, data_seq, file_seq)?;
-        } else {
-            total_records += file.record_count();
-            total_files += 1;
-            total_bytes += file.file_size_in_bytes();
-            let added_by = entry.snapshot_id().or(parent_id).unwrap_or(snapshot_id);
-            writer.add_existing_file(file, added_by, data_seq, file_seq)?;
+    let mut totals = Totals::default();
+    let mut manifests = Vec::new();
+
+    // One manifest of data files and, when there are any, one of position deletes.
+    for deletes in [false, true] {
+        let entries = if deletes { &files.deletes } else { &files.live };
+        let added: Vec<&DataFile> = rewrite
+            .added
+            .iter()
+            .filter(|f| (f.content_type() == DataContentType::PositionDeletes) == deletes)
+            .collect();
+        if deletes && entries.is_empty() && added.is_empty() {
+            continue;
         }
+        let manifest_path = format!("{meta_dir}/{commit_id}-m{}.avro", u8::from(deletes));
+        let builder = ManifestWriterBuilder::new(
+            table.file_io().new_output(&manifest_path)?,
+            Some(snapshot_id),
+            schema.clone(),
+            spec.as_ref().clone(),
+        );
+        let mut writer = if deletes {
+            builder.build_v2_deletes()
+        } else {
+            builder.build_v2_data()
+        };
+        for file in added {
+            writer.add_file(file.clone(), sequence_number)?;
+            summary.add_file(file, schema.clone(), spec.clone());
+            totals.count(file);
+        }
+        for entry in entries {
+            let file = entry.data_file().clone();
+            let data_seq = entry.sequence_number().unwrap_or(sequence_number);
+            let file_seq = entry.file_sequence_number.or(Some(data_seq));
+            if rewrite.removed.contains(entry.file_path()) {
+                summary.remove_file(&file, schema.clone(), spec.clone());
+                writer.add_delete_file(file, data_seq, file_seq)?;
+            } else {
+                totals.count(&file);
+                let added_by = entry.snapshot_id().or(parent_id).unwrap_or(snapshot_id);
+                writer.add_existing_file(file, added_by, data_seq, file_seq)?;
+            }
+        }
+        written.push(manifest_path);
+        manifests.push(writer.write_manifest_file().await?);
     }
-    written.push(manifest_path);
-    let manifest = writer.write_manifest_file().await?;
 
     let list_path = format!("{meta_dir}/snap-{snapshot_id}-0-{commit_id}.avro");
     let mut list = ManifestListWriter::v2(
@@ -322,22 +367,22 @@ pub(crate) async fn stage(
         parent_id,
         sequence_number,
     );
-    list.add_manifests(std::iter::once(manifest))?;
+    list.add_manifests(manifests.into_iter())?;
     list.close().await?;
     written.push(list_path.clone());
 
     let mut properties = summary.build();
     properties.insert(SUMMARY_MAINTENANCE.to_string(), rewrite.kind.to_string());
     properties.extend(rewrite.properties.iter().cloned());
-    properties.insert("total-records".into(), total_records.to_string());
-    properties.insert("total-data-files".into(), total_files.to_string());
-    properties.insert("total-files-size".into(), total_bytes.to_string());
-    for key in [
-        "total-delete-files",
-        "total-position-deletes",
-        "total-equality-deletes",
+    for (key, value) in [
+        ("total-records", totals.records),
+        ("total-data-files", totals.data_files),
+        ("total-files-size", totals.bytes),
+        ("total-delete-files", totals.delete_files),
+        ("total-position-deletes", totals.position_deletes),
+        ("total-equality-deletes", 0),
     ] {
-        properties.insert(key.into(), "0".into());
+        properties.insert(key.into(), value.to_string());
     }
     let snapshot = Snapshot::builder()
         .with_snapshot_id(snapshot_id)
@@ -369,6 +414,34 @@ pub(crate) async fn stage(
         snapshot_id,
         written,
     })
+}
+
+/// What a snapshot's summary says it holds in all.
+#[derive(Default)]
+struct Totals {
+    records: u64,
+    data_files: u64,
+    bytes: u64,
+    delete_files: u64,
+    position_deletes: u64,
+}
+
+impl Totals {
+    fn count(&mut self, file: &DataFile) {
+        self.bytes += file.file_size_in_bytes();
+        if file.content_type() == DataContentType::PositionDeletes {
+            self.delete_files += 1;
+            self.position_deletes += file.record_count();
+        } else {
+            self.data_files += 1;
+            self.records += file.record_count();
+        }
+    }
+}
+
+/// A file's partition as a map key (specs are never evolved, so the values suffice).
+pub(crate) fn partition_key(file: &DataFile) -> String {
+    format!("{:?}", file.partition())
 }
 
 /// Writes metadata in which the tag `name` points at `snapshot_id` (no new snapshot); nothing

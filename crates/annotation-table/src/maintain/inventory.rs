@@ -1,20 +1,25 @@
-//! What a table's snapshots reference: manifest lists, manifests, and the data files live in
-//! each snapshot, read once per manifest however many snapshots share it.
+//! What a table's snapshots reference: manifest lists, manifests, and the data and delete
+//! files live in each snapshot, read once per manifest however many snapshots share it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use iceberg::spec::{ManifestContentType, ManifestEntryRef, ManifestFile, SnapshotRef};
+use iceberg::spec::{
+    DataContentType, ManifestContentType, ManifestEntryRef, ManifestFile, SnapshotRef,
+};
 use iceberg::table::Table;
 use iceberg::{Error, ErrorKind};
 
-/// The live data files of one snapshot, with the manifests that hold them.
+/// The live files of one snapshot, with the manifests that hold them.
 #[derive(Default)]
 pub(crate) struct SnapshotFiles {
     /// The snapshot's manifests.
     pub manifests: Vec<ManifestFile>,
-    /// Its live entries (status ADDED or EXISTING), in manifest order.
+    /// Its live data files (status ADDED or EXISTING), in manifest order.
     pub live: Vec<ManifestEntryRef>,
+    /// Its live position-delete files (only the current-state tables have any: a refresh
+    /// that changes a few rows of a partition deletes them by position, see `state`).
+    pub deletes: Vec<ManifestEntryRef>,
 }
 
 /// Reads manifests through a cache keyed by path (manifests are immutable).
@@ -41,8 +46,9 @@ impl ManifestCache {
         Ok(entries)
     }
 
-    /// The manifests and live data files of `snapshot`. Tables with delete files are refused:
-    /// annotable never writes them, and a rewrite that ignored them would resurrect rows.
+    /// The manifests and live data and delete files of `snapshot`. Equality deletes are
+    /// refused: annotable never writes them, and a rewrite that ignored them would resurrect
+    /// rows.
     pub(crate) async fn snapshot(
         &mut self,
         table: &Table,
@@ -50,27 +56,38 @@ impl ManifestCache {
     ) -> Result<SnapshotFiles, Error> {
         let list = table.manifest_list_reader(snapshot).load().await?;
         let manifests: Vec<ManifestFile> = list.consume_entries().into_iter().collect();
-        let mut live = Vec::new();
+        let (mut live, mut deletes) = (Vec::new(), Vec::new());
         for manifest in &manifests {
-            if manifest.content == ManifestContentType::Deletes {
-                return Err(Error::new(
-                    ErrorKind::FeatureUnsupported,
-                    format!(
-                        "snapshot {} has delete files ({}); annotable only maintains append-only tables",
-                        snapshot.snapshot_id(),
-                        manifest.manifest_path
-                    ),
-                ));
-            }
             let entries = self.entries(table, manifest).await?;
-            live.extend(entries.iter().filter(|e| e.is_alive()).cloned());
+            let alive = entries.iter().filter(|e| e.is_alive()).cloned();
+            if manifest.content == ManifestContentType::Data {
+                live.extend(alive);
+                continue;
+            }
+            for entry in alive {
+                if entry.content_type() != DataContentType::PositionDeletes {
+                    return Err(Error::new(
+                        ErrorKind::FeatureUnsupported,
+                        format!(
+                            "snapshot {} has equality deletes ({}); annotable only maintains tables without them",
+                            snapshot.snapshot_id(),
+                            entry.file_path()
+                        ),
+                    ));
+                }
+                deletes.push(entry);
+            }
         }
-        Ok(SnapshotFiles { manifests, live })
+        Ok(SnapshotFiles {
+            manifests,
+            live,
+            deletes,
+        })
     }
 }
 
 /// Every file path the given snapshots reference: their manifest lists, manifests, and live
-/// data files.
+/// data and delete files.
 pub(crate) async fn referenced_by(
     table: &Table,
     snapshots: &[SnapshotRef],
@@ -83,7 +100,7 @@ pub(crate) async fn referenced_by(
         for manifest in files.manifests {
             paths.insert(manifest.manifest_path);
         }
-        for entry in files.live {
+        for entry in files.live.iter().chain(&files.deletes) {
             paths.insert(entry.file_path().to_string());
         }
     }

@@ -305,7 +305,7 @@ impl Maintainer {
             .snapshot(&table, &current)
             .await
             .map_err(|e| self.error("reading the manifests", e))?;
-        let bins = compact::plan(&files.live, options.target_file_bytes);
+        let bins = compact::plan(&files.live, &files.deletes, options.target_file_bytes);
         let mut report = CompactionReport {
             files_rewritten: bins.iter().map(|b| b.files.len()).sum(),
             bytes_rewritten: bins
@@ -316,7 +316,9 @@ impl Maintainer {
             manifests_merged: files.manifests.len(),
             ..CompactionReport::default()
         };
-        if bins.is_empty() && files.manifests.len() <= 1 {
+        // Merged means one manifest of data files and at most one of deletes.
+        let merged = 1 + usize::from(!files.deletes.is_empty());
+        if bins.is_empty() && files.manifests.len() <= merged {
             report.manifests_merged = 0;
             return Ok(report);
         }
