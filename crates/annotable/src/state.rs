@@ -84,6 +84,8 @@ fn merged(first: RefreshReport, next: RefreshReport) -> RefreshReport {
         journal_rows: first.journal_rows + next.journal_rows,
         passes: first.passes + next.passes,
         partitions: first.partitions + next.partitions,
+        partitions_merged: first.partitions_merged + next.partitions_merged,
+        position_deletes: first.position_deletes + next.position_deletes,
         files_removed: first.files_removed + next.files_removed,
         bytes_removed: first.bytes_removed + next.bytes_removed,
         files_written: first.files_written + next.files_written,
@@ -388,6 +390,13 @@ impl fmt::Display for PrintedRefresh<'_> {
             r.live_rows,
             r.tombstones,
         )?;
+        if !r.rebuilt {
+            writeln!(
+                f,
+                "merge    {} partition shares written whole, the others as delta files; {} rows deleted by position",
+                r.partitions_merged, r.position_deletes
+            )?;
+        }
         write!(
             f,
             "took     {:.2} s, state snapshot {}",

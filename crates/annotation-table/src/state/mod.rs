@@ -30,18 +30,19 @@
 //! caller's lease. The full rebuild folds the whole journal (and, once journal retention has
 //! dropped rows, the retention base that holds them: `retention`) and replaces every file.
 
+mod deletes;
 mod delta;
 mod fold;
 mod retention;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use futures::TryFutureExt;
-use iceberg::spec::{DataFile, Datum, Literal, Operation, PrimitiveLiteral};
+use iceberg::spec::{DataContentType, DataFile, Datum, Literal, Operation, PrimitiveLiteral};
 use iceberg::table::Table;
 use iceberg::{Catalog, Error, ErrorKind};
 use tracing::info;
@@ -101,8 +102,14 @@ pub struct RefreshReport {
     pub journal_files: usize,
     /// Journal rows read.
     pub journal_rows: usize,
-    /// State partitions rewritten.
+    /// State partitions refreshed.
     pub partitions: usize,
+    /// Of the partitions' shares in the state and tombstones tables, those written again whole
+    /// (copy-on-write); the others got a delta file and position deletes.
+    pub partitions_merged: usize,
+    /// Rows deleted by position in the delete files written (earlier deletes they carry over
+    /// included).
+    pub position_deletes: usize,
     /// State and tombstone files replaced.
     pub files_removed: usize,
     /// Their bytes.
@@ -334,10 +341,15 @@ impl StateTables {
         let state_schema = self.state.table().arrow_schema().clone();
         let tomb_schema = self.tombstones.table().arrow_schema().clone();
         let by_partition =
-            |files: Vec<DataFile>| -> Result<BTreeMap<PartitionId, Vec<DataFile>>, Error> {
-                let mut out: BTreeMap<PartitionId, Vec<DataFile>> = BTreeMap::new();
+            |files: Vec<DataFile>| -> Result<BTreeMap<PartitionId, PartFiles>, Error> {
+                let mut out: BTreeMap<PartitionId, PartFiles> = BTreeMap::new();
                 for file in files {
-                    out.entry(partition_of(&file)?).or_default().push(file);
+                    let part = out.entry(partition_of(&file)?).or_default();
+                    if file.content_type() == DataContentType::PositionDeletes {
+                        part.deletes.push(file);
+                    } else {
+                        part.data.push(file);
+                    }
                 }
                 Ok(out)
             };
@@ -382,8 +394,6 @@ impl StateTables {
             incremental: !delta.full,
             prefix: &prefix,
         };
-        let mut replaced_state = Vec::new();
-        let mut replaced_tombs = Vec::new();
         let mut out = Written::default();
         let written = async {
             for group in 0..groups {
@@ -420,13 +430,14 @@ impl StateTables {
                         (old_state.clone(), old_tombs.clone())
                     };
                     let rows = rows.remove(&partition).unwrap_or_default();
-                    let load = (load_state.as_slice(), load_tombs.as_slice());
-                    if let Some(needs) = self.rewrite_partition(&pass, rows, load, &mut out).await?
+                    let load = (&load_state, &load_tombs);
+                    let old = (&old_state, &old_tombs);
+                    if let Some(needs) = self
+                        .rewrite_partition(&pass, rows, load, old, &mut out)
+                        .await?
                     {
                         return Ok(Some(needs));
                     }
-                    replaced_state.extend(old_state);
-                    replaced_tombs.extend(old_tombs);
                 }
             }
             Ok::<Option<u64>, TableError>(None)
@@ -434,9 +445,13 @@ impl StateTables {
         .await;
         report.live_rows += out.live_rows;
         report.tombstones += out.tombstones;
+        report.position_deletes += out.position_deletes;
+        report.partitions_merged += out.partitions_merged;
         let Written {
             state: new_state,
             tombs: new_tombs,
+            removed_state: replaced_state,
+            removed_tombs: replaced_tombs,
             ..
         } = out;
         match written {
@@ -498,13 +513,15 @@ impl StateTables {
 
     /// Rewrites one partition: folds its journal `rows` onto the files it is loaded from (its
     /// own for an incremental refresh, the retention base's for a rebuild), writes the result
-    /// and adds what it wrote to `out`. `Ok(Some(bytes))`: loading the partition needs more
-    /// than the budget, and nothing of it was written.
+    /// and adds what it wrote, and which of the partition's `old` files that replaces, to
+    /// `out`. `Ok(Some(bytes))`: loading the partition needs more than the budget, and nothing
+    /// of it was written.
     async fn rewrite_partition(
         &self,
         pass: &Pass<'_>,
         rows: Vec<JournalRow>,
-        (load_state, load_tombs): (&[DataFile], &[DataFile]),
+        (load_state, load_tombs): (&PartFiles, &PartFiles),
+        (old_state, old_tombs): (&PartFiles, &PartFiles),
         out: &mut Written,
     ) -> Result<Option<u64>, TableError> {
         let mut fold = Fold::default();
@@ -523,11 +540,10 @@ impl StateTables {
             fold.add(row);
         }
         let touched = touched.map(Arc::new);
-        let (mut kept_state, mut kept_tombs) = (Vec::new(), Vec::new());
         // Compressed sizes first, so an oversized partition is not even fetched.
-        let mut loaded: u64 = load_state
+        let mut loaded: u64 = [load_state, load_tombs]
             .iter()
-            .chain(load_tombs)
+            .flat_map(|p| p.data.iter().chain(&p.deletes))
             .map(DataFile::file_size_in_bytes)
             .sum();
         if let Some(budget) = pass.budget
@@ -536,11 +552,8 @@ impl StateTables {
             return Ok(Some(loaded));
         }
         loaded = 0;
-        let files = load_state
-            .iter()
-            .map(|f| (f, true))
-            .chain(load_tombs.iter().map(|f| (f, false)));
-        for (file, of_state) in files {
+        let mut files: [Vec<Loaded>; 2] = [Vec::new(), Vec::new()];
+        for (load, of_state) in [(load_state, true), (load_tombs, false)] {
             let (table, schema, record_type) = if of_state {
                 (pass.state_table, pass.state_schema, Some("PUT"))
             } else {
@@ -554,52 +567,132 @@ impl StateTables {
                     self.tomb_error(action, e)
                 }
             };
-            let raw = fetch(table, file).await.map_err(error)?;
-            loaded += uncompressed_size(&raw, file).map_err(error)?;
-            if let Some(budget) = pass.budget
-                && loaded > budget
-            {
-                return Ok(Some(loaded));
-            }
-            let (file_rows, kept) = split(raw, schema, file, record_type, touched.clone())
+            let mut deleted = deletes::read(table, &load.deletes).await.map_err(error)?;
+            for file in &load.data {
+                let raw = fetch(table, file).await.map_err(error)?;
+                loaded += uncompressed_size(&raw, file).map_err(error)?;
+                if let Some(budget) = pass.budget
+                    && loaded > budget
+                {
+                    return Ok(Some(loaded));
+                }
+                let dead = Arc::new(deleted.remove(file.file_path()).unwrap_or_default());
+                let part = split(
+                    raw,
+                    schema,
+                    file,
+                    record_type,
+                    touched.clone(),
+                    dead.clone(),
+                )
                 .await
                 .map_err(error)?;
-            for row in file_rows {
-                fold.add(row);
-            }
-            if of_state {
-                kept_state.extend(kept);
-            } else {
-                kept_tombs.extend(kept);
+                for row in part.rows {
+                    fold.add(row);
+                }
+                files[usize::from(!of_state)].push(Loaded {
+                    file: file.clone(),
+                    kept: part.kept,
+                    hits: part.hits,
+                    dead,
+                });
             }
         }
         let folded = fold.finish();
-        let rows_in = |kept: &[RecordBatch]| kept.iter().map(|b| b.num_rows()).sum::<usize>();
-        out.live_rows += folded.live.len() + rows_in(&kept_state);
-        out.tombstones += folded.tombstones.len() + rows_in(&kept_tombs);
-        out.tombs.extend(
-            write(
-                pass.tomb_table,
-                pass.tomb_schema,
-                kept_tombs,
-                &folded.tombstones,
-                pass.prefix,
-            )
+        let [state_files, tomb_files] = files;
+        let rows_in = |files: &[Loaded]| {
+            files
+                .iter()
+                .flat_map(|f| &f.kept)
+                .map(|b| b.num_rows())
+                .sum::<usize>()
+        };
+        out.live_rows += folded.live.len() + rows_in(&state_files);
+        out.tombstones += folded.tombstones.len() + rows_in(&tomb_files);
+        let tombs = self
+            .write_part(pass, false, tomb_files, &folded.tombstones, old_tombs)
             .await
-            .map_err(|e| self.tomb_error("writing tombstones", e))?,
-        );
-        out.state.extend(
-            write(
-                pass.state_table,
-                pass.state_schema,
-                kept_state,
-                &folded.live,
-                pass.prefix,
-            )
+            .map_err(|e| self.tomb_error("writing tombstones", e))?;
+        let state = self
+            .write_part(pass, true, state_files, &folded.live, old_state)
             .await
-            .map_err(|e| self.state_error("writing the state", e))?,
-        );
+            .map_err(|e| self.state_error("writing the state", e))?;
+        for (part, of_state) in [(tombs, false), (state, true)] {
+            out.position_deletes += part.position_deletes;
+            out.partitions_merged += usize::from(part.merged);
+            let (written, removed) = if of_state {
+                (&mut out.state, &mut out.removed_state)
+            } else {
+                (&mut out.tombs, &mut out.removed_tombs)
+            };
+            written.extend(part.written);
+            removed.extend(part.removed);
+        }
         Ok(None)
+    }
+
+    /// Writes one table's share of a partition: its folded `rows` and the rows it keeps of
+    /// the `loaded` files, either as the whole partition again (copy-on-write, every one of
+    /// its `old` files replaced) or, when little of it changed, as a small delta file beside
+    /// the big files, whose replaced rows a position-delete file deletes (see [`merge_plan`]).
+    async fn write_part(
+        &self,
+        pass: &Pass<'_>,
+        of_state: bool,
+        loaded: Vec<Loaded>,
+        rows: &[JournalRow],
+        old: &PartFiles,
+    ) -> Result<PartWritten, Error> {
+        let (table, schema) = if of_state {
+            (pass.state_table, pass.state_schema)
+        } else {
+            (pass.tomb_table, pass.tomb_schema)
+        };
+        let shapes: Vec<FileShape> = loaded
+            .iter()
+            .map(|f| FileShape {
+                rows: f.file.record_count(),
+                dead: (f.dead.len() + f.hits.len()) as u64,
+                kept: f.kept.iter().map(|b| b.num_rows() as u64).sum(),
+                hits: f.hits.len() as u64,
+            })
+            .collect();
+        let mut part = PartWritten::default();
+        match merge_plan(pass.incremental, &shapes, rows.len()) {
+            Merge::Unchanged => {}
+            Merge::Rewrite => {
+                let kept = loaded.into_iter().flat_map(|f| f.kept).collect();
+                part.written = write(table, schema, kept, rows, pass.prefix).await?;
+                part.removed = old.data.iter().chain(&old.deletes).cloned().collect();
+                part.merged = !part.removed.is_empty();
+            }
+            Merge::Delta { rewrite } => {
+                let mut kept = Vec::new();
+                let mut positions: BTreeMap<String, BTreeSet<u64>> = BTreeMap::new();
+                let mut like = None;
+                for (i, file) in loaded.into_iter().enumerate() {
+                    if rewrite.contains(&i) {
+                        kept.extend(file.kept);
+                        part.removed.push(file.file);
+                        continue;
+                    }
+                    let dead: BTreeSet<u64> = file.dead.iter().chain(&file.hits).copied().collect();
+                    if !dead.is_empty() {
+                        positions.insert(file.file.file_path().to_string(), dead);
+                    }
+                    like.get_or_insert(file.file);
+                }
+                part.written = write(table, schema, kept, rows, pass.prefix).await?;
+                if let Some(like) = &like
+                    && let Some(file) = deletes::write(table, like, &positions, pass.prefix).await?
+                {
+                    part.position_deletes = file.record_count() as usize;
+                    part.written.push(file);
+                }
+                part.removed.extend(old.deletes.iter().cloned());
+            }
+        }
+        Ok(part)
     }
 
     /// Commits a refresh: the tombstones first, then the state with its new watermark (in
@@ -692,13 +785,105 @@ struct Pass<'a> {
     prefix: &'a str,
 }
 
-/// The files a refresh wrote so far and the rows they hold.
+/// The files a refresh wrote so far, the files they replace, and the rows they hold.
 #[derive(Default)]
 struct Written {
     state: Vec<DataFile>,
     tombs: Vec<DataFile>,
+    removed_state: Vec<DataFile>,
+    removed_tombs: Vec<DataFile>,
     live_rows: usize,
     tombstones: usize,
+    position_deletes: usize,
+    partitions_merged: usize,
+}
+
+/// A partition's files in one table: data files and the position deletes against them.
+#[derive(Debug, Clone, Default)]
+struct PartFiles {
+    data: Vec<DataFile>,
+    deletes: Vec<DataFile>,
+}
+
+/// A data file of a partition being refreshed, as read.
+struct Loaded {
+    file: DataFile,
+    /// Its rows the refresh does not touch (and that no delete file deletes).
+    kept: Vec<RecordBatch>,
+    /// Positions of its rows the refresh folded again (they are replaced).
+    hits: Vec<u64>,
+    /// Positions its delete files deleted before.
+    dead: Arc<HashSet<u64>>,
+}
+
+/// What one table's share of a partition wrote and replaced.
+#[derive(Default)]
+struct PartWritten {
+    written: Vec<DataFile>,
+    removed: Vec<DataFile>,
+    position_deletes: usize,
+    /// The whole partition was written again.
+    merged: bool,
+}
+
+/// What [`merge_plan`] knows of a data file.
+#[derive(Debug, Clone, Copy)]
+struct FileShape {
+    /// Its rows.
+    rows: u64,
+    /// Those deleted once this refresh lands (before and now).
+    dead: u64,
+    /// Those kept as they are.
+    kept: u64,
+    /// Those this refresh replaces.
+    hits: u64,
+}
+
+/// How a table's share of a partition is written.
+#[derive(Debug, PartialEq, Eq)]
+enum Merge {
+    /// Nothing of this table's share changed: its files stay as they are.
+    Unchanged,
+    /// Copy-on-write: every row again, every file replaced.
+    Rewrite,
+    /// Merge-on-read: the files at these indexes (all but the biggest: the earlier delta) are
+    /// rewritten with the new rows into one delta file; the biggest stays, its replaced rows
+    /// deleted by position.
+    Delta { rewrite: Vec<usize> },
+}
+
+/// A partition is rewritten whole once its churn (rows deleted by position plus rows in the
+/// delta) passes 1/`CHURN_DIVISOR` of its live rows. Below that a refresh writes only what
+/// changed, and a reader skips or merges at most that share.
+const CHURN_DIVISOR: u64 = 4;
+
+/// Chooses how to write a partition of `files` (as [`FileShape`]s) and `new_rows` folded rows.
+/// A rebuild, an empty partition, or one where churn would pass a quarter of its rows is
+/// rewritten whole; otherwise the biggest file (the base) stays and gets position deletes, and
+/// every other file (the earlier delta) is folded into the new delta with the new rows. So a
+/// partition is at most a base, a delta and a delete file.
+fn merge_plan(incremental: bool, files: &[FileShape], new_rows: usize) -> Merge {
+    let Some((base, _)) = files
+        .iter()
+        .enumerate()
+        .max_by_key(|(i, f)| (f.rows, usize::MAX - i))
+    else {
+        return Merge::Rewrite;
+    };
+    if !incremental {
+        return Merge::Rewrite;
+    }
+    if new_rows == 0 && files.iter().all(|f| f.hits == 0) {
+        return Merge::Unchanged;
+    }
+    let rewrite: Vec<usize> = (0..files.len()).filter(|&i| i != base).collect();
+    let delta: u64 = rewrite.iter().map(|&i| files[i].kept).sum::<u64>() + new_rows as u64;
+    let dead = files[base].dead;
+    let live = files[base].rows.saturating_sub(dead) + delta;
+    if (dead + delta).saturating_mul(CHURN_DIVISOR) > live {
+        return Merge::Rewrite;
+    }
+    Merge::Delta { rewrite }
 }
 
 /// The watermark a state table's current snapshot records.
@@ -799,7 +984,12 @@ async fn tagged_files(table: &Table) -> Result<Vec<DataFile>, Error> {
         return Ok(Vec::new());
     };
     let files = ManifestCache::default().snapshot(table, &base).await?;
-    Ok(files.live.iter().map(|e| e.data_file().clone()).collect())
+    Ok(files
+        .live
+        .iter()
+        .chain(&files.deletes)
+        .map(|e| e.data_file().clone())
+        .collect())
 }
 
 async fn live_files(table: &Table) -> Result<Vec<DataFile>, Error> {
@@ -807,7 +997,12 @@ async fn live_files(table: &Table) -> Result<Vec<DataFile>, Error> {
         return Ok(Vec::new());
     };
     let files = ManifestCache::default().snapshot(table, &current).await?;
-    Ok(files.live.iter().map(|e| e.data_file().clone()).collect())
+    Ok(files
+        .live
+        .iter()
+        .chain(&files.deletes)
+        .map(|e| e.data_file().clone())
+        .collect())
 }
 
 /// A data file's bytes.
@@ -898,23 +1093,36 @@ fn version_key(bucket: &str, key: &str, version: Option<&str>) -> VersionKey {
     )
 }
 
-/// Reads a state or tombstones file: the rows of the `touched` object versions decoded (all
-/// rows when `None`), every other row kept as Arrow batches of `schema`.
+/// A state or tombstones file as a refresh reads it.
+struct Split {
+    /// The rows of the touched object versions (every row for a rebuild), decoded.
+    rows: Vec<JournalRow>,
+    /// Every other row, as Arrow batches.
+    kept: Vec<RecordBatch>,
+    /// The positions of the decoded rows.
+    hits: Vec<u64>,
+}
+
+/// Reads a state or tombstones file, leaving out the positions its delete files delete
+/// (`dead`): the rows of the `touched` object versions decoded (all rows when `None`), every
+/// other row kept as Arrow batches of `schema`.
 async fn split(
     bytes: bytes::Bytes,
     schema: &SchemaRef,
     file: &DataFile,
     record_type: Option<&'static str>,
     touched: Option<Arc<HashSet<VersionKey>>>,
-) -> Result<(Vec<JournalRow>, Vec<RecordBatch>), Error> {
-    let Some(touched) = touched else {
-        return Ok((decode(bytes, schema, file, record_type).await?, Vec::new()));
-    };
+    dead: Arc<HashSet<u64>>,
+) -> Result<Split, Error> {
     let schema = schema.clone();
     let path = file.file_path().to_string();
     tokio::task::spawn_blocking(move || {
-        let mut rows = Vec::new();
-        let mut kept = Vec::new();
+        let mut out = Split {
+            rows: Vec::new(),
+            kept: Vec::new(),
+            hits: Vec::new(),
+        };
+        let mut offset = 0u64;
         for batch in read_parquet(bytes, &schema, &path)? {
             let column = |name: &str| {
                 batch
@@ -932,18 +1140,40 @@ async fn split(
                 column("object_key")?,
                 column("object_version_id")?,
             );
-            let hit: arrow::array::BooleanArray = (0..batch.num_rows())
-                .map(|i| {
+            let (mut hit, mut miss) = (
+                Vec::with_capacity(batch.num_rows()),
+                Vec::with_capacity(batch.num_rows()),
+            );
+            for i in 0..batch.num_rows() {
+                let pos = offset + i as u64;
+                if dead.contains(&pos) {
+                    hit.push(false);
+                    miss.push(false);
+                    continue;
+                }
+                let is_hit = touched.as_ref().is_none_or(|touched| {
                     let version = versions.is_valid(i).then(|| versions.value(i));
-                    Some(touched.contains(&version_key(buckets.value(i), keys.value(i), version)))
-                })
-                .collect();
-            let miss = arrow::compute::not(&hit).map_err(arrow_error)?;
-            kept.push(arrow::compute::filter_record_batch(&batch, &miss).map_err(arrow_error)?);
+                    touched.contains(&version_key(buckets.value(i), keys.value(i), version))
+                });
+                if is_hit {
+                    out.hits.push(pos);
+                }
+                hit.push(is_hit);
+                miss.push(!is_hit);
+            }
+            offset += batch.num_rows() as u64;
+            let (hit, miss) = (
+                arrow::array::BooleanArray::from(hit),
+                arrow::array::BooleanArray::from(miss),
+            );
+            if touched.is_some() {
+                out.kept
+                    .push(arrow::compute::filter_record_batch(&batch, &miss).map_err(arrow_error)?);
+            }
             let hits = arrow::compute::filter_record_batch(&batch, &hit).map_err(arrow_error)?;
-            rows_of_batch(hits, record_type, &path, &mut rows)?;
+            rows_of_batch(hits, record_type, &path, &mut out.rows)?;
         }
-        Ok((rows, kept))
+        Ok(out)
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?
@@ -1053,4 +1283,48 @@ pub async fn unfolded(
         batches.extend(read_data_file(journal, file, schema).await?);
     }
     Ok(Unfolded::Rows(batches))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FileShape, Merge, merge_plan};
+
+    fn file(rows: u64, dead: u64, hits: u64) -> FileShape {
+        FileShape {
+            rows,
+            dead,
+            kept: rows - dead,
+            hits,
+        }
+    }
+
+    #[test]
+    fn a_few_changes_in_a_big_partition_make_a_delta() {
+        // 3 of 1,000 rows replaced, 3 new rows.
+        assert_eq!(
+            merge_plan(true, &[file(1000, 3, 3)], 3),
+            Merge::Delta { rewrite: vec![] }
+        );
+        // The earlier delta (small) is folded into the new one; the base keeps its deletes.
+        assert_eq!(
+            merge_plan(true, &[file(1000, 10, 2), file(20, 1, 1)], 4),
+            Merge::Delta { rewrite: vec![1] }
+        );
+    }
+
+    #[test]
+    fn churn_past_a_quarter_rewrites_the_partition() {
+        assert_eq!(merge_plan(true, &[file(100, 20, 20)], 20), Merge::Rewrite);
+        assert_eq!(
+            merge_plan(true, &[file(1000, 100, 0), file(200, 0, 0)], 1),
+            Merge::Rewrite
+        );
+    }
+
+    #[test]
+    fn rebuilds_and_empty_partitions_are_written_whole_and_untouched_shares_stay() {
+        assert_eq!(merge_plan(false, &[file(1000, 0, 1000)], 5), Merge::Rewrite);
+        assert_eq!(merge_plan(true, &[], 5), Merge::Rewrite);
+        assert_eq!(merge_plan(true, &[file(1000, 7, 0)], 0), Merge::Unchanged);
+    }
 }
