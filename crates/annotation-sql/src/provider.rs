@@ -178,7 +178,8 @@ impl TableProvider for LiveTable {
                     projection,
                     !filters.is_empty(),
                     limit,
-                )?;
+                )
+                .await?;
                 Ok(local.unwrap_or_else(|| Arc::new(scan)))
             }
             None => Ok(plan),
