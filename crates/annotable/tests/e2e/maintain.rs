@@ -233,7 +233,6 @@ async fn a_second_maintainer_is_refused_while_a_live_one_holds_the_lease() -> Te
     Ok(())
 }
 
-/// `annotations` and the journal view, as `annotable query` prints them, in a fixed order.
 /// The embedded journal of a test directory, written to commit by commit (5 rows each).
 struct Commits {
     table: JournalTable,
@@ -264,8 +263,27 @@ impl Commits {
         }
         Ok(())
     }
+
+    /// One commit of `objects` objects that later commits never touch: partitions big enough
+    /// that a refresh writes deltas and position deletes rather than whole partitions.
+    async fn append_archive(&mut self, objects: usize) -> TestResult {
+        let rows = (0..objects)
+            .map(|k| {
+                let mut archived = row(0, 0);
+                archived.object_key = format!("archive/{k}.jpg");
+                archived.object_join_key = format!("photos/archive/{k}.jpg");
+                archived.sequence_number = format!("{k:020}");
+                archived
+            })
+            .collect();
+        self.table
+            .append(Batch::new(Source::Notification, rows))
+            .await?;
+        Ok(())
+    }
 }
 
+/// `annotations` and the journal view, as `annotable query` prints them, in a fixed order.
 fn state_and_view(dir: &Path) -> Result<(String, String), Box<dyn std::error::Error>> {
     let mut out = Vec::new();
     for table in ["annotations", "annotations_from_journal"] {
@@ -287,6 +305,7 @@ async fn a_refresh_killed_at_any_point_leaves_a_correct_state_and_the_next_one_c
 -> TestResult {
     let dir = tempfile::tempdir()?;
     let mut journal = Commits::open(dir.path()).await?;
+    journal.append_archive(3000).await?;
     journal.append(60).await?;
     let first = run(dir.path(), &["maintain", "--refresh"])?;
     assert!(first.status.success(), "{}", text(&first.stderr));
@@ -335,6 +354,7 @@ async fn a_refresh_killed_at_any_point_leaves_a_correct_state_and_the_next_one_c
     );
 
     // The next refresh takes the dead holder's lease over and brings the state up to date.
+    journal.append(5).await?;
     let last = run(dir.path(), &["maintain", "--refresh", "--verify-state"])?;
     assert!(
         last.status.success(),
@@ -344,6 +364,10 @@ async fn a_refresh_killed_at_any_point_leaves_a_correct_state_and_the_next_one_c
     );
     let printed = text(&last.stdout);
     assert!(printed.contains("equal: every row"), "{printed}");
+    assert!(
+        printed.contains("rows deleted by position") && !printed.contains("; 0 rows deleted"),
+        "the refreshes wrote deltas and position deletes: {printed}"
+    );
     let up_to_date = run(dir.path(), &["maintain", "--refresh"])?;
     assert!(
         text(&up_to_date.stdout).contains("up to date"),
