@@ -89,80 +89,88 @@ fn io_error(path: &str, e: impl std::fmt::Display) -> DataFusionError {
     DataFusionError::Execution(format!("reading {path} to apply position deletes: {e}"))
 }
 
-/// The rows of each row group of the local Parquet file `path`, from its footer.
-fn row_groups(path: &str) -> DFResult<Arc<Vec<u64>>> {
+/// `load()`'s value for `path`, through the map of the cache `map` picks.
+fn cached<T: Clone>(
+    path: &str,
+    map: fn(&mut Cache) -> &mut HashMap<String, T>,
+    load: impl FnOnce() -> DFResult<T>,
+) -> DFResult<T> {
     if let Some(found) = cache()
         .lock()
         .ok()
-        .and_then(|c| c.row_groups.get(path).cloned())
+        .and_then(|mut c| map(&mut c).get(path).cloned())
     {
         return Ok(found);
     }
-    let file = std::fs::File::open(local_path(path)).map_err(|e| io_error(path, e))?;
-    let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
-        .parse_and_finish(&file)
-        .map_err(|e| io_error(path, e))?;
-    let rows = Arc::new(
-        metadata
-            .row_groups()
-            .iter()
-            .map(|g| u64::try_from(g.num_rows()).unwrap_or(0))
-            .collect::<Vec<_>>(),
-    );
+    let value = load()?;
     if let Ok(mut cache) = cache().lock() {
-        if cache.row_groups.len() >= CACHE_ENTRIES {
-            cache.row_groups.clear();
+        let entries = map(&mut cache);
+        if entries.len() >= CACHE_ENTRIES {
+            entries.clear();
         }
-        cache.row_groups.insert(path.to_string(), rows.clone());
+        entries.insert(path.to_string(), value.clone());
     }
-    Ok(rows)
+    Ok(value)
+}
+
+/// The rows of each row group of the local Parquet file `path`, from its footer.
+fn row_groups(path: &str) -> DFResult<Arc<Vec<u64>>> {
+    cached(
+        path,
+        |c| &mut c.row_groups,
+        || {
+            let file = std::fs::File::open(local_path(path)).map_err(|e| io_error(path, e))?;
+            let metadata = parquet::file::metadata::ParquetMetaDataReader::new()
+                .parse_and_finish(&file)
+                .map_err(|e| io_error(path, e))?;
+            Ok(Arc::new(
+                metadata
+                    .row_groups()
+                    .iter()
+                    .map(|g| u64::try_from(g.num_rows()).unwrap_or(0))
+                    .collect(),
+            ))
+        },
+    )
 }
 
 /// The positions the local position-delete file `path` deletes, by data file path.
 fn delete_positions(path: &str) -> DFResult<Arc<HashMap<String, Vec<u64>>>> {
-    if let Some(found) = cache()
-        .lock()
-        .ok()
-        .and_then(|c| c.deletes.get(path).cloned())
-    {
-        return Ok(found);
-    }
-    let file = std::fs::File::open(local_path(path)).map_err(|e| io_error(path, e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .and_then(|b| b.build())
-        .map_err(|e| io_error(path, e))?;
-    let mut out: HashMap<String, Vec<u64>> = HashMap::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| io_error(path, e))?;
-        let paths = batch
-            .column_by_name("file_path")
-            .and_then(|c| c.as_any().downcast_ref::<StringArray>());
-        let positions = batch
-            .column_by_name("pos")
-            .and_then(|c| c.as_any().downcast_ref::<Int64Array>());
-        let (Some(paths), Some(positions)) = (paths, positions) else {
-            return Err(io_error(
-                path,
-                "not a position-delete file (file_path, pos)",
-            ));
-        };
-        for i in 0..batch.num_rows() {
-            if paths.is_null(i) || positions.is_null(i) {
-                return Err(io_error(path, "a null file_path or pos"));
+    cached(
+        path,
+        |c| &mut c.deletes,
+        || {
+            let file = std::fs::File::open(local_path(path)).map_err(|e| io_error(path, e))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .and_then(|b| b.build())
+                .map_err(|e| io_error(path, e))?;
+            let mut out: HashMap<String, Vec<u64>> = HashMap::new();
+            for batch in reader {
+                let batch = batch.map_err(|e| io_error(path, e))?;
+                let paths = batch
+                    .column_by_name("file_path")
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+                let positions = batch
+                    .column_by_name("pos")
+                    .and_then(|c| c.as_any().downcast_ref::<Int64Array>());
+                let (Some(paths), Some(positions)) = (paths, positions) else {
+                    return Err(io_error(
+                        path,
+                        "not a position-delete file (file_path, pos)",
+                    ));
+                };
+                for i in 0..batch.num_rows() {
+                    if paths.is_null(i) || positions.is_null(i) {
+                        return Err(io_error(path, "a null file_path or pos"));
+                    }
+                    let pos = u64::try_from(positions.value(i))
+                        .map_err(|_| io_error(path, "a negative pos"))?;
+                    out.entry(paths.value(i).to_string()).or_default().push(pos);
+                }
             }
-            let pos =
-                u64::try_from(positions.value(i)).map_err(|_| io_error(path, "a negative pos"))?;
-            out.entry(paths.value(i).to_string()).or_default().push(pos);
-        }
-    }
-    let out = Arc::new(out);
-    if let Ok(mut cache) = cache().lock() {
-        if cache.deletes.len() >= CACHE_ENTRIES {
-            cache.deletes.clear();
-        }
-        cache.deletes.insert(path.to_string(), out.clone());
-    }
-    Ok(out)
+            Ok(Arc::new(out))
+        },
+    )
 }
 
 /// The access plan that leaves out the rows of `task`'s data file its position deletes name,

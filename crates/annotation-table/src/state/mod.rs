@@ -980,29 +980,29 @@ impl Partitioner {
     }
 }
 
-/// The data files of the snapshot tagged [`RETENTION_BASE_TAG`] (none when untagged).
+/// The data and delete files of the snapshot tagged [`RETENTION_BASE_TAG`] (none when
+/// untagged).
 async fn tagged_files(table: &Table) -> Result<Vec<DataFile>, Error> {
-    let Some(base) = table
+    let base = table
         .metadata()
         .snapshot_for_ref(RETENTION_BASE_TAG)
-        .cloned()
-    else {
-        return Ok(Vec::new());
-    };
-    let files = ManifestCache::default().snapshot(table, &base).await?;
-    Ok(files
-        .live
-        .iter()
-        .chain(&files.deletes)
-        .map(|e| e.data_file().clone())
-        .collect())
+        .cloned();
+    files_of(table, base).await
 }
 
+/// The data and delete files of the current snapshot.
 async fn live_files(table: &Table) -> Result<Vec<DataFile>, Error> {
-    let Some(current) = table.metadata().current_snapshot().cloned() else {
+    files_of(table, table.metadata().current_snapshot().cloned()).await
+}
+
+async fn files_of(
+    table: &Table,
+    snapshot: Option<iceberg::spec::SnapshotRef>,
+) -> Result<Vec<DataFile>, Error> {
+    let Some(snapshot) = snapshot else {
         return Ok(Vec::new());
     };
-    let files = ManifestCache::default().snapshot(table, &current).await?;
+    let files = ManifestCache::default().snapshot(table, &snapshot).await?;
     Ok(files
         .live
         .iter()
