@@ -17,7 +17,7 @@
 //! partition made a refresh cost the partitions touched, and random changes touch all of them
 //! (10k changes to a 5M-row state rewrote all of it). So a partition's share of each table is
 //! at most a base (its biggest file), a delta (the rows changed since), and one position-delete
-//! file naming the base rows the delta or a deletion replaced ([`merge_plan`]); a refresh
+//! file naming the base rows the delta or a deletion replaced (`merge`); a refresh
 //! writes the new delta and delete file and reads but does not write the base. Once churn
 //! passes a quarter of the partition's live rows the partition is written whole again, so
 //! readers never skip more than that share. Position deletes, not equality deletes, because
@@ -642,7 +642,7 @@ impl StateTables {
     /// Writes one table's share of a partition: its folded `rows` and the rows it keeps of
     /// the `loaded` files, either as the whole partition again (copy-on-write, every one of
     /// its `old` files replaced) or, when little of it changed, as a small delta file beside
-    /// the big files, whose replaced rows a position-delete file deletes (see [`merge_plan`]).
+    /// the base, whose replaced rows a position-delete file deletes (see `merge`).
     async fn write_part(
         &self,
         pass: &Pass<'_>,
