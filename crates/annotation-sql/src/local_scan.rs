@@ -22,7 +22,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use datafusion::arrow::array::{Array, Int64Array, StringArray};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
 use datafusion::common::config::TableParquetOptions;
@@ -37,7 +36,7 @@ use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::physical_plan::ExecutionPlan;
 use iceberg::scan::FileScanTask;
 use iceberg::spec::{DataContentType, DataFileFormat};
-use parquet::arrow::arrow_reader::{ParquetRecordBatchReaderBuilder, RowSelection, RowSelector};
+use parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 
 use crate::scan::{LOCAL_METADATA_HINT, is_local, statistics};
 
@@ -140,35 +139,10 @@ fn delete_positions(path: &str) -> DFResult<Arc<HashMap<String, Vec<u64>>>> {
         path,
         |c| &mut c.deletes,
         || {
-            let file = std::fs::File::open(local_path(path)).map_err(|e| io_error(path, e))?;
-            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-                .and_then(|b| b.build())
-                .map_err(|e| io_error(path, e))?;
-            let mut out: HashMap<String, Vec<u64>> = HashMap::new();
-            for batch in reader {
-                let batch = batch.map_err(|e| io_error(path, e))?;
-                let paths = batch
-                    .column_by_name("file_path")
-                    .and_then(|c| c.as_any().downcast_ref::<StringArray>());
-                let positions = batch
-                    .column_by_name("pos")
-                    .and_then(|c| c.as_any().downcast_ref::<Int64Array>());
-                let (Some(paths), Some(positions)) = (paths, positions) else {
-                    return Err(io_error(
-                        path,
-                        "not a position-delete file (file_path, pos)",
-                    ));
-                };
-                for i in 0..batch.num_rows() {
-                    if paths.is_null(i) || positions.is_null(i) {
-                        return Err(io_error(path, "a null file_path or pos"));
-                    }
-                    let pos = u64::try_from(positions.value(i))
-                        .map_err(|_| io_error(path, "a negative pos"))?;
-                    out.entry(paths.value(i).to_string()).or_default().push(pos);
-                }
-            }
-            Ok(Arc::new(out))
+            let bytes = std::fs::read(local_path(path)).map_err(|e| io_error(path, e))?;
+            annotation_table::state::parse_positions(bytes.into(), path)
+                .map(Arc::new)
+                .map_err(|e| io_error(path, e))
         },
     )
 }

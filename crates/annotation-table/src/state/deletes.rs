@@ -11,11 +11,11 @@ use iceberg::spec::{DataContentType, DataFile, DataFileBuilder, DataFileFormat, 
 use iceberg::table::Table;
 use iceberg::{Error, ErrorKind};
 use parquet::arrow::ArrowWriter;
-
-use crate::maintain::compact::arrow_error;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+
+use crate::maintain::compact::arrow_error;
 
 /// The reserved field ids of a position-delete file's columns (Iceberg spec, "Position
 /// Delete Files").
@@ -25,51 +25,55 @@ const FIELD_POS: i32 = 2_147_483_545;
 /// Rows deleted by position, by data file path.
 pub(super) type Positions = HashMap<String, HashSet<u64>>;
 
+/// The positions one position-delete file (its bytes; `path` names it in errors) deletes, by
+/// data file path, in file order. Shared with the SQL reader, which applies them itself.
+pub fn parse_positions(
+    bytes: bytes::Bytes,
+    path: &str,
+) -> Result<HashMap<String, Vec<u64>>, Error> {
+    let invalid = |e: &dyn std::fmt::Display| {
+        Error::new(
+            ErrorKind::DataInvalid,
+            format!("reading {path} as a position-delete file (file_path, pos): {e}"),
+        )
+    };
+    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .and_then(|b| b.build())
+        .map_err(|e| invalid(&e))?;
+    let mut out: HashMap<String, Vec<u64>> = HashMap::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| invalid(&e))?;
+        let paths = batch
+            .column_by_name("file_path")
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>());
+        let positions = batch
+            .column_by_name("pos")
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>());
+        let (Some(paths), Some(positions)) = (paths, positions) else {
+            return Err(invalid(&"no string file_path or long pos column"));
+        };
+        for i in 0..batch.num_rows() {
+            if paths.is_null(i) || positions.is_null(i) {
+                return Err(invalid(&"a null file_path or pos"));
+            }
+            let pos = u64::try_from(positions.value(i)).map_err(|_| invalid(&"a negative pos"))?;
+            out.entry(paths.value(i).to_string()).or_default().push(pos);
+        }
+    }
+    Ok(out)
+}
+
 /// Reads position-delete files into the positions they delete.
 pub(super) async fn read(table: &Table, files: &[DataFile]) -> Result<Positions, Error> {
     let mut out = Positions::new();
     for file in files {
         let bytes = table.file_io().new_input(file.file_path())?.read().await?;
         let path = file.file_path().to_string();
-        let batches = tokio::task::spawn_blocking(move || -> Result<Vec<RecordBatch>, Error> {
-            let invalid = |e: &dyn std::fmt::Display| {
-                Error::new(ErrorKind::DataInvalid, format!("reading {path}: {e}"))
-            };
-            ParquetRecordBatchReaderBuilder::try_new(bytes)
-                .map_err(|e| invalid(&e))?
-                .build()
-                .map_err(|e| invalid(&e))?
-                .map(|b| b.map_err(|e| invalid(&e)))
-                .collect()
-        })
-        .await
-        .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))??;
-        for batch in batches {
-            let invalid = || {
-                Error::new(
-                    ErrorKind::DataInvalid,
-                    format!(
-                        "{} is not a position-delete file (file_path, pos)",
-                        file.file_path()
-                    ),
-                )
-            };
-            let paths = batch
-                .column_by_name("file_path")
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .ok_or_else(invalid)?;
-            let positions = batch
-                .column_by_name("pos")
-                .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
-                .ok_or_else(invalid)?;
-            for i in 0..batch.num_rows() {
-                if paths.is_null(i) || positions.is_null(i) || positions.value(i) < 0 {
-                    return Err(invalid());
-                }
-                out.entry(paths.value(i).to_string())
-                    .or_default()
-                    .insert(positions.value(i) as u64);
-            }
+        let parsed = tokio::task::spawn_blocking(move || parse_positions(bytes, &path))
+            .await
+            .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))??;
+        for (data_file, positions) in parsed {
+            out.entry(data_file).or_default().extend(positions);
         }
     }
     Ok(out)

@@ -61,6 +61,7 @@ use crate::{
     CatalogConfig, JournalRow, JournalTable, Maintainer, StorageConfig, TableError, decode_rows,
     state_spec, tombstones_spec,
 };
+pub use deletes::parse_positions;
 use fold::Fold;
 use merge::{FileShape, Merge, merge_plan};
 pub use retention::{
