@@ -609,13 +609,7 @@ impl StateTables {
         }
         let folded = fold.finish();
         let [state_files, tomb_files] = files;
-        let rows_in = |files: &[Loaded]| {
-            files
-                .iter()
-                .flat_map(|f| &f.kept)
-                .map(|b| b.num_rows())
-                .sum::<usize>()
-        };
+        let rows_in = |files: &[Loaded]| files.iter().map(|f| f.kept.rows).sum::<usize>();
         out.live_rows += folded.live.len() + rows_in(&state_files);
         out.tombstones += folded.tombstones.len() + rows_in(&tomb_files);
         let tombs = self
@@ -662,7 +656,7 @@ impl StateTables {
             .map(|f| FileShape {
                 rows: f.file.record_count(),
                 dead: (f.dead.len() + f.hits.len()) as u64,
-                kept: f.kept.iter().map(|b| b.num_rows() as u64).sum(),
+                kept: f.kept.rows as u64,
                 hits: f.hits.len() as u64,
             })
             .collect();
@@ -670,7 +664,10 @@ impl StateTables {
         match merge_plan(pass.incremental, &shapes, rows.len()) {
             Merge::Unchanged => {}
             Merge::Rewrite => {
-                let kept = loaded.into_iter().flat_map(|f| f.kept).collect();
+                let mut kept = Vec::new();
+                for file in loaded {
+                    kept.extend(file.kept.take()?);
+                }
                 part.written = write(table, schema, kept, rows, pass.prefix).await?;
                 part.removed = old.data.iter().chain(&old.deletes).cloned().collect();
                 part.merged = !part.removed.is_empty();
@@ -681,7 +678,7 @@ impl StateTables {
                 let mut like = None;
                 for (i, file) in loaded.into_iter().enumerate() {
                     if rewrite.contains(&i) {
-                        kept.extend(file.kept);
+                        kept.extend(file.kept.take()?);
                         part.removed.push(file.file);
                         continue;
                     }
@@ -818,7 +815,7 @@ struct PartFiles {
 struct Loaded {
     file: DataFile,
     /// Its rows the refresh does not touch (and that no delete file deletes).
-    kept: Vec<RecordBatch>,
+    kept: Kept,
     /// Positions of its rows the refresh folded again (they are replaced).
     hits: Vec<u64>,
     /// Positions its delete files deleted before.
@@ -1046,10 +1043,29 @@ fn version_key(bucket: &str, key: &str, version: Option<&str>) -> VersionKey {
 struct Split {
     /// The rows of the touched object versions (every row for a rebuild), decoded.
     rows: Vec<JournalRow>,
-    /// Every other row, as Arrow batches.
-    kept: Vec<RecordBatch>,
+    /// Every other row, as Arrow.
+    kept: Kept,
     /// The positions of the decoded rows.
     hits: Vec<u64>,
+}
+
+/// The rows of a file a refresh keeps as they are: its batches and which rows of each. They
+/// are copied out only when the file is written again, not when it stays as a base.
+#[derive(Default)]
+struct Kept {
+    batches: Vec<(RecordBatch, arrow::array::BooleanArray)>,
+    rows: usize,
+}
+
+impl Kept {
+    fn take(self) -> Result<Vec<RecordBatch>, Error> {
+        self.batches
+            .into_iter()
+            .map(|(batch, keep)| {
+                arrow::compute::filter_record_batch(&batch, &keep).map_err(arrow_error)
+            })
+            .collect()
+    }
 }
 
 /// Reads a state or tombstones file, leaving out the positions its delete files delete
@@ -1068,7 +1084,7 @@ async fn split(
     tokio::task::spawn_blocking(move || {
         let mut out = Split {
             rows: Vec::new(),
-            kept: Vec::new(),
+            kept: Kept::default(),
             hits: Vec::new(),
         };
         let mut offset = 0u64;
@@ -1115,12 +1131,12 @@ async fn split(
                 arrow::array::BooleanArray::from(hit),
                 arrow::array::BooleanArray::from(miss),
             );
-            if touched.is_some() {
-                out.kept
-                    .push(arrow::compute::filter_record_batch(&batch, &miss).map_err(arrow_error)?);
-            }
             let hits = arrow::compute::filter_record_batch(&batch, &hit).map_err(arrow_error)?;
             rows_of_batch(hits, record_type, &path, &mut out.rows)?;
+            if touched.is_some() {
+                out.kept.rows += miss.true_count();
+                out.kept.batches.push((batch, miss));
+            }
         }
         Ok(out)
     })
