@@ -595,6 +595,22 @@ fn writer_properties(table: &Table) -> Result<WriterProperties, iceberg::Error> 
         }
     };
     let mut builder = WriterProperties::builder().set_compression(compression);
+    // Iceberg's own property for rows per page. The state tables set it small: a refresh and a
+    // lookup read only the pages whose `object_key` range holds their keys (`state::pages`).
+    if let Some(rows) = props.get("write.parquet.page-row-limit") {
+        let rows: usize = rows.parse().ok().filter(|&r| r > 0).ok_or_else(|| {
+            iceberg::Error::new(
+                ErrorKind::DataInvalid,
+                format!(
+                    "table property write.parquet.page-row-limit is {rows:?}: set a positive number of rows"
+                ),
+            )
+        })?;
+        // Parquet checks the limit after each write batch, so the batch may not exceed it.
+        builder = builder
+            .set_data_page_row_count_limit(rows)
+            .set_write_batch_size(rows.min(parquet::file::properties::DEFAULT_WRITE_BATCH_SIZE));
+    }
     // Columns that are (nearly) unique per row: a dictionary never pays off there, and Parquet
     // would build one for the first megabyte of every column chunk before falling back.
     for column in [

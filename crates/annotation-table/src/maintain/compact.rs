@@ -182,21 +182,33 @@ pub(crate) fn read_parquet(
         .map_err(|e| context(&e))?;
     let mut out = Vec::new();
     for batch in reader {
-        let batch = batch.map_err(|e| context(&e))?;
-        let mut columns = Vec::with_capacity(schema.fields().len());
-        for field in schema.fields() {
-            let column = match batch.column_by_name(field.name()) {
-                Some(column) if column.data_type() == field.data_type() => column.clone(),
-                Some(column) => {
-                    arrow::compute::cast(column, field.data_type()).map_err(|e| context(&e))?
-                }
-                None => arrow::array::new_null_array(field.data_type(), batch.num_rows()),
-            };
-            columns.push(column);
-        }
-        out.push(RecordBatch::try_new(schema.clone(), columns).map_err(|e| context(&e))?);
+        out.push(conform(batch.map_err(|e| context(&e))?, schema, path)?);
     }
     Ok(out)
+}
+
+/// `batch` (read from `path`) as a batch of `schema`: columns matched by name, cast where
+/// another writer chose a different physical type, null where the file has none.
+pub(crate) fn conform(
+    batch: RecordBatch,
+    schema: &SchemaRef,
+    path: &str,
+) -> Result<RecordBatch, Error> {
+    let context = |e: &dyn std::fmt::Display| {
+        Error::new(ErrorKind::DataInvalid, format!("reading {path}: {e}"))
+    };
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let column = match batch.column_by_name(field.name()) {
+            Some(column) if column.data_type() == field.data_type() => column.clone(),
+            Some(column) => {
+                arrow::compute::cast(column, field.data_type()).map_err(|e| context(&e))?
+            }
+            None => arrow::array::new_null_array(field.data_type(), batch.num_rows()),
+        };
+        columns.push(column);
+    }
+    RecordBatch::try_new(schema.clone(), columns).map_err(|e| context(&e))
 }
 
 /// A rewrite ready to commit: the files it replaces and the files that replace them.
