@@ -332,12 +332,14 @@ async fn refresh(state: &StateTables, journal: &JournalTable) -> Result<()> {
     let before = peak_rss_mib();
     let report = state.refresh(journal, false).await?;
     println!(
-        "refresh   {} journal rows ({} append) folded into {} partitions ({} shares written whole, {} rows deleted by position): {} files ({:.1} MiB) replaced by {} ({:.1} MiB) in {:.2} s; peak RSS {:.0} MiB (was {:.0})",
+        "refresh   {} journal rows ({} append) folded into {} partitions ({} shares written whole, {} rows deleted by position, {} of {} base rows read): {} files ({:.1} MiB) replaced by {} ({:.1} MiB) in {:.2} s; peak RSS {:.0} MiB (was {:.0})",
         report.journal_rows,
         report.journal_snapshots,
         report.partitions,
         report.partitions_merged,
         report.position_deletes,
+        report.base_rows_read,
+        report.base_rows,
         report.files_removed,
         report.bytes_removed as f64 / 1048576.0,
         report.files_written,

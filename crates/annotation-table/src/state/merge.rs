@@ -33,17 +33,22 @@ pub(super) enum Merge {
 /// changed, and a reader skips or merges at most that share.
 const CHURN_DIVISOR: u64 = 4;
 
+/// Which of a partition's files (given their row counts) is its base: the biggest, the first
+/// of equals. `None` for no files.
+pub(super) fn base_of(rows: impl IntoIterator<Item = u64>) -> Option<usize> {
+    rows.into_iter()
+        .enumerate()
+        .max_by_key(|(i, rows)| (*rows, usize::MAX - i))
+        .map(|(i, _)| i)
+}
+
 /// Chooses how to write a partition of `files` (as [`FileShape`]s) and `new_rows` folded rows.
 /// A rebuild, an empty partition, or one where churn would pass a quarter of its rows is
 /// rewritten whole; otherwise the biggest file (the base) stays and gets position deletes, and
 /// every other file (the earlier delta) is folded into the new delta with the new rows. So a
 /// partition is at most a base, a delta and a delete file.
 pub(super) fn merge_plan(incremental: bool, files: &[FileShape], new_rows: usize) -> Merge {
-    let Some((base, _)) = files
-        .iter()
-        .enumerate()
-        .max_by_key(|(i, f)| (f.rows, usize::MAX - i))
-    else {
+    let Some(base) = base_of(files.iter().map(|f| f.rows)) else {
         return Merge::Rewrite;
     };
     if !incremental {

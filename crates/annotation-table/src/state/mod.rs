@@ -40,6 +40,7 @@ mod deletes;
 mod delta;
 mod fold;
 mod merge;
+mod pages;
 mod retention;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -63,7 +64,7 @@ use crate::{
 };
 pub use deletes::parse_positions;
 use fold::Fold;
-use merge::{FileShape, Merge, merge_plan};
+use merge::{FileShape, Merge, base_of, merge_plan};
 pub use retention::{
     PROPERTY_RETAINED_SINCE, RETENTION_BASE_TAG, RetentionReport, SUMMARY_CUT, retained_since,
 };
@@ -119,6 +120,11 @@ pub struct RefreshReport {
     /// Rows deleted by position in the delete files written (earlier deletes they carry over
     /// included).
     pub position_deletes: usize,
+    /// Rows in the partitions' bases an incremental refresh read by pages (`pages`): only the
+    /// pages that can hold a touched key are decoded.
+    pub base_rows: u64,
+    /// Of those, the rows decoded.
+    pub base_rows_read: u64,
     /// State and tombstone files replaced.
     pub files_removed: usize,
     /// Their bytes.
@@ -456,6 +462,8 @@ impl StateTables {
         report.tombstones += out.tombstones;
         report.position_deletes += out.position_deletes;
         report.partitions_merged += out.partitions_merged;
+        report.base_rows += out.base_rows;
+        report.base_rows_read += out.base_rows_read;
         let Written {
             state: new_state,
             tombs: new_tombs,
@@ -537,14 +545,14 @@ impl StateTables {
         // An incremental refresh decodes and folds only the object versions its journal rows
         // touch; every other row of the partition is already folded and is carried over as
         // Arrow, untouched.
-        let mut touched: Option<HashSet<VersionKey>> = pass.incremental.then(HashSet::new);
+        let mut touched: Option<Touched> = pass.incremental.then(Touched::default);
         for row in rows {
             if let Some(touched) = &mut touched {
-                touched.insert(version_key(
+                touched.insert(
                     &row.bucket,
                     &row.object_key,
                     row.object_version_id.as_deref(),
-                ));
+                );
             }
             fold.add(row);
         }
@@ -577,17 +585,36 @@ impl StateTables {
                 }
             };
             let mut deleted = deletes::read(table, &load.deletes).await.map_err(error)?;
-            for file in &load.data {
-                let raw = fetch(table, file).await.map_err(error)?;
-                loaded += uncompressed_size(&raw, file).map_err(error)?;
+            // An incremental refresh reads only the pages of the base that can hold touched
+            // rows (`pages`); the base stays unless the partition is written whole again, and
+            // is read in full only then. Smaller files (the delta) are read whole.
+            let base = base_of(load.data.iter().map(DataFile::record_count));
+            for (i, file) in load.data.iter().enumerate() {
+                let dead = Arc::new(deleted.remove(file.file_path()).unwrap_or_default());
+                let by_pages = touched.as_ref().filter(|_| Some(i) == base);
+                let (batches, size) = match by_pages {
+                    Some(touched) => {
+                        let pages = pages::read_pages(table, file, schema, &touched.keys)
+                            .await
+                            .map_err(error)?;
+                        out.base_rows += file.record_count();
+                        out.base_rows_read += pages.decoded;
+                        (Batches::Pages(pages.batches), pages.uncompressed)
+                    }
+                    None => {
+                        let raw = fetch(table, file).await.map_err(error)?;
+                        let size = uncompressed_size(&raw, file).map_err(error)?;
+                        (Batches::Raw(raw), size)
+                    }
+                };
+                loaded += size;
                 if let Some(budget) = pass.budget
                     && loaded > budget
                 {
                     return Ok(Some(loaded));
                 }
-                let dead = Arc::new(deleted.remove(file.file_path()).unwrap_or_default());
                 let part = split(
-                    raw,
+                    batches,
                     schema,
                     file,
                     record_type,
@@ -666,7 +693,7 @@ impl StateTables {
             Merge::Rewrite => {
                 let mut kept = Vec::new();
                 for file in loaded {
-                    kept.extend(file.kept.take()?);
+                    kept.extend(file.kept_rows(table, schema).await?);
                 }
                 part.written = write(table, schema, kept, rows, pass.prefix).await?;
                 part.removed = old.data.iter().chain(&old.deletes).cloned().collect();
@@ -678,8 +705,8 @@ impl StateTables {
                 let mut like = None;
                 for (i, file) in loaded.into_iter().enumerate() {
                     if rewrite.contains(&i) {
-                        kept.extend(file.kept.take()?);
-                        part.removed.push(file.file);
+                        part.removed.push(file.file.clone());
+                        kept.extend(file.kept_rows(table, schema).await?);
                         continue;
                     }
                     let dead: BTreeSet<u64> = file.dead.iter().chain(&file.hits).copied().collect();
@@ -802,6 +829,8 @@ struct Written {
     tombstones: usize,
     position_deletes: usize,
     partitions_merged: usize,
+    base_rows: u64,
+    base_rows_read: u64,
 }
 
 /// A partition's files in one table: data files and the position deletes against them.
@@ -1039,56 +1068,131 @@ fn version_key(bucket: &str, key: &str, version: Option<&str>) -> VersionKey {
     )
 }
 
+/// The object versions an incremental refresh folds again.
+#[derive(Debug, Default)]
+struct Touched {
+    versions: HashSet<VersionKey>,
+    /// Their object keys, sorted as bytes: what a page's `object_key` min/max is compared with,
+    /// and a check that costs no allocation for the many rows whose key is not touched.
+    keys: BTreeSet<Vec<u8>>,
+}
+
+impl Touched {
+    fn insert(&mut self, bucket: &str, key: &str, version: Option<&str>) {
+        self.keys.insert(key.as_bytes().to_vec());
+        self.versions.insert(version_key(bucket, key, version));
+    }
+
+    fn contains(&self, bucket: &str, key: &str, version: Option<&str>) -> bool {
+        self.keys.contains(key.as_bytes())
+            && self.versions.contains(&version_key(bucket, key, version))
+    }
+}
+
 /// A state or tombstones file as a refresh reads it.
 struct Split {
     /// The rows of the touched object versions (every row for a rebuild), decoded.
     rows: Vec<JournalRow>,
-    /// Every other row, as Arrow.
+    /// Every other row.
     kept: Kept,
     /// The positions of the decoded rows.
     hits: Vec<u64>,
 }
 
-/// The rows of a file a refresh keeps as they are: its batches and which rows of each. They
-/// are copied out only when the file is written again, not when it stays as a base.
+/// The rows of a file a refresh keeps as they are: how many, and, for a file read whole, its
+/// batches and which rows of each. They are copied out only when the file is written again,
+/// not when it stays as a base.
 #[derive(Default)]
 struct Kept {
-    batches: Vec<(RecordBatch, arrow::array::BooleanArray)>,
+    /// `None` for a base read by pages: its kept rows were never decoded.
+    batches: Option<Vec<(RecordBatch, arrow::array::BooleanArray)>>,
     rows: usize,
 }
 
-impl Kept {
-    fn take(self) -> Result<Vec<RecordBatch>, Error> {
-        self.batches
-            .into_iter()
-            .map(|(batch, keep)| {
-                arrow::compute::filter_record_batch(&batch, &keep).map_err(arrow_error)
-            })
-            .collect()
+impl Loaded {
+    /// The rows of the file that stay, as batches of `schema` (of `table`): those set aside
+    /// while reading it, or, for a base read by pages, the file read again without the rows
+    /// deleted before and the rows this refresh replaces.
+    async fn kept_rows(self, table: &Table, schema: &SchemaRef) -> Result<Vec<RecordBatch>, Error> {
+        let filter = |batch: &RecordBatch, keep: &arrow::array::BooleanArray| {
+            arrow::compute::filter_record_batch(batch, keep).map_err(arrow_error)
+        };
+        if let Some(batches) = self.kept.batches {
+            return batches
+                .iter()
+                .map(|(batch, keep)| filter(batch, keep))
+                .collect();
+        }
+        let gone: HashSet<u64> = self.dead.iter().chain(&self.hits).copied().collect();
+        let mut out = Vec::new();
+        let mut offset = 0u64;
+        for batch in read_data_file(table, &self.file, schema).await? {
+            let keep: arrow::array::BooleanArray = (0..batch.num_rows() as u64)
+                .map(|i| Some(!gone.contains(&(offset + i))))
+                .collect();
+            offset += batch.num_rows() as u64;
+            out.push(filter(&batch, &keep)?);
+        }
+        if offset != self.file.record_count() {
+            return Err(Error::new(
+                ErrorKind::DataInvalid,
+                format!(
+                    "{} has {offset} rows, its manifest says {}",
+                    self.file.file_path(),
+                    self.file.record_count()
+                ),
+            ));
+        }
+        Ok(out)
     }
+}
+
+/// A file's rows as a refresh reads them.
+enum Batches {
+    /// The whole file's bytes.
+    Raw(bytes::Bytes),
+    /// Only some pages' rows, already decoded, each batch with the position of its first row.
+    Pages(Vec<(RecordBatch, u64)>),
 }
 
 /// Reads a state or tombstones file, leaving out the positions its delete files delete
 /// (`dead`): the rows of the `touched` object versions decoded (all rows when `None`), every
-/// other row kept as Arrow batches of `schema`.
+/// other row kept as Arrow batches of `schema` when the whole file was read, and counted when
+/// only some of its pages were.
 async fn split(
-    bytes: bytes::Bytes,
+    batches: Batches,
     schema: &SchemaRef,
     file: &DataFile,
     record_type: Option<&'static str>,
-    touched: Option<Arc<HashSet<VersionKey>>>,
+    touched: Option<Arc<Touched>>,
     dead: Arc<HashSet<u64>>,
 ) -> Result<Split, Error> {
     let schema = schema.clone();
     let path = file.file_path().to_string();
+    let rows_in_file = file.record_count();
     tokio::task::spawn_blocking(move || {
+        let (batches, whole) = match batches {
+            Batches::Raw(bytes) => {
+                let mut offset = 0u64;
+                let mut out = Vec::new();
+                for batch in read_parquet(bytes, &schema, &path)? {
+                    let rows = batch.num_rows() as u64;
+                    out.push((batch, offset));
+                    offset += rows;
+                }
+                (out, true)
+            }
+            Batches::Pages(batches) => (batches, false),
+        };
         let mut out = Split {
             rows: Vec::new(),
-            kept: Kept::default(),
+            kept: Kept {
+                batches: whole.then(Vec::new),
+                rows: 0,
+            },
             hits: Vec::new(),
         };
-        let mut offset = 0u64;
-        for batch in read_parquet(bytes, &schema, &path)? {
+        for (batch, offset) in batches {
             let column = |name: &str| {
                 batch
                     .column_by_name(name)
@@ -1118,7 +1222,7 @@ async fn split(
                 }
                 let is_hit = touched.as_ref().is_none_or(|touched| {
                     let version = versions.is_valid(i).then(|| versions.value(i));
-                    touched.contains(&version_key(buckets.value(i), keys.value(i), version))
+                    touched.contains(buckets.value(i), keys.value(i), version)
                 });
                 if is_hit {
                     out.hits.push(pos);
@@ -1126,17 +1230,25 @@ async fn split(
                 hit.push(is_hit);
                 miss.push(!is_hit);
             }
-            offset += batch.num_rows() as u64;
             let (hit, miss) = (
                 arrow::array::BooleanArray::from(hit),
                 arrow::array::BooleanArray::from(miss),
             );
             let hits = arrow::compute::filter_record_batch(&batch, &hit).map_err(arrow_error)?;
             rows_of_batch(hits, record_type, &path, &mut out.rows)?;
-            if touched.is_some() {
+            if touched.is_some()
+                && let Some(kept) = &mut out.kept.batches
+            {
                 out.kept.rows += miss.true_count();
-                out.kept.batches.push((batch, miss));
+                kept.push((batch, miss));
             }
+        }
+        if !whole {
+            // Every row the pages left out stays, as do the rows they hold that no touched
+            // version has.
+            out.kept.rows = (rows_in_file
+                .saturating_sub(dead.len() as u64)
+                .saturating_sub(out.hits.len() as u64)) as usize;
         }
         Ok(out)
     })
