@@ -49,7 +49,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use futures::TryFutureExt;
+use futures::{StreamExt, TryFutureExt};
 use iceberg::spec::{DataContentType, DataFile, Datum, Literal, Operation, PrimitiveLiteral};
 use iceberg::table::Table;
 use iceberg::{Catalog, Error, ErrorKind};
@@ -229,7 +229,7 @@ impl StateTables {
     /// budget, an incremental refresh folds the oldest appends that fit (the watermark advances
     /// to the last one) and a whole-journal fold is not attempted:
     /// [`RefreshReport::deferred`] says how much one pass would need. Partitions of the state
-    /// are loaded one at a time, each within the budget too, or the refresh is deferred the
+    /// are loaded two at a time, each within half the budget, or the refresh is deferred the
     /// same way.
     pub async fn refresh_within(
         &self,
@@ -405,7 +405,7 @@ impl StateTables {
             tomb_table: &tomb_table,
             state_schema: &state_schema,
             tomb_schema: &tomb_schema,
-            budget,
+            budget: budget.map(|b| (b / PARTITIONS_AT_ONCE as u64).max(1)),
             incremental: !delta.full,
             prefix: &prefix,
         };
@@ -431,6 +431,7 @@ impl StateTables {
                     partitions.dedup();
                 }
                 report.partitions += partitions.len();
+                let mut jobs = Vec::with_capacity(partitions.len());
                 for partition in partitions {
                     let old_state = state_files.remove(&partition).unwrap_or_default();
                     let old_tombs = tomb_files.remove(&partition).unwrap_or_default();
@@ -445,12 +446,28 @@ impl StateTables {
                         (old_state.clone(), old_tombs.clone())
                     };
                     let rows = rows.remove(&partition).unwrap_or_default();
-                    let load = (&load_state, &load_tombs);
-                    let old = (&old_state, &old_tombs);
-                    if let Some(needs) = self
-                        .rewrite_partition(&pass, rows, load, old, &mut out)
-                        .await?
-                    {
+                    jobs.push((rows, (load_state, load_tombs), (old_state, old_tombs)));
+                }
+                // A partition is small files, read and written one after the other: two at a
+                // time keep both cores busy while one waits on storage.
+                let pass = &pass;
+                let mut parts = futures::stream::iter(jobs.into_iter().map(
+                    |(rows, (load_state, load_tombs), (old_state, old_tombs))| async move {
+                        let mut part = Written::default();
+                        let load = (&load_state, &load_tombs);
+                        let old = (&old_state, &old_tombs);
+                        let result = self
+                            .rewrite_partition(pass, rows, load, old, &mut part)
+                            .await;
+                        (result, part)
+                    },
+                ))
+                .buffer_unordered(PARTITIONS_AT_ONCE);
+                while let Some((result, part)) = parts.next().await {
+                    // What a partition wrote is kept even when another failed, so that it is
+                    // discarded with the rest.
+                    out.absorb(part);
+                    if let Some(needs) = result? {
                         return Ok(Some(needs));
                     }
                 }
@@ -594,7 +611,10 @@ impl StateTables {
                 let by_pages = touched.as_ref().filter(|_| Some(i) == base);
                 let (batches, size) = match by_pages {
                     Some(touched) => {
-                        let pages = pages::read_pages(table, file, schema, &touched.keys)
+                        let hit = |pos: u64, bucket: &str, key: &str, version: Option<&str>| {
+                            !dead.contains(&pos) && touched.contains(bucket, key, version)
+                        };
+                        let pages = pages::read_pages(table, file, schema, &touched.keys, &hit)
                             .await
                             .map_err(error)?;
                         out.base_rows += file.record_count();
@@ -812,11 +832,16 @@ struct Pass<'a> {
     tomb_table: &'a Table,
     state_schema: &'a SchemaRef,
     tomb_schema: &'a SchemaRef,
+    /// What one partition may hold: the budget shared by the partitions folded at once.
     budget: Option<u64>,
     /// Folding onto the partitions as they are (not a whole-journal rebuild).
     incremental: bool,
     prefix: &'a str,
 }
+
+/// How many partitions a refresh folds at once; each holds its files' rows, so a refresh holds
+/// up to this many partitions beside the pass's journal rows.
+const PARTITIONS_AT_ONCE: usize = 2;
 
 /// The files a refresh wrote so far, the files they replace, and the rows they hold.
 #[derive(Default)]
@@ -831,6 +856,21 @@ struct Written {
     partitions_merged: usize,
     base_rows: u64,
     base_rows_read: u64,
+}
+
+impl Written {
+    fn absorb(&mut self, other: Written) {
+        self.state.extend(other.state);
+        self.tombs.extend(other.tombs);
+        self.removed_state.extend(other.removed_state);
+        self.removed_tombs.extend(other.removed_tombs);
+        self.live_rows += other.live_rows;
+        self.tombstones += other.tombstones;
+        self.position_deletes += other.position_deletes;
+        self.partitions_merged += other.partitions_merged;
+        self.base_rows += other.base_rows;
+        self.base_rows_read += other.base_rows_read;
+    }
 }
 
 /// A partition's files in one table: data files and the position deletes against them.

@@ -1,19 +1,20 @@
-//! Reading only the pages of a base file that can hold the object keys a refresh touches, so
-//! an incremental refresh reads what changed rather than every partition it touches in full.
+//! Reading only what a refresh needs of a base file: the rows of the object versions it
+//! touches, so its reads follow what changed rather than the size of every partition it touches.
 //!
 //! State files are sorted by (bucket, `object_key`, …) and written with small pages (the
 //! tables' `write.parquet.page-row-limit`), and every page of `object_key` has a min/max in
 //! the file's column index. A page whose range holds none of the touched keys holds none of
-//! their rows, so only the row ranges of the other pages are fetched (by range reads, through
-//! the offset index) and decoded. A file without a column index for `object_key` is read
-//! whole: the pruning is an optimisation, never a filter the caller relies on (the caller
-//! still matches every row it gets against the touched versions).
+//! their rows. So the read is two steps: the key columns (bucket, key, version) of the pages
+//! that can hold a touched key, to find the rows; then every column of those rows alone
+//! (the reader fetches and decodes only the pages that hold them, through the offset index).
+//! A file without a column index for `object_key` has the key columns of all its rows read:
+//! the pruning is an optimisation, never a filter the caller relies on.
 
 use std::collections::BTreeSet;
 use std::ops::{Bound, Range};
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
+use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
 use futures::TryStreamExt;
 use iceberg::arrow::ArrowFileReader;
@@ -21,8 +22,8 @@ use iceberg::io::FileMetadata;
 use iceberg::spec::DataFile;
 use iceberg::table::Table;
 use iceberg::{Error, ErrorKind};
-use parquet::arrow::ParquetRecordBatchStreamBuilder;
 use parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions, RowSelection};
+use parquet::arrow::{ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::file::metadata::{PageIndexPolicy, ParquetMetaData, ParquetMetaDataReader};
 use parquet::file::page_index::column_index::ColumnIndexMetaData;
 
@@ -31,22 +32,32 @@ use crate::maintain::compact::conform;
 
 /// The rows of a file that a page read returned.
 pub(super) struct PageRows {
-    /// Batches of the caller's schema, each with the file position of its first row: every
-    /// batch covers consecutive positions.
+    /// The rows asked for, as batches of the caller's schema, each with the file position of
+    /// its first row: every batch covers consecutive positions.
     pub batches: Vec<(RecordBatch, u64)>,
     /// What the whole file's rows take uncompressed (its footer says), for the memory budget.
     pub uncompressed: u64,
-    /// How many of the file's rows were decoded.
+    /// How many of the file's rows had their key columns decoded (every column is decoded
+    /// only for the rows returned).
     pub decoded: u64,
 }
 
-/// Reads the rows of `file` (of `table`) that lie in pages whose `object_key` range holds one
-/// of `keys` (UTF-8 bytes), as batches of `schema`.
+/// Whether the row at a position, of a bucket, key and version, is one the caller wants.
+pub(super) type Hit<'a> = dyn Fn(u64, &str, &str, Option<&str>) -> bool + Sync + 'a;
+
+/// The columns that tell which object version a row is of.
+const KEY_COLUMNS: [&str; 3] = ["bucket", "object_key", "object_version_id"];
+
+/// Reads the rows of `file` (of `table`) for which `hit(position, bucket, key, version)`
+/// holds, as batches of `schema`, in two steps: the key columns of the pages whose
+/// `object_key` range holds one of `keys` (UTF-8 bytes) to find the rows, then every column
+/// of those rows only.
 pub(super) async fn read_pages(
     table: &Table,
     file: &DataFile,
     schema: &SchemaRef,
     keys: &BTreeSet<Vec<u8>>,
+    hit: &Hit<'_>,
 ) -> Result<PageRows, Error> {
     let path = file.file_path();
     let context = |e: &dyn std::fmt::Display| {
@@ -54,51 +65,106 @@ pub(super) async fn read_pages(
     };
     let size = file.file_size_in_bytes();
     let input = table.file_io().new_input(path)?;
-    let mut reader = ArrowFileReader::new(FileMetadata { size }, Box::new(input.reader().await?));
+    let reader = async || -> Result<ArrowFileReader, Error> {
+        Ok(ArrowFileReader::new(
+            FileMetadata { size },
+            Box::new(input.reader().await?),
+        ))
+    };
     let metadata = ParquetMetaDataReader::new()
         .with_page_index_policy(PageIndexPolicy::Optional)
-        .load_and_finish(&mut reader, size)
+        .load_and_finish(&mut reader().await?, size)
         .await
         .map_err(|e| context(&e))?;
     let metadata = Arc::new(metadata);
     let rows = u64::try_from(metadata.file_metadata().num_rows()).unwrap_or(0);
-    let ranges =
-        candidate_rows(&metadata, keys).unwrap_or_else(|| std::iter::once(0..rows).collect());
-    let decoded = ranges.iter().map(|r| r.end - r.start).sum();
     let uncompressed = rows_bytes(&metadata);
-    if ranges.is_empty() {
-        return Ok(PageRows {
-            batches: Vec::new(),
-            uncompressed,
-            decoded,
-        });
-    }
-    let to_usize = |r: &Range<u64>| r.start as usize..r.end as usize;
-    let selection =
-        RowSelection::from_consecutive_ranges(ranges.iter().map(to_usize), rows as usize);
+    let candidates =
+        candidate_rows(&metadata, keys).unwrap_or_else(|| std::iter::once(0..rows).collect());
+    let decoded = candidates.iter().map(|r| r.end - r.start).sum();
+    let descriptor = metadata.file_metadata().schema_descr_ptr();
     let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Optional);
     let arrow_metadata =
         ArrowReaderMetadata::try_new(metadata, options).map_err(|e| context(&e))?;
-    let read: Vec<RecordBatch> =
-        ParquetRecordBatchStreamBuilder::new_with_metadata(reader, arrow_metadata)
-            .with_row_selection(selection)
-            .with_batch_size(8 * 1024)
-            .build()
-            .map_err(|e| context(&e))?
-            .try_collect()
-            .await
-            .map_err(|e| context(&e))?;
-    // The reader returns the selected rows back to back; cut them at the ranges' ends so each
-    // batch knows its positions.
+    let read = async |mask: ProjectionMask, ranges: &[Range<u64>], schema: &SchemaRef| {
+        if ranges.is_empty() {
+            return Ok(Vec::new());
+        }
+        let to_usize = |r: &Range<u64>| r.start as usize..r.end as usize;
+        let selection =
+            RowSelection::from_consecutive_ranges(ranges.iter().map(to_usize), rows as usize);
+        let batches: Vec<RecordBatch> = ParquetRecordBatchStreamBuilder::new_with_metadata(
+            reader().await?,
+            arrow_metadata.clone(),
+        )
+        .with_projection(mask)
+        .with_row_selection(selection)
+        .with_batch_size(8 * 1024)
+        .build()
+        .map_err(|e| context(&e))?
+        .try_collect()
+        .await
+        .map_err(|e| context(&e))?;
+        cut(batches, ranges, schema, path)
+    };
+
+    // 1. The key columns of the candidate pages: which rows are hits.
+    let indices: Vec<usize> = KEY_COLUMNS
+        .iter()
+        .map(|name| schema.index_of(name).map_err(|e| context(&e)))
+        .collect::<Result<_, _>>()?;
+    let key_schema = Arc::new(schema.project(&indices).map_err(|e| context(&e))?);
+    let mask = ProjectionMask::columns(&descriptor, KEY_COLUMNS);
+    let mut hits: Vec<Range<u64>> = Vec::new();
+    for (batch, first) in read(mask, &candidates, &key_schema).await? {
+        let column = |i: usize| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or_else(|| context(&format!("{} is not a string column", KEY_COLUMNS[i])))
+        };
+        let (buckets, object_keys, versions) = (column(0)?, column(1)?, column(2)?);
+        for i in 0..batch.num_rows() {
+            let pos = first + i as u64;
+            let version = versions.is_valid(i).then(|| versions.value(i));
+            if hit(pos, buckets.value(i), object_keys.value(i), version) {
+                match hits.last_mut() {
+                    Some(last) if last.end == pos => last.end = pos + 1,
+                    _ => hits.push(pos..pos + 1),
+                }
+            }
+        }
+    }
+    // 2. Every column of those rows alone.
+    let batches = read(ProjectionMask::all(), &hits, schema).await?;
+    Ok(PageRows {
+        batches,
+        uncompressed,
+        decoded,
+    })
+}
+
+/// The rows a selection of `ranges` returned back to back, as batches of `schema` (read from
+/// `path`) cut at the ranges' ends, each with the position of its first row.
+fn cut(
+    read: Vec<RecordBatch>,
+    ranges: &[Range<u64>],
+    schema: &SchemaRef,
+    path: &str,
+) -> Result<Vec<(RecordBatch, u64)>, Error> {
     let mut batches = Vec::new();
-    let mut ranges = ranges.into_iter();
+    let mut ranges = ranges.iter().cloned();
     let mut current = ranges.next();
     for batch in read {
         let batch = conform(batch, schema, path)?;
         let mut offset = 0;
         while offset < batch.num_rows() {
             let Some(range) = current.as_mut() else {
-                return Err(context(&"more rows than the selection"));
+                return Err(Error::new(
+                    ErrorKind::DataInvalid,
+                    format!("reading {path}: more rows than the selection"),
+                ));
             };
             let take = ((range.end - range.start) as usize).min(batch.num_rows() - offset);
             batches.push((batch.slice(offset, take), range.start));
@@ -109,11 +175,7 @@ pub(super) async fn read_pages(
             }
         }
     }
-    Ok(PageRows {
-        batches,
-        uncompressed,
-        decoded,
-    })
+    Ok(batches)
 }
 
 /// The row ranges of the pages whose `object_key` min/max holds one of `keys`, merged and in
