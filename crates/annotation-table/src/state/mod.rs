@@ -120,10 +120,10 @@ pub struct RefreshReport {
     /// Rows deleted by position in the delete files written (earlier deletes they carry over
     /// included).
     pub position_deletes: usize,
-    /// Rows in the partitions' bases an incremental refresh read by pages (`pages`): only the
-    /// pages that can hold a touched key are decoded.
+    /// Rows in the partitions' bases an incremental refresh read by pages (`pages`).
     pub base_rows: u64,
-    /// Of those, the rows decoded.
+    /// Of those, the rows whose key columns were decoded (those in pages that can hold a
+    /// touched key); every column is decoded only for the touched rows among them.
     pub base_rows_read: u64,
     /// State and tombstone files replaced.
     pub files_removed: usize,
