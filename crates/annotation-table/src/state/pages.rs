@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use arrow::array::{Array, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
-use futures::TryStreamExt;
 use iceberg::arrow::ArrowFileReader;
 use iceberg::io::FileMetadata;
 use iceberg::spec::DataFile;
@@ -93,7 +92,7 @@ pub(super) async fn read_pages(
         let to_usize = |r: &Range<u64>| r.start as usize..r.end as usize;
         let selection =
             RowSelection::from_consecutive_ranges(ranges.iter().map(to_usize), rows as usize);
-        let batches: Vec<RecordBatch> = ParquetRecordBatchStreamBuilder::new_with_metadata(
+        let mut stream = ParquetRecordBatchStreamBuilder::new_with_metadata(
             reader().await?,
             arrow_metadata.clone(),
         )
@@ -101,10 +100,18 @@ pub(super) async fn read_pages(
         .with_row_selection(selection)
         .with_batch_size(8 * 1024)
         .build()
-        .map_err(|e| context(&e))?
-        .try_collect()
-        .await
         .map_err(|e| context(&e))?;
+        // Each row group's pages are fetched here and decoded off the async threads, which
+        // `serve`'s receivers share with the refresher.
+        let mut batches = Vec::new();
+        while let Some(group) = stream.next_row_group().await.map_err(|e| context(&e))? {
+            let decoded =
+                tokio::task::spawn_blocking(move || group.collect::<Result<Vec<RecordBatch>, _>>())
+                    .await
+                    .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?
+                    .map_err(|e| context(&e))?;
+            batches.extend(decoded);
+        }
         cut(batches, ranges, schema, path)
     };
 
