@@ -56,10 +56,18 @@ fn local_file(task: &FileScanTask) -> Option<PartitionedFile> {
     {
         return None;
     }
-    Some(PartitionedFile::new(
-        local_path(path),
-        task.file_size_in_bytes,
-    ))
+    let path = local_path(path);
+    // DataFusion's local store names files by normalised paths: a `.` or `..` segment (a
+    // warehouse configured as `../data`, made absolute without resolving it) would be taken
+    // literally and not found, so such a path is resolved first, or left to iceberg's reader.
+    if path.split('/').any(|s| s == "." || s == "..") {
+        let resolved = std::fs::canonicalize(path).ok()?;
+        return Some(PartitionedFile::new(
+            resolved.to_str()?,
+            task.file_size_in_bytes,
+        ));
+    }
+    Some(PartitionedFile::new(path, task.file_size_in_bytes))
 }
 
 fn local_path(path: &str) -> &str {
@@ -321,6 +329,25 @@ mod tests {
         assert!(local_file(&task("file:///w/data/a.parquet", 100, remote)?).is_none());
         let equality = Some((DataContentType::EqualityDeletes, "file:///w/d.parquet"));
         assert!(local_file(&task("file:///w/data/a.parquet", 100, equality)?).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_path_through_dot_dot_names_the_file_it_resolves_to()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir_all(dir.path().join("w/data"))?;
+        std::fs::write(dir.path().join("w/data/a.parquet"), [0u8; 100])?;
+        let real = std::fs::canonicalize(dir.path().join("w/data/a.parquet"))?;
+        let through = format!("file://{}/w/data/../data/./a.parquet", dir.path().display());
+        let file = local_file(&task(&through, 100, None)?).ok_or("not read directly")?;
+        assert_eq!(
+            format!("/{}", file.object_meta.location),
+            real.to_string_lossy()
+        );
+        // A file that is not there is left to iceberg's reader, which says so.
+        let missing = format!("file://{}/w/../w/data/b.parquet", dir.path().display());
+        assert!(local_file(&task(&missing, 100, None)?).is_none());
         Ok(())
     }
 
