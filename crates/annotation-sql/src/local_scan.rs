@@ -258,8 +258,8 @@ pub(crate) async fn plan(
         global: session.config_options().execution.parquet.clone(),
         ..Default::default()
     };
-    // The table's string columns are Utf8, as iceberg's reader gives them.
-    options.global.schema_force_view_types = false;
+    // `schema` says which columns to decode as string views (see `schema::presented`).
+    options.global.schema_force_view_types = true;
     // Filters are applied while decoding, as iceberg's reader applies them: the columns only
     // the output needs are decoded for the rows that pass, not for every row.
     options.global.pushdown_filters = true;

@@ -18,6 +18,8 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::{CatalogProvider, SchemaProvider, Session};
+use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
@@ -31,7 +33,7 @@ use iceberg_datafusion::physical_plan::IcebergTableScan;
 use crate::local_scan;
 use crate::metadata_tables::{MetadataKind, MetadataTable};
 use crate::scan::PartitionedScan;
-use crate::schema::without_metadata;
+use crate::schema::presented;
 use crate::time_travel::TravelPoint;
 
 /// The name the views use for the journal, whatever the configured table is called.
@@ -79,7 +81,7 @@ impl LiveTable {
                     table.identifier()
                 ))
             })?;
-        let schema = without_metadata(
+        let schema = presented(
             &schema_to_arrow_schema(
                 &snapshot
                     .schema(table.metadata())
@@ -158,13 +160,15 @@ impl TableProvider for LiveTable {
             }
         }
         .map_err(df_error)?;
-        if without_metadata(&current.schema()) != self.schema {
+        if presented(&current.schema()) != self.schema {
             return Err(DataFusionError::Plan(format!(
                 "the schema of table {} changed while this query was planned; run it again",
                 self.ident
             )));
         }
-        let plan = current.scan(state, projection, filters, limit).await?;
+        let plan = current
+            .scan(state, projection, &for_iceberg(filters)?, limit)
+            .await?;
         match plan.as_any().downcast_ref::<IcebergTableScan>() {
             Some(scan) => {
                 let config = state.config();
@@ -182,7 +186,7 @@ impl TableProvider for LiveTable {
                 .await?;
                 Ok(local.unwrap_or_else(|| Arc::new(scan)))
             }
-            None => Ok(plan),
+            None => crate::scan::cast_to(plan, self.schema.clone(), projection),
         }
     }
 
@@ -193,6 +197,28 @@ impl TableProvider for LiveTable {
         // iceberg prunes files and row groups with the predicates; rows are filtered again.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
+}
+
+/// `filters` as iceberg-datafusion can turn them into an Iceberg predicate (for partition and
+/// metrics pruning): it knows string literals as `Utf8` only, and the session compares string
+/// columns, which it presents as views, with `Utf8View` literals.
+fn for_iceberg(filters: &[Expr]) -> DFResult<Vec<Expr>> {
+    filters
+        .iter()
+        .map(|filter| {
+            filter
+                .clone()
+                .transform(|expr| {
+                    Ok(match expr {
+                        Expr::Literal(ScalarValue::Utf8View(value), metadata) => {
+                            Transformed::yes(Expr::Literal(ScalarValue::Utf8(value), metadata))
+                        }
+                        other => Transformed::no(other),
+                    })
+                })
+                .map(|t| t.data)
+        })
+        .collect()
 }
 
 /// One namespace: its Iceberg tables (looked up on demand) and the views registered in it.
@@ -387,7 +413,7 @@ impl SchemaProvider for NamespaceSchema {
         let Some(table) = self.load_now(name).await.map_err(df_error)? else {
             return Ok(None);
         };
-        let schema = without_metadata(
+        let schema = presented(
             &schema_to_arrow_schema(table.metadata().current_schema()).map_err(df_error)?,
         );
         let fixed = match self.travel() {

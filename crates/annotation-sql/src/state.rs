@@ -27,7 +27,7 @@ use iceberg::arrow::schema_to_arrow_schema;
 
 use crate::error::SqlError;
 use crate::provider::{JOURNAL_ALIAS, NamespaceSchema, STATE_ALIAS, TOMBSTONES_ALIAS};
-use crate::schema::without_metadata;
+use crate::schema::{present, presented};
 use datafusion::arrow::record_batch::RecordBatch;
 
 /// More unfolded journal rows than this and a statement reads the journal view instead (the
@@ -127,12 +127,10 @@ pub(crate) async fn define(
                             if rows == 0 {
                                 AnnotationsSource::State
                             } else {
-                                let arrow = without_metadata(&arrow);
+                                let arrow = presented(&arrow);
                                 let batches = batches
-                                    .into_iter()
-                                    .map(|b| {
-                                        RecordBatch::try_new(arrow.clone(), b.columns().to_vec())
-                                    })
+                                    .iter()
+                                    .map(|b| present(b, &arrow))
                                     .collect::<Result<Vec<_>, _>>()
                                     .map_err(|e| SqlError::Execution {
                                         source: Box::new(e.into()),
