@@ -275,40 +275,30 @@ async fn the_state_table_equals_the_full_journal_computation_under_late_commits(
     assert!(comparison.is_equal(), "after deltas: {comparison:?}");
     // The deletes are applied by DataFusion's Parquet reader too (an access plan per file),
     // not only by iceberg's.
-    let explain = session
-        .query("EXPLAIN SELECT count(*) FROM annotations_state")
-        .await?;
-    let mut plan = String::new();
-    for batch in &explain.batches {
-        for column in batch.columns() {
-            for i in 0..batch.num_rows() {
-                plan.push_str(&arrow::util::display::array_value_to_string(column, i)?);
-                plan.push('\n');
-            }
-        }
-    }
+    let plan = text_of(
+        &session
+            .query("EXPLAIN SELECT count(*) FROM annotations_state")
+            .await?,
+    )?;
     assert!(plan.contains("DataSourceExec"), "{plan}");
     // A lookup by bucket and key is pruned to its partition by the Iceberg plan, with the
     // session's string columns as views (their literals too).
     let one = session
         .query("SELECT bucket, object_key FROM annotations_state ORDER BY object_key LIMIT 1")
         .await?;
-    let value = |i: usize| arrow::util::display::array_value_to_string(one.batches[0].column(i), 0);
-    let lookup = session
-        .query(&format!(
-            "EXPLAIN SELECT * FROM annotations_state WHERE bucket = '{}' AND object_key = '{}'",
-            value(0)?,
-            value(1)?
-        ))
-        .await?;
-    let mut lookup_plan = String::new();
-    for batch in &lookup.batches {
-        for column in batch.columns() {
-            for i in 0..batch.num_rows() {
-                lookup_plan.push_str(&arrow::util::display::array_value_to_string(column, i)?);
-            }
-        }
-    }
+    let value = |i: usize| {
+        arrow::util::display::array_value_to_string(one.batches[0].column(i), 0)
+            .map(|v| v.replace('\'', "''"))
+    };
+    let lookup_plan = text_of(
+        &session
+            .query(&format!(
+                "EXPLAIN SELECT * FROM annotations_state WHERE bucket = '{}' AND object_key = '{}'",
+                value(0)?,
+                value(1)?
+            ))
+            .await?,
+    )?;
     let files = session
         .query("SELECT count(*) AS n FROM \"annotations_state$files\" WHERE content = 0")
         .await?;
@@ -399,6 +389,20 @@ async fn the_state_table_equals_the_full_journal_computation_under_late_commits(
         "a lookup by bucket and key plans one partition: its file and at most one delta: {read}"
     );
     Ok(())
+}
+
+/// Every value of a query result, column by column, one per line (an `EXPLAIN`'s plan).
+fn text_of(result: &annotation_sql::QueryResult) -> Result<String, arrow::error::ArrowError> {
+    let mut text = String::new();
+    for batch in &result.batches {
+        for column in batch.columns() {
+            for i in 0..batch.num_rows() {
+                text.push_str(&arrow::util::display::array_value_to_string(column, i)?);
+                text.push('\n');
+            }
+        }
+    }
+    Ok(text)
 }
 
 fn arrow_json(
