@@ -288,8 +288,8 @@ pub(crate) async fn plan(
         return Ok(Some(scan));
     }
     // A string view read from a page points into that page's buffer, so a few rows a filter
-    // kept hold whole pages alive as long as they are held (a sort over them held 200 MB of
-    // pages for 98k rows). DataFusion coalesces, compacting views, inside its `FilterExec`;
+    // kept hold whole pages alive as long as they are held (a sort over them holds every
+    // page a kept row came from). DataFusion coalesces, compacting views, in its `FilterExec`;
     // a filter applied in the Parquet scan has none above it. The operator is deprecated for
     // that reason but does exactly this.
     #[expect(deprecated)]

@@ -17,9 +17,10 @@ use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 /// `annotations` overlay) would otherwise carry conflicting metadata, which DataFusion 53
 /// merges differently in the logical and the physical plan and then refuses.
 ///
-/// As string views, DataFusion's Parquet reader decodes a string column as views into the page it came from (short strings inline)
-/// instead of copying every value into one contiguous buffer, and its group-by, join and
-/// filter kernels work on the views; iceberg's own reader's batches are cast to it.
+/// As string views, DataFusion's Parquet reader decodes a string column as views into the
+/// page it came from (short strings inline) instead of copying every value into one
+/// contiguous buffer, and its group-by, join and filter kernels work on the views; iceberg's
+/// own reader's batches are cast to it ([`present`]).
 pub(crate) fn presented(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new(
         schema
