@@ -86,8 +86,8 @@ fn merged(first: RefreshReport, next: RefreshReport) -> RefreshReport {
         partitions: first.partitions + next.partitions,
         partitions_merged: first.partitions_merged + next.partitions_merged,
         position_deletes: first.position_deletes + next.position_deletes,
-        base_rows: first.base_rows + next.base_rows,
-        base_rows_read: first.base_rows_read + next.base_rows_read,
+        paged_rows: first.paged_rows + next.paged_rows,
+        paged_rows_read: first.paged_rows_read + next.paged_rows_read,
         files_removed: first.files_removed + next.files_removed,
         bytes_removed: first.bytes_removed + next.bytes_removed,
         files_written: first.files_written + next.files_written,
@@ -395,8 +395,8 @@ impl fmt::Display for PrintedRefresh<'_> {
         if !r.rebuilt {
             writeln!(
                 f,
-                "merge    {} partition shares written whole, the others as delta files; {} rows deleted by position; {} of {} rows of the bases read (the pages that can hold a changed key)",
-                r.partitions_merged, r.position_deletes, r.base_rows_read, r.base_rows
+                "merge    {} partition shares written whole, the others as delta files; {} rows deleted by position; key columns of {} of the {} rows beside the changes read (the pages that can hold a changed key)",
+                r.partitions_merged, r.position_deletes, r.paged_rows_read, r.paged_rows
             )?;
         }
         write!(

@@ -16,9 +16,11 @@
 //! **Why deltas and position deletes (merge-on-read).** Copy-on-write of every touched
 //! partition made a refresh cost the partitions touched, and random changes touch all of them
 //! (10k changes to a 5M-row state rewrote all of it). So a partition's share of each table is
-//! at most a base (its biggest file), a delta (the rows changed since), and one position-delete
-//! file naming the base rows the delta or a deletion replaced (`merge`); a refresh
-//! writes the new delta and delete file and reads but does not write the base. Once churn
+//! a base (its biggest file), at most three deltas (the rows changed since), and one
+//! position-delete file naming the rows of those files that later deltas or deletions replaced
+//! (`merge`); a refresh writes a new delta (folding in only the smaller earlier deltas, so the
+//! rows changed since the base are not all written again each time) and a new delete file, and
+//! reads the pages of the other files that can hold its keys without writing them. Once churn
 //! passes a quarter of the partition's live rows the partition is written whole again, so
 //! readers never skip more than that share. Position deletes, not equality deletes, because
 //! every engine that reads Iceberg v2 applies them (pyiceberg, DuckDB through a plan, Spark,
@@ -64,7 +66,7 @@ use crate::{
 };
 pub use deletes::parse_positions;
 use fold::Fold;
-use merge::{FileShape, Merge, base_of, merge_plan};
+use merge::{FileShape, Merge, merge_plan};
 pub use retention::{
     PROPERTY_RETAINED_SINCE, RETENTION_BASE_TAG, RetentionReport, SUMMARY_CUT, retained_since,
 };
@@ -120,11 +122,12 @@ pub struct RefreshReport {
     /// Rows deleted by position in the delete files written (earlier deletes they carry over
     /// included).
     pub position_deletes: usize,
-    /// Rows in the partitions' bases an incremental refresh read by pages (`pages`).
-    pub base_rows: u64,
+    /// Rows in the data files (bases and deltas) an incremental refresh read by pages
+    /// (`pages`).
+    pub paged_rows: u64,
     /// Of those, the rows whose key columns were decoded (those in pages that can hold a
     /// touched key); every column is decoded only for the touched rows among them.
-    pub base_rows_read: u64,
+    pub paged_rows_read: u64,
     /// State and tombstone files replaced.
     pub files_removed: usize,
     /// Their bytes.
@@ -479,8 +482,8 @@ impl StateTables {
         report.tombstones += out.tombstones;
         report.position_deletes += out.position_deletes;
         report.partitions_merged += out.partitions_merged;
-        report.base_rows += out.base_rows;
-        report.base_rows_read += out.base_rows_read;
+        report.paged_rows += out.paged_rows;
+        report.paged_rows_read += out.paged_rows_read;
         let Written {
             state: new_state,
             tombs: new_tombs,
@@ -602,14 +605,12 @@ impl StateTables {
                 }
             };
             let mut deleted = deletes::read(table, &load.deletes).await.map_err(error)?;
-            // An incremental refresh reads only the pages of the base that can hold touched
-            // rows (`pages`); the base stays unless the partition is written whole again, and
-            // is read in full only then. Smaller files (the delta) are read whole.
-            let base = base_of(load.data.iter().map(DataFile::record_count));
-            for (i, file) in load.data.iter().enumerate() {
+            // An incremental refresh reads only the pages of each file that can hold touched
+            // rows (`pages`); a file stays unless it is folded into the new delta or the
+            // partition is written whole again, and is read in full only then.
+            for file in &load.data {
                 let dead = Arc::new(deleted.remove(file.file_path()).unwrap_or_default());
-                let by_pages = touched.as_ref().filter(|_| Some(i) == base);
-                let (batches, size) = match by_pages {
+                let (batches, size) = match touched.as_ref() {
                     Some(touched) => {
                         let hit = |pos: u64, bucket: &str, key: &str, version: Option<&str>| {
                             !dead.contains(&pos) && touched.contains(bucket, key, version)
@@ -617,8 +618,8 @@ impl StateTables {
                         let pages = pages::read_pages(table, file, schema, &touched.keys, &hit)
                             .await
                             .map_err(error)?;
-                        out.base_rows += file.record_count();
-                        out.base_rows_read += pages.decoded;
+                        out.paged_rows += file.record_count();
+                        out.paged_rows_read += pages.decoded;
                         (Batches::Pages(pages.batches), pages.uncompressed)
                     }
                     None => {
@@ -854,8 +855,8 @@ struct Written {
     tombstones: usize,
     position_deletes: usize,
     partitions_merged: usize,
-    base_rows: u64,
-    base_rows_read: u64,
+    paged_rows: u64,
+    paged_rows_read: u64,
 }
 
 impl Written {
@@ -868,8 +869,8 @@ impl Written {
         self.tombstones += other.tombstones;
         self.position_deletes += other.position_deletes;
         self.partitions_merged += other.partitions_merged;
-        self.base_rows += other.base_rows;
-        self.base_rows_read += other.base_rows_read;
+        self.paged_rows += other.paged_rows;
+        self.paged_rows_read += other.paged_rows_read;
     }
 }
 
