@@ -842,7 +842,7 @@ struct Pass<'a> {
 
 /// How many partitions a refresh folds at once; each holds its files' rows, so a refresh holds
 /// up to this many partitions beside the pass's journal rows.
-const PARTITIONS_AT_ONCE: usize = 2;
+const PARTITIONS_AT_ONCE: usize = 4;
 
 /// The files a refresh wrote so far, the files they replace, and the rows they hold.
 #[derive(Default)]
