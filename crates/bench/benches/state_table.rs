@@ -4,8 +4,10 @@
 //! 1. **rebuild**: the state folded from the whole journal (`maintain --rebuild-state`), once
 //!    per journal;
 //! 2. **refresh**: `ANNOTABLE_BENCH_CHANGES` (10,000) changed annotations appended to the
-//!    journal, then one incremental refresh: time, partitions and bytes written (0 changes:
-//!    no refresh, so the queries read the state as the last run left it);
+//!    journal, then one incremental refresh: time, partitions and bytes written; that
+//!    `ANNOTABLE_BENCH_REFRESHES` (5) times in a row, so the figures show refreshes over the
+//!    deltas earlier ones left, not only the first after a rebuild (0 changes: no refresh, so
+//!    the queries read the state as the last run left it);
 //! 3. **queries**: `count(*)`, a point lookup by (bucket, object_key), a JSON filter and
 //!    `counts_and_sizes_by_name` on `annotations` answered by the state table, by the view over
 //!    the journal it replaces (`annotations_from_journal`), by the same session reading the
@@ -32,7 +34,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use annotable_bench::{
-    bench_dir, build_journal, peak_rss_mib, py_tools_python, realistic_rows_range, secs,
+    bench_dir, build_journal, env_usize, peak_rss_mib, py_tools_python, realistic_rows_range, secs,
 };
 use annotation_sql::QuerySession;
 use annotation_table::state::StateTables;
@@ -405,11 +407,14 @@ async fn main() -> Result<()> {
         );
     }
 
-    // 2. One incremental refresh of `changes` changed annotations (none: the queries read the
-    // state as it is, e.g. as rebuilt, without deltas and position deletes).
+    // 2. Incremental refreshes of `changes` changed annotations each (none: the queries read
+    // the state as it is, e.g. as rebuilt, without deltas and position deletes).
+    let refreshes = env_usize("ANNOTABLE_BENCH_REFRESHES", 5);
     if changes > 0 {
-        append_changes(&dir, n, changes).await?;
-        refresh(&state, &journal).await?;
+        for _ in 0..refreshes {
+            append_changes(&dir, n, changes).await?;
+            refresh(&state, &journal).await?;
+        }
     }
     drop(state);
     drop(journal);
