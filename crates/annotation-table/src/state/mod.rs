@@ -232,8 +232,8 @@ impl StateTables {
     /// budget, an incremental refresh folds the oldest appends that fit (the watermark advances
     /// to the last one) and a whole-journal fold is not attempted:
     /// [`RefreshReport::deferred`] says how much one pass would need. Partitions of the state
-    /// are loaded two at a time, each within half the budget, or the refresh is deferred the
-    /// same way.
+    /// are loaded four at a time, each within a quarter of the budget, or the refresh is
+    /// deferred the same way.
     pub async fn refresh_within(
         &self,
         journal: &JournalTable,
@@ -451,8 +451,8 @@ impl StateTables {
                     let rows = rows.remove(&partition).unwrap_or_default();
                     jobs.push((rows, (load_state, load_tombs), (old_state, old_tombs)));
                 }
-                // A partition is small files, read and written one after the other: two at a
-                // time keep both cores busy while one waits on storage.
+                // A partition is small files, read and written one after the other: several
+                // at a time keep the cores busy while some wait on storage.
                 let pass = &pass;
                 let mut parts = futures::stream::iter(jobs.into_iter().map(
                     |(rows, (load_state, load_tombs), (old_state, old_tombs))| async move {
