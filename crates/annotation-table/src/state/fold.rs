@@ -18,6 +18,12 @@
 //! anyway), and a `DELETE` some `PUT` outranks. What remains besides the live `PUT`s is the
 //! tombstones: deletes still in force, and every version's latest reset, so that a row a slow
 //! writer commits late, with an older sequence_number, cannot bring an annotation back.
+//!
+//! A row already in the state can be folded in with its [`Origin`]: if it survives, the fold
+//! says so ([`Folded::stay`]) instead of returning it, and the refresh leaves it where it is.
+//! Such a row needs only the columns the rule reads (version, name, record type, sequence
+//! number), since it is never written again: that is what lets a refresh read only those
+//! columns of the rows it touches, and write only what changed.
 
 use std::collections::HashMap;
 
@@ -37,11 +43,16 @@ fn version_key(row: &JournalRow) -> VersionKey {
     )
 }
 
-/// The latest row of every annotation and the latest reset of every object version seen.
+/// Where a row already in the state was read: the index of its file among those the caller
+/// read, and its position in that file.
+pub(crate) type Origin = (usize, u64);
+
+/// The latest row of every annotation and the latest reset of every object version seen,
+/// with where it was read when it is already in the state.
 #[derive(Debug, Default)]
 pub(crate) struct Fold {
-    annotations: HashMap<AnnotationKey, JournalRow>,
-    resets: HashMap<VersionKey, JournalRow>,
+    annotations: HashMap<AnnotationKey, (JournalRow, Option<Origin>)>,
+    resets: HashMap<VersionKey, (JournalRow, Option<Origin>)>,
 }
 
 /// What a fold leaves: the current state and what must be remembered about the rest.
@@ -51,19 +62,28 @@ pub(crate) struct Folded {
     pub live: Vec<JournalRow>,
     /// `DELETE` rows still in force and every version's latest `OBJECT_RESET`.
     pub tombstones: Vec<JournalRow>,
+    /// The rows folded in with an origin that survive: they stay where they are, and are in
+    /// neither list above.
+    pub stay: Vec<Origin>,
 }
 
 impl Fold {
     /// Folds one row in. A row of a kind the rule does not know (a `PUT` without a name) is
     /// ignored, as the view ignores it.
     pub(crate) fn add(&mut self, row: JournalRow) {
+        self.add_from(row, None);
+    }
+
+    /// Folds in a row, read at `origin` when it is already in the state. Of rows with equal
+    /// sequence numbers (the same observation folded twice) the first folded in is kept.
+    pub(crate) fn add_from(&mut self, row: JournalRow, origin: Option<Origin>) {
         match row.record_type {
             RecordType::ObjectReset => {
                 let key = version_key(&row);
                 match self.resets.get(&key) {
-                    Some(have) if have.sequence_number >= row.sequence_number => {}
+                    Some((have, _)) if have.sequence_number >= row.sequence_number => {}
                     _ => {
-                        self.resets.insert(key, row);
+                        self.resets.insert(key, (row, origin));
                     }
                 }
             }
@@ -73,10 +93,9 @@ impl Fold {
                 };
                 let key = (version_key(&row), name);
                 match self.annotations.get(&key) {
-                    // Equal sequence numbers are the same observation folded twice.
-                    Some(have) if have.sequence_number >= row.sequence_number => {}
+                    Some((have, _)) if have.sequence_number >= row.sequence_number => {}
                     _ => {
-                        self.annotations.insert(key, row);
+                        self.annotations.insert(key, (row, origin));
                     }
                 }
             }
@@ -90,19 +109,30 @@ impl Fold {
             resets,
         } = self;
         let mut out = Folded::default();
-        for ((version, _), row) in annotations {
-            let reset = resets.get(&version).map(|r| r.sequence_number.as_str());
-            match row.record_type {
+        for ((version, _), (row, origin)) in annotations {
+            let reset = resets
+                .get(&version)
+                .map(|(r, _)| r.sequence_number.as_str());
+            let list = match row.record_type {
                 RecordType::Put if reset.is_none_or(|r| r <= row.sequence_number.as_str()) => {
-                    out.live.push(row);
+                    &mut out.live
                 }
                 RecordType::Delete if reset.is_none_or(|r| r < row.sequence_number.as_str()) => {
-                    out.tombstones.push(row);
+                    &mut out.tombstones
                 }
-                _ => {}
+                _ => continue,
+            };
+            match origin {
+                Some(origin) => out.stay.push(origin),
+                None => list.push(row),
             }
         }
-        out.tombstones.extend(resets.into_values());
+        for (row, origin) in resets.into_values() {
+            match origin {
+                Some(origin) => out.stay.push(origin),
+                None => out.tombstones.push(row),
+            }
+        }
         out
     }
 }
@@ -235,6 +265,29 @@ mod tests {
                 .cloned(),
         );
         assert_eq!(again, incremental);
+    }
+
+    #[test]
+    fn rows_already_in_the_state_that_survive_stay_where_they_are() {
+        let mut f = Fold::default();
+        // The journal's new rows first, as a refresh folds them.
+        f.add(put("a", 7));
+        f.add(delete("b", 7));
+        f.add(put("e", 3));
+        // The state's rows of the same version: a outranked, b deleted, c and the reset kept,
+        // e the same observation as the journal's (the journal's row is kept).
+        f.add_from(put("a", 5), Some((0, 10)));
+        f.add_from(put("b", 5), Some((0, 11)));
+        f.add_from(put("c", 5), Some((0, 12)));
+        f.add_from(put("e", 3), Some((0, 13)));
+        f.add_from(reset(2), Some((1, 0)));
+        let mut out = f.finish();
+        out.stay.sort_unstable();
+        assert_eq!(out.stay, [(0, 12), (1, 0)]);
+        let mut live: Vec<_> = out.live.iter().filter_map(|r| r.name.clone()).collect();
+        live.sort();
+        assert_eq!(live, ["a", "e"], "only the journal's survivors are written");
+        assert_eq!(out.tombstones.len(), 1, "b's delete");
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! journal snapshot the state's current snapshot records under [`SUMMARY_WATERMARK`]; see
 //! `delta`), finds the partitions of the state those rows fall in, reads those partitions of
 //! both tables (their position deletes applied), folds the object versions the rows touch with
-//! the view's rule (`fold`) and writes what changed; the files replaced and the files written
+//! the view's rule (`fold`) and writes what changed: a row already in the state that survives
+//! the fold stays where it is, so of those rows only the columns the rule reads are decoded,
+//! and only the rows the journal replaced are deleted; the files replaced and the files written
 //! are committed as one `overwrite` snapshot per table through the catalog's compare-and-swap,
 //! the same commit compaction uses. The tombstones table is committed first, the state table
 //! (and with it the new watermark) second: a crash in between leaves tombstones ahead of the
@@ -45,7 +47,7 @@ mod merge;
 mod pages;
 mod retention;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -126,7 +128,7 @@ pub struct RefreshReport {
     /// (`pages`).
     pub paged_rows: u64,
     /// Of those, the rows whose key columns were decoded (those in pages that can hold a
-    /// touched key); every column is decoded only for the touched rows among them.
+    /// touched key); the fold rule's columns are decoded only for the touched rows among them.
     pub paged_rows_read: u64,
     /// State and tombstone files replaced.
     pub files_removed: usize,
@@ -606,8 +608,11 @@ impl StateTables {
             };
             let mut deleted = deletes::read(table, &load.deletes).await.map_err(error)?;
             // An incremental refresh reads only the pages of each file that can hold touched
-            // rows (`pages`); a file stays unless it is folded into the new delta or the
-            // partition is written whole again, and is read in full only then.
+            // rows (`pages`), and of those rows only the columns the fold rule reads: a row
+            // that survives stays where it is (`fold`). A file stays unless it is folded into
+            // the new delta or the partition is written whole again, and is read in full only
+            // then.
+            let rule_schema = rule_columns(schema).map_err(error)?;
             for file in &load.data {
                 let dead = Arc::new(deleted.remove(file.file_path()).unwrap_or_default());
                 let (batches, size) = match touched.as_ref() {
@@ -615,9 +620,10 @@ impl StateTables {
                         let hit = |pos: u64, bucket: &str, key: &str, version: Option<&str>| {
                             !dead.contains(&pos) && touched.contains(bucket, key, version)
                         };
-                        let pages = pages::read_pages(table, file, schema, &touched.keys, &hit)
-                            .await
-                            .map_err(error)?;
+                        let pages =
+                            pages::read_pages(table, file, &rule_schema, &touched.keys, &hit)
+                                .await
+                                .map_err(error)?;
                         out.paged_rows += file.record_count();
                         out.paged_rows_read += pages.decoded;
                         (Batches::Pages(pages.batches), pages.uncompressed)
@@ -634,6 +640,10 @@ impl StateTables {
                 {
                     return Ok(Some(loaded));
                 }
+                // A row read by pages is already in the state, and only its rule columns are
+                // at hand: it is folded with where it is, so that it stays there if it survives.
+                let index = files[0].len() + files[1].len();
+                let paged = matches!(batches, Batches::Pages(_));
                 let part = split(
                     batches,
                     schema,
@@ -644,8 +654,8 @@ impl StateTables {
                 )
                 .await
                 .map_err(error)?;
-                for row in part.rows {
-                    fold.add(row);
+                for (row, &pos) in part.rows.into_iter().zip(&part.hits) {
+                    fold.add_from(row, paged.then_some((index, pos)));
                 }
                 files[usize::from(!of_state)].push(Loaded {
                     file: file.clone(),
@@ -656,6 +666,18 @@ impl StateTables {
             }
         }
         let folded = fold.finish();
+        // Rows that survive in place are neither replaced nor written again.
+        let mut stay: HashMap<usize, HashSet<u64>> = HashMap::new();
+        for &(index, pos) in &folded.stay {
+            stay.entry(index).or_default().insert(pos);
+        }
+        let [state_files, tomb_files] = &mut files;
+        for (index, loaded) in state_files.iter_mut().chain(tomb_files).enumerate() {
+            if let Some(stays) = stay.get(&index) {
+                loaded.hits.retain(|pos| !stays.contains(pos));
+                loaded.kept.rows += stays.len();
+            }
+        }
         let [state_files, tomb_files] = files;
         let rows_in = |files: &[Loaded]| files.iter().map(|f| f.kept.rows).sum::<usize>();
         out.live_rows += folded.live.len() + rows_in(&state_files);
@@ -1132,7 +1154,8 @@ impl Touched {
 
 /// A state or tombstones file as a refresh reads it.
 struct Split {
-    /// The rows of the touched object versions (every row for a rebuild), decoded.
+    /// The rows of the touched object versions (every row for a rebuild), decoded: only the
+    /// fold rule's columns of a file read by pages.
     rows: Vec<JournalRow>,
     /// Every other row.
     kept: Kept,
@@ -1145,7 +1168,7 @@ struct Split {
 /// not when it stays as a base.
 #[derive(Default)]
 struct Kept {
-    /// `None` for a base read by pages: its kept rows were never decoded.
+    /// `None` for a file read by pages: its kept rows were never decoded.
     batches: Option<Vec<(RecordBatch, arrow::array::BooleanArray)>>,
     rows: usize,
 }
@@ -1295,6 +1318,24 @@ async fn split(
     })
     .await
     .map_err(|e| Error::new(ErrorKind::Unexpected, e.to_string()))?
+}
+
+/// The columns of `schema` the fold rule reads (`fold`): the object version, the name, the
+/// record type (the tombstones have one) and the sequence number.
+fn rule_columns(schema: &SchemaRef) -> Result<SchemaRef, Error> {
+    const RULE: [&str; 6] = [
+        "bucket",
+        "object_key",
+        "object_version_id",
+        "name",
+        "record_type",
+        "sequence_number",
+    ];
+    let indices: Vec<usize> = RULE
+        .iter()
+        .filter_map(|name| schema.index_of(name).ok())
+        .collect();
+    Ok(Arc::new(schema.project(&indices).map_err(arrow_error)?))
 }
 
 /// Decodes `batch` (of `path`) into `rows`, with `record_type` as a constant column when the

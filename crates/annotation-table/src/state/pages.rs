@@ -1,12 +1,12 @@
-//! Reading only what a refresh needs of a base file: the rows of the object versions it
-//! touches, so its reads follow what changed rather than the size of every partition it touches.
+//! Reading only what a refresh needs of a state file: the rows of the object versions it
+//! touches, and of those only the columns it asks for, so its reads follow what changed rather than the size of every partition it touches.
 //!
 //! State files are sorted by (bucket, `object_key`, …) and written with small pages (the
 //! tables' `write.parquet.page-row-limit`), and every page of `object_key` has a min/max in
 //! the file's column index. A page whose range holds none of the touched keys holds none of
 //! their rows. So the read is two steps: the key columns (bucket, key, version) of the pages
-//! that can hold a touched key, to find the rows; then every column of those rows alone
-//! (the reader fetches and decodes only the pages that hold them, through the offset index).
+//! that can hold a touched key, to find the rows; then the caller's columns of those rows
+//! alone (the reader fetches and decodes only the pages that hold them, through the offset index).
 //! A file without a column index for `object_key` has the key columns of all its rows read:
 //! the pruning is an optimisation, never a filter the caller relies on.
 
@@ -36,8 +36,8 @@ pub(super) struct PageRows {
     pub batches: Vec<(RecordBatch, u64)>,
     /// What the whole file's rows take uncompressed (its footer says), for the memory budget.
     pub uncompressed: u64,
-    /// How many of the file's rows had their key columns decoded (every column is decoded
-    /// only for the rows returned).
+    /// How many of the file's rows had their key columns decoded (the caller's columns are
+    /// decoded only for the rows returned).
     pub decoded: u64,
 }
 
@@ -49,8 +49,8 @@ const KEY_COLUMNS: [&str; 3] = ["bucket", "object_key", "object_version_id"];
 
 /// Reads the rows of `file` (of `table`) for which `hit(position, bucket, key, version)`
 /// holds, as batches of `schema`, in two steps: the key columns of the pages whose
-/// `object_key` range holds one of `keys` (UTF-8 bytes) to find the rows, then every column
-/// of those rows only.
+/// `object_key` range holds one of `keys` (UTF-8 bytes) to find the rows, then the columns of
+/// `schema` (which must hold the key columns) of those rows only.
 pub(super) async fn read_pages(
     table: &Table,
     file: &DataFile,
@@ -143,8 +143,9 @@ pub(super) async fn read_pages(
             }
         }
     }
-    // 2. Every column of those rows alone.
-    let batches = read(ProjectionMask::all(), &hits, schema).await?;
+    // 2. The caller's columns of those rows alone.
+    let columns = schema.fields().iter().map(|f| f.name().as_str());
+    let batches = read(ProjectionMask::columns(&descriptor, columns), &hits, schema).await?;
     Ok(PageRows {
         batches,
         uncompressed,
