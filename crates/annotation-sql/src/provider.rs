@@ -186,7 +186,14 @@ impl TableProvider for LiveTable {
                 .await?;
                 Ok(local.unwrap_or_else(|| Arc::new(scan)))
             }
-            None => crate::scan::cast_to(plan, self.schema.clone(), projection),
+            // iceberg-datafusion 0.10's provider always plans an `IcebergTableScan`; any other
+            // plan would return batches in iceberg's types, not the session's.
+            None => Err(DataFusionError::Internal(format!(
+                "iceberg-datafusion planned table {} as {}, not the IcebergTableScan annotable \
+                 reads; this build of annotable does not support that iceberg-datafusion version",
+                self.ident,
+                plan.name()
+            ))),
         }
     }
 

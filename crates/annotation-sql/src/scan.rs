@@ -21,10 +21,8 @@ use datafusion::common::stats::Precision;
 use datafusion::common::{ColumnStatistics, Statistics};
 use datafusion::error::{DataFusionError, Result as DFResult};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::expressions::{Column, cast};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
-use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -128,51 +126,6 @@ impl PartitionedScan {
     pub(crate) fn groups(&self) -> &[Vec<FileScanTask>] {
         &self.groups
     }
-}
-
-/// `plan` (a scan iceberg-datafusion built some other way) with its columns cast to `schema`'s
-/// types, as the session presents the table (`projection` indexes into `schema`).
-pub(crate) fn cast_to(
-    plan: Arc<dyn ExecutionPlan>,
-    schema: SchemaRef,
-    projection: Option<&Vec<usize>>,
-) -> DFResult<Arc<dyn ExecutionPlan>> {
-    let schema = match projection {
-        Some(indices) => Arc::new(schema.project(indices)?),
-        None => schema,
-    };
-    let input = plan.schema();
-    if input.fields().len() != schema.fields().len() {
-        return Err(DataFusionError::Internal(format!(
-            "the scan returns {} columns where {} were asked for",
-            input.fields().len(),
-            schema.fields().len()
-        )));
-    }
-    if input
-        .fields()
-        .iter()
-        .zip(schema.fields())
-        .all(|(a, b)| a.data_type() == b.data_type())
-    {
-        return Ok(plan);
-    }
-    let exprs = input
-        .fields()
-        .iter()
-        .zip(schema.fields())
-        .enumerate()
-        .map(|(i, (from, to))| {
-            let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(from.name(), i));
-            let expr = if from.data_type() == to.data_type() {
-                column
-            } else {
-                cast(column, &input, to.data_type().clone())?
-            };
-            Ok(ProjectionExpr::new(expr, to.name().clone()))
-        })
-        .collect::<DFResult<Vec<_>>>()?;
-    Ok(Arc::new(ProjectionExec::try_new(exprs, plan)?))
 }
 
 /// The row count the files hold: exact when every row of every file is returned (no
@@ -362,35 +315,6 @@ mod tests {
 
     fn task(length: u64, schema: &iceberg::spec::SchemaRef) -> FileScanTask {
         test_task(&format!("file:///f{length}.parquet"), length, schema)
-    }
-
-    #[tokio::test]
-    async fn another_scan_is_cast_to_the_presented_types() -> DFResult<()> {
-        use datafusion::arrow::datatypes::{DataType, Field, Schema};
-        use datafusion::physical_plan::empty::EmptyExec;
-        let iceberg = Arc::new(Schema::new(vec![
-            Field::new("key", DataType::Utf8, false),
-            Field::new("size", DataType::Int64, true),
-        ]));
-        let presented = crate::schema::presented(&iceberg);
-        let plan = cast_to(
-            Arc::new(EmptyExec::new(iceberg.clone())),
-            presented.clone(),
-            None,
-        )?;
-        assert_eq!(plan.schema(), presented);
-        let projected = Arc::new(iceberg.project(&[1])?);
-        let plan = cast_to(
-            Arc::new(EmptyExec::new(projected.clone())),
-            presented,
-            Some(&vec![1]),
-        )?;
-        assert_eq!(
-            plan.schema(),
-            projected,
-            "nothing to cast: the plan as it was"
-        );
-        Ok(())
     }
 
     #[test]
