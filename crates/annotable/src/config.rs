@@ -96,6 +96,9 @@ pub struct Config {
     /// The current-state table and its refresh.
     #[serde(default)]
     pub state: StateSection,
+    /// Objects beside annotations.
+    #[serde(default)]
+    pub objects: ObjectsSection,
     /// `annotable sql-server`, the PostgreSQL-wire endpoint.
     #[serde(default)]
     pub sql: SqlSection,
@@ -125,6 +128,19 @@ pub struct SqlSection {
     pub max_statements: Option<u64>,
     /// Open connections (default 64); more are turned away.
     pub max_connections: Option<u64>,
+}
+
+/// `[objects]`: the object journal and the `objects` view beside the annotations.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectsSection {
+    /// Record object versions at all (default true; false keeps annotations only).
+    pub enabled: Option<bool>,
+    /// The object journal's name (default `object_journal`).
+    pub table: Option<String>,
+    /// Record only keys under these prefixes (default: every key the events and listings
+    /// name; set it to the prefixes `setup notifications` subscribed).
+    pub prefixes: Option<Vec<String>>,
 }
 
 /// `[state]`: the `annotations` table, the current state refreshed from the journal.
@@ -349,6 +365,23 @@ impl Config {
     /// The journal table name, defaulted.
     pub fn table(&self) -> &str {
         self.table.as_deref().unwrap_or(defaults::TABLE)
+    }
+
+    /// The object journal's name, defaulted.
+    pub fn objects_table(&self) -> &str {
+        self.objects
+            .table
+            .as_deref()
+            .unwrap_or(defaults::OBJECTS_TABLE)
+    }
+
+    /// Whether object versions are recorded, and where: `None` when `objects.enabled` is
+    /// false, else the prefixes to record (empty: every key).
+    pub fn object_prefixes(&self) -> Option<Vec<String>> {
+        self.objects
+            .enabled
+            .unwrap_or(true)
+            .then(|| self.objects.prefixes.clone().unwrap_or_default())
     }
 
     /// The current-state table name, defaulted.

@@ -11,6 +11,7 @@ pub mod config;
 pub mod doctor;
 pub mod lease;
 pub mod maintain;
+pub mod object_rows;
 pub mod query;
 pub mod rows;
 pub mod serve;

@@ -399,6 +399,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bucket: args.bucket,
                 prefix: args.prefix,
                 versions: args.versions.into(),
+                // `backfill::run` asks for them when objects are recorded.
+                delete_markers: false,
             };
             let mut options = BackfillOptions::from_config(&config, scope);
             options.dry_run = args.dry_run;

@@ -43,7 +43,9 @@ use tracing::debug;
 pub use budget::{MAX_ANNOTATION_BYTES, ReadBudget, Reservation};
 pub use clock::{Clock, ClockEstimate, DateHeaderInterceptor};
 pub use error::SourceError;
-pub use listing::{ListPage, ListPosition, ListScope, Listed, Versions, is_directory_bucket};
+pub use listing::{
+    ListPage, ListPosition, ListScope, Listed, VersionFacts, Versions, is_directory_bucket,
+};
 pub use stats::{CallStats, LATENCY_BUCKETS_SECONDS, Op, OpSnapshot};
 
 /// One annotation as S3 reports it.

@@ -6,7 +6,14 @@
 //! - Current versions of a versioned (or suspended) bucket: ListObjectVersions, keeping the
 //!   latest version of each key that is not a delete marker. ListObjectsV2 would not give the
 //!   version ids, and rows must name the same version the notifications name.
-//! - Every version: ListObjectVersions, delete markers left out (they carry no annotations).
+//! - Every version: ListObjectVersions; delete markers only when the scope asks for them (they
+//!   carry no annotations, but the object journal records them). A page's delete markers come
+//!   first, positioned where the page starts: the SDK hands versions and markers over as two
+//!   lists, so their order within the page is lost, and a marker committed at the page's start
+//!   can only be listed again on a resume, never skipped.
+//!
+//! Every listed version carries what the listing says about it ([`VersionFacts`]), and a page
+//! the time its request was sent, so object journal rows can be stamped like any observation.
 //!
 //! A [`ListPosition`] names the last object version handled, so a page can end anywhere and a
 //! resumed walk starts exactly after it (`key-marker` + `version-id-marker`, or `start-after`).
@@ -14,7 +21,9 @@
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use s3_events::ObjectRef;
 
-use crate::{AnnotationSource, Attempt, Class, Op, SourceError, classify, strip_quotes};
+use chrono::NaiveDateTime;
+
+use crate::{AnnotationSource, Attempt, Class, Op, SourceError, classify, strip_quotes, to_naive};
 
 /// Which versions of each object to walk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +53,8 @@ pub struct ListScope {
     pub prefix: String,
     /// Which versions.
     pub versions: Versions,
+    /// With [`Versions::All`], list delete markers too.
+    pub delete_markers: bool,
 }
 
 /// The last object version handled; the walk continues after it.
@@ -55,15 +66,32 @@ pub struct ListPosition {
     pub version_id: Option<String>,
 }
 
+/// What a listing says about one object version.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VersionFacts {
+    /// A delete marker (then size, ETag and storage class are `None`).
+    pub is_delete_marker: bool,
+    /// Object size in bytes.
+    pub size: Option<i64>,
+    /// The object's ETag, quotes stripped.
+    pub e_tag: Option<String>,
+    /// Last-Modified (UTC).
+    pub last_modified: Option<NaiveDateTime>,
+    /// Storage class as listed.
+    pub storage_class: Option<String>,
+    /// The additional checksum algorithms listed, comma-separated.
+    pub checksum_algorithm: Option<String>,
+}
+
 /// One object version found by the walk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listed {
     /// The object version (`version_id` is `None` in unversioned buckets).
     pub object: ObjectRef,
-    /// The object's ETag, quotes stripped.
-    pub e_tag: Option<String>,
-    /// Object size in bytes.
-    pub size: Option<i64>,
+    /// What the listing says about it.
+    pub facts: VersionFacts,
+    /// When the page listing it was requested (ns, corrected towards S3's clock).
+    pub listed_at: u64,
     /// Where the walk stands once this object is handled.
     pub position: ListPosition,
 }
@@ -71,7 +99,9 @@ pub struct Listed {
 /// One page of the walk.
 #[derive(Debug, Clone, Default)]
 pub struct ListPage {
-    /// The object versions, in listing order.
+    /// When the page's request was sent (ns, corrected towards S3's clock).
+    pub at_nanos: u64,
+    /// The object versions, in listing order (a page's delete markers first).
     pub objects: Vec<Listed>,
     /// Where the next page starts; `None` when the walk is complete.
     pub next: Option<ListPosition>,
@@ -127,7 +157,14 @@ impl AnnotationSource {
         } else {
             self.list_objects_page(scope, from, &target).await?
         };
-        Ok(page.value)
+        let mut listed = page.value;
+        for object in &mut listed.objects {
+            object.listed_at = page.at_nanos;
+        }
+        Ok(ListPage {
+            at_nanos: page.at_nanos,
+            ..listed
+        })
     }
 
     async fn list_objects_page(
@@ -161,8 +198,15 @@ impl AnnotationSource {
                             key: key.clone(),
                             version_id: None,
                         },
-                        e_tag: o.e_tag().map(strip_quotes),
-                        size: o.size(),
+                        facts: VersionFacts {
+                            is_delete_marker: false,
+                            size: o.size(),
+                            e_tag: o.e_tag().map(strip_quotes),
+                            last_modified: o.last_modified().and_then(to_naive),
+                            storage_class: o.storage_class().map(|c| c.as_str().to_string()),
+                            checksum_algorithm: checksums(o.checksum_algorithm()),
+                        },
+                        listed_at: 0,
                         position: ListPosition {
                             key: Some(key),
                             version_id: None,
@@ -174,7 +218,11 @@ impl AnnotationSource {
                 (Some(true), Some(last)) => Some(last.position.clone()),
                 _ => None,
             };
-            Ok(Attempt::Done(ListPage { objects, next }))
+            Ok(Attempt::Done(ListPage {
+                at_nanos: 0,
+                objects,
+                next,
+            }))
         })
         .await
     }
@@ -201,7 +249,29 @@ impl AnnotationSource {
                 Ok(out) => out,
                 Err(e) => return listing_failure(&e, Op::ListObjects, target),
             };
-            let objects: Vec<Listed> = out
+            // Delete markers first, at the page's start (see the module doc).
+            let markers = out
+                .delete_markers()
+                .iter()
+                .filter(|_| scope.versions == Versions::All && scope.delete_markers)
+                .filter_map(|m| {
+                    let key = m.key()?.to_string();
+                    Some(Listed {
+                        object: ObjectRef {
+                            bucket: scope.bucket.clone(),
+                            key,
+                            version_id: m.version_id().map(str::to_string),
+                        },
+                        facts: VersionFacts {
+                            is_delete_marker: true,
+                            last_modified: m.last_modified().and_then(to_naive),
+                            ..VersionFacts::default()
+                        },
+                        listed_at: 0,
+                        position: from.clone(),
+                    })
+                });
+            let versions = out
                 .versions()
                 .iter()
                 .filter(|v| scope.versions == Versions::All || v.is_latest() == Some(true))
@@ -220,15 +290,15 @@ impl AnnotationSource {
                                 None
                             },
                         },
-                        e_tag: v.e_tag().map(strip_quotes),
-                        size: v.size(),
+                        facts: version_facts(v),
+                        listed_at: 0,
                         position: ListPosition {
                             key: Some(key),
                             version_id: listed_version,
                         },
                     })
-                })
-                .collect();
+                });
+            let objects: Vec<Listed> = markers.chain(versions).collect();
             let next = if out.is_truncated() == Some(true) {
                 match out.next_key_marker() {
                     Some(key) if !key.is_empty() => Some(ListPosition {
@@ -240,10 +310,108 @@ impl AnnotationSource {
             } else {
                 None
             };
-            Ok(Attempt::Done(ListPage { objects, next }))
+            Ok(Attempt::Done(ListPage {
+                at_nanos: 0,
+                objects,
+                next,
+            }))
         })
         .await
     }
+
+    /// Every version of one key, delete markers included, as one observation stamped when its
+    /// first request was sent: what the object journal records for an object event. Listed
+    /// under the key as prefix, page after page while the pages still hold the key (its
+    /// versions come before any longer key's). Version ids are as listed (`null` kept).
+    pub async fn list_key_versions(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<crate::Observed<Vec<(ObjectRef, VersionFacts)>>, SourceError> {
+        let target = bucket_ref(bucket, key);
+        self.check_bucket(&target)?;
+        let mut found = Vec::new();
+        let mut from: Option<(String, Option<String>)> = None;
+        let mut at_nanos = None;
+        loop {
+            let page = self
+                .with_retries(Op::ListObjects, &target, || async {
+                    let response = self
+                        .s3
+                        .list_object_versions()
+                        .bucket(bucket)
+                        .prefix(key)
+                        .set_key_marker(from.as_ref().map(|(k, _)| k.clone()))
+                        .set_version_id_marker(from.as_ref().and_then(|(_, v)| v.clone()))
+                        .set_expected_bucket_owner(self.options.expected_bucket_owner.clone())
+                        .send()
+                        .await;
+                    match response {
+                        Ok(out) => Ok(Attempt::Done(out)),
+                        Err(e) => listing_failure(&e, Op::ListObjects, &target),
+                    }
+                })
+                .await?;
+            at_nanos.get_or_insert(page.at_nanos);
+            let out = page.value;
+            let of_key = |k: Option<&str>| k == Some(key);
+            let object = |version_id: Option<&str>| ObjectRef {
+                bucket: bucket.to_string(),
+                key: key.to_string(),
+                version_id: version_id.map(str::to_string),
+            };
+            for v in out.versions().iter().filter(|v| of_key(v.key())) {
+                found.push((object(v.version_id()), version_facts(v)));
+            }
+            for m in out.delete_markers().iter().filter(|m| of_key(m.key())) {
+                let facts = VersionFacts {
+                    is_delete_marker: true,
+                    last_modified: m.last_modified().and_then(to_naive),
+                    ..VersionFacts::default()
+                };
+                found.push((object(m.version_id()), facts));
+            }
+            // Another key listed, or the listing ended: every version of this key was seen.
+            let other_key = out.versions().iter().any(|v| !of_key(v.key()))
+                || out.delete_markers().iter().any(|m| !of_key(m.key()));
+            match out.next_key_marker() {
+                Some(next) if out.is_truncated() == Some(true) && !other_key && next == key => {
+                    from = Some((
+                        next.to_string(),
+                        out.next_version_id_marker().map(str::to_string),
+                    ));
+                }
+                _ => break,
+            }
+        }
+        Ok(crate::Observed {
+            at_nanos: at_nanos.unwrap_or_default(),
+            value: found,
+            version_id: None,
+        })
+    }
+}
+
+fn version_facts(v: &aws_sdk_s3::types::ObjectVersion) -> VersionFacts {
+    VersionFacts {
+        is_delete_marker: false,
+        size: v.size(),
+        e_tag: v.e_tag().map(strip_quotes),
+        last_modified: v.last_modified().and_then(to_naive),
+        storage_class: v.storage_class().map(|c| c.as_str().to_string()),
+        checksum_algorithm: checksums(v.checksum_algorithm()),
+    }
+}
+
+/// The listed checksum algorithms, comma-separated; `None` if there are none.
+fn checksums<T: AsRef<str>>(algorithms: &[T]) -> Option<String> {
+    (!algorithms.is_empty()).then(|| {
+        algorithms
+            .iter()
+            .map(AsRef::as_ref)
+            .collect::<Vec<_>>()
+            .join(",")
+    })
 }
 
 fn bucket_ref(bucket: &str, prefix: &str) -> ObjectRef {

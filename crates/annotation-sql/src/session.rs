@@ -20,6 +20,11 @@ use crate::provider::{IcebergCatalog, JOURNAL_ALIAS, NamespaceSchema};
 use crate::state::{self, ANNOTATIONS, AnnotationsSource, FROM_JOURNAL, StateComparison};
 use crate::time_travel::{TimeTravel, TravelPoint};
 
+/// The object journal's table name (the `objects` view reads it under this name).
+pub const OBJECT_JOURNAL: &str = "object_journal";
+const OBJECTS_VIEW: &str = "objects";
+const OBJECTS_FILE: &str = "objects.sql";
+
 /// The name of the DataFusion catalog holding the Iceberg namespaces.
 pub const CATALOG_NAME: &str = "annotable";
 
@@ -233,6 +238,14 @@ impl QuerySession {
         {
             self.define_annotations().await?;
         }
+        if views
+            && !self.schema.has_view(OBJECTS_VIEW)
+            && references
+                .iter()
+                .any(|r| self.in_default(r) && r.table() == OBJECTS_VIEW)
+        {
+            self.load_objects_view().await?;
+        }
         for reference in &references {
             self.check_table(reference).await?;
         }
@@ -393,30 +406,59 @@ impl QuerySession {
         if !names.iter().any(|n| n == &self.journal) {
             return Ok(false);
         }
+        let object_journal = names.iter().any(|n| n == OBJECT_JOURNAL);
         for (file, sql) in view_definitions() {
-            let view = |source| SqlError::View {
-                file: format!("queries/views/{file}"),
-                source: Box::new(source),
-            };
-            let sql = if *file == "annotations.sql" {
-                sql.replacen(
-                    "CREATE VIEW annotations AS",
-                    &format!("CREATE VIEW {FROM_JOURNAL} AS"),
-                    1,
-                )
-            } else {
-                sql.to_string()
-            };
-            self.ctx
-                .sql(&sql)
-                .await
-                .map_err(view)?
-                .collect()
-                .await
-                .map_err(view)?;
+            // Over the object journal, which exists only once objects are recorded: defined
+            // when a statement names it after that (`plan`).
+            if *file == OBJECTS_FILE && !object_journal {
+                continue;
+            }
+            self.create_view(file, sql).await?;
         }
         *loaded = true;
         Ok(true)
+    }
+
+    /// Defines `objects` if its journal exists now (the views were loaded before it did).
+    async fn load_objects_view(&self) -> Result<(), SqlError> {
+        let _loaded = self.views_loaded.lock().await;
+        if self.schema.has_view(OBJECTS_VIEW)
+            || !self
+                .schema
+                .table_exists_now(OBJECT_JOURNAL)
+                .await
+                .map_err(|e| self.catalog_error("looking up the object journal", e))?
+        {
+            return Ok(());
+        }
+        match view_definitions().iter().find(|(f, _)| *f == OBJECTS_FILE) {
+            Some((file, sql)) => self.create_view(file, sql).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn create_view(&self, file: &str, sql: &str) -> Result<(), SqlError> {
+        let view = |source| SqlError::View {
+            file: format!("queries/views/{file}"),
+            source: Box::new(source),
+        };
+        let sql = if file == "annotations.sql" {
+            sql.replacen(
+                "CREATE VIEW annotations AS",
+                &format!("CREATE VIEW {FROM_JOURNAL} AS"),
+                1,
+            )
+        } else {
+            sql.to_string()
+        };
+        self.ctx
+            .sql(&sql)
+            .await
+            .map_err(view)?
+            .collect()
+            .await
+            .map_err(view)?;
+        Ok(())
     }
 
     fn in_default(&self, reference: &TableReference) -> bool {

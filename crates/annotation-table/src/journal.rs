@@ -15,8 +15,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
+use arrow::compute::SortOptions;
+use arrow::datatypes::SchemaRef;
+use chrono::{DateTime, Utc};
 use iceberg::arrow::{RecordBatchPartitionSplitter, schema_to_arrow_schema};
-use iceberg::spec::{DataFile, DataFileFormat, PartitionKey};
+use iceberg::spec::{DataFile, DataFileFormat, PartitionKey, Transform};
 use iceberg::table::Table;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
@@ -33,8 +36,10 @@ use parquet::schema::types::ColumnPath;
 use tracing::{debug, warn};
 
 use crate::encode::{encode_sorted, sort_keys};
-
-use crate::{JournalRow, JournalSpec, Source, TableError, journal_spec};
+use crate::object_encode::encode_object_rows;
+use crate::{
+    JournalRow, JournalSpec, ObjectRow, Source, TableError, journal_spec, object_journal_spec,
+};
 
 /// Snapshot-summary key holding the batch id.
 pub const SUMMARY_BATCH_ID: &str = "annotable.batch-id";
@@ -76,23 +81,74 @@ impl std::fmt::Display for BatchId {
     }
 }
 
+/// A row a journal table holds: an annotation journal row or an object journal row. What the
+/// commit needs of it: the partition it falls in, and its Arrow encoding.
+pub trait TableRow: Send + Sync + 'static {
+    /// The bucket (the first partition field).
+    fn bucket(&self) -> &str;
+    /// When it was written (its day is the second partition field).
+    fn ingested_at(&self) -> DateTime<Utc>;
+    /// Encodes rows into a batch of `schema`, sorted by `keys`.
+    fn encode(
+        schema: &SchemaRef,
+        rows: &[&Self],
+        keys: &[(usize, SortOptions)],
+    ) -> Result<RecordBatch, arrow::error::ArrowError>;
+}
+
+impl TableRow for JournalRow {
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    fn ingested_at(&self) -> DateTime<Utc> {
+        self.ingested_at
+    }
+
+    fn encode(
+        schema: &SchemaRef,
+        rows: &[&Self],
+        keys: &[(usize, SortOptions)],
+    ) -> Result<RecordBatch, arrow::error::ArrowError> {
+        encode_sorted(schema, rows, keys)
+    }
+}
+
+impl TableRow for ObjectRow {
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    fn ingested_at(&self) -> DateTime<Utc> {
+        self.ingested_at
+    }
+
+    fn encode(
+        schema: &SchemaRef,
+        rows: &[&Self],
+        keys: &[(usize, SortOptions)],
+    ) -> Result<RecordBatch, arrow::error::ArrowError> {
+        encode_object_rows(schema, rows, keys)
+    }
+}
+
 /// Rows committed together in one snapshot.
 #[derive(Debug, Clone)]
-pub struct Batch {
+pub struct Batch<R = JournalRow> {
     /// The batch id written to the snapshot summary.
     pub id: BatchId,
     /// Where the rows came from (recorded in the summary).
     pub source: Source,
     /// The rows (shared: a retried commit re-sends the same rows without copying payloads).
-    pub rows: Arc<Vec<JournalRow>>,
+    pub rows: Arc<Vec<R>>,
     /// More snapshot-summary properties, committed atomically with the rows (backfill records
     /// its listing position this way). Keys should start with `annotable.`.
     pub properties: BTreeMap<String, String>,
 }
 
-impl Batch {
+impl<R> Batch<R> {
     /// A batch with a fresh id.
-    pub fn new(source: Source, rows: Vec<JournalRow>) -> Self {
+    pub fn new(source: Source, rows: Vec<R>) -> Self {
         Batch {
             id: BatchId::new(),
             source,
@@ -202,6 +258,17 @@ impl JournalTable {
         table: Option<&str>,
     ) -> Result<Self, TableError> {
         let spec = journal_spec()?;
+        Self::open_spec(catalog, namespace, table.unwrap_or(&spec.table), spec).await
+    }
+
+    /// Opens `namespace.table` (default name `object_journal`), the object journal, creating
+    /// it if missing and refusing a table whose schema differs from ours.
+    pub async fn open_objects(
+        catalog: Arc<dyn Catalog>,
+        namespace: &str,
+        table: Option<&str>,
+    ) -> Result<Self, TableError> {
+        let spec = object_journal_spec()?;
         Self::open_spec(catalog, namespace, table.unwrap_or(&spec.table), spec).await
     }
 
@@ -319,7 +386,7 @@ impl JournalTable {
     /// Writes the batch as Parquet data files and commits them in one snapshot, exactly once
     /// (see the module doc), retrying transient failures for as long as the table's
     /// [`RetryPolicy`] allows. An empty batch commits nothing.
-    pub async fn append(&self, batch: Batch) -> Result<CommitReport, TableError> {
+    pub async fn append<R: TableRow>(&self, batch: Batch<R>) -> Result<CommitReport, TableError> {
         self.append_until(batch, std::future::pending(), |_| {})
             .await
     }
@@ -334,9 +401,9 @@ impl JournalTable {
     /// or a wait in progress is abandoned then, which is safe because an abandoned commit
     /// either landed whole or not at all. `on_retry` sees every failure that is retried
     /// (callers report health and metrics through it).
-    pub async fn append_until(
+    pub async fn append_until<R: TableRow>(
         &self,
-        batch: Batch,
+        batch: Batch<R>,
         give_up: impl Future<Output = ()>,
         mut on_retry: impl FnMut(&Retry<'_>),
     ) -> Result<CommitReport, TableError> {
@@ -457,10 +524,10 @@ impl JournalTable {
 
     /// One attempt: from the second on, look for the batch first; write the data files unless
     /// an earlier attempt did; commit them.
-    async fn attempt(
+    async fn attempt<R: TableRow>(
         &self,
         id: &BatchId,
-        rows: &Arc<Vec<JournalRow>>,
+        rows: &Arc<Vec<R>>,
         summary: &HashMap<String, String>,
         written: &mut Option<Written>,
         attempt: u32,
@@ -681,11 +748,11 @@ fn task_failed(e: tokio::task::JoinError) -> WriteFailure {
 /// blocking thread of their own once every chunk is encoded.
 ///
 /// Returns the files and the time spent sorting and encoding (summed over the chunks).
-async fn write_data_files(
+async fn write_data_files<R: TableRow>(
     table: &Table,
     arrow_schema: &arrow::datatypes::SchemaRef,
     id: &BatchId,
-    rows: Arc<Vec<JournalRow>>,
+    rows: Arc<Vec<R>>,
 ) -> Result<(Vec<DataFile>, Duration), WriteFailure> {
     let (builder, splitter) = file_writer(table, id.as_str(), None)?;
     let keys: Arc<[_]> = sort_keys(table.metadata(), arrow_schema).into();
@@ -694,14 +761,14 @@ async fn write_data_files(
 
     // Few partitions per batch: find each row's group by a linear scan, without allocating.
     // A table whose partition spec was changed by another tool is split by iceberg instead.
-    let by_journal_spec = has_journal_partitioning(table);
+    let by_journal_spec = partitioned_by_bucket_and_day(table);
     let mut groups: Vec<Vec<usize>> = Vec::new();
     for (i, row) in rows.iter().enumerate() {
-        let day = row.ingested_at.date_naive();
+        let day = row.ingested_at().date_naive();
         match groups.iter_mut().find(|g| {
             let first = &rows[g[0]];
             !by_journal_spec
-                || (first.bucket == row.bucket && first.ingested_at.date_naive() == day)
+                || (first.bucket() == row.bucket() && first.ingested_at().date_naive() == day)
         }) {
             Some(group) => group.push(i),
             None => groups.push(vec![i]),
@@ -720,8 +787,8 @@ async fn write_data_files(
             tasks.spawn(async move {
                 let (batch, cpu) = tokio::task::spawn_blocking(move || {
                     let started = Instant::now();
-                    let refs: Vec<&JournalRow> = chunk.iter().map(|&i| &rows[i]).collect();
-                    encode_sorted(&arrow_schema, &refs, &keys).map(|b| (b, started.elapsed()))
+                    let refs: Vec<&R> = chunk.iter().map(|&i| &rows[i]).collect();
+                    R::encode(&arrow_schema, &refs, &keys).map(|b| (b, started.elapsed()))
                 })
                 .await
                 .map_err(task_failed)?
@@ -756,19 +823,19 @@ async fn write_data_files(
     Ok((files, cpu))
 }
 
-/// Whether the table is partitioned as `schemas/annotation_journal.json` says, by
-/// identity(bucket) and day(ingested_at), which is how [`write_data_files`] groups rows.
-fn has_journal_partitioning(table: &Table) -> bool {
-    let Ok(spec) = journal_spec() else {
-        return false;
+/// Whether the table is partitioned as the journals' schema files say, by identity(bucket) and
+/// day(ingested_at), which is how [`write_data_files`] groups rows.
+fn partitioned_by_bucket_and_day(table: &Table) -> bool {
+    let schema = table.metadata().current_schema();
+    let fields = table.metadata().default_partition_spec().fields();
+    let is = |i: usize, name: &str, transform: Transform| {
+        fields.get(i).is_some_and(|f| {
+            f.transform == transform && schema.name_by_field_id(f.source_id) == Some(name)
+        })
     };
-    let current = table.metadata().default_partition_spec().fields();
-    let expected = spec.partition_spec.fields();
-    current.len() == expected.len()
-        && current
-            .iter()
-            .zip(expected)
-            .all(|(c, e)| c.source_id == e.source_id && c.transform == e.transform)
+    fields.len() == 2
+        && is(0, "bucket", Transform::Identity)
+        && is(1, "ingested_at", Transform::Day)
 }
 
 /// The writer of one table's data files: Parquet with the table's settings, named

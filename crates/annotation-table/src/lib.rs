@@ -8,7 +8,8 @@
 //! outcome is unknown is resolved by looking for that id before trying again (docs/correctness.md §3).
 //! It also builds the catalogs annotable supports from configuration ([`CatalogConfig`]), and
 //! maintains the table ([`Maintainer`]: compaction, snapshot expiry, orphan cleanup), and keeps
-//! the current state as a table of its own, refreshed from the journal ([`state`]).
+//! the current state as a table of its own, refreshed from the journal ([`state`]). The object
+//! journal (`schemas/object_journal.json`, [`ObjectRow`]) is written through the same commit.
 //!
 //! It does no S3 event handling and no querying: rows come from the pipeline, SQL goes through
 //! `annotation-sql`.
@@ -19,6 +20,8 @@ mod encode;
 mod error;
 mod journal;
 mod maintain;
+mod object_encode;
+mod object_row;
 mod row;
 mod spec;
 pub mod state;
@@ -32,7 +35,7 @@ pub use error::TableError;
 pub use iceberg::Catalog;
 pub use journal::{
     Batch, BatchId, CommitReport, JournalTable, Retry, RetryPolicy, SUMMARY_BATCH_ID,
-    SUMMARY_WRITER,
+    SUMMARY_WRITER, TableRow,
 };
 pub use maintain::{
     CompactionReport, ExpiryReport, MaintainOptions, MaintainReport, Maintainer, OrphanReport,
@@ -43,5 +46,6 @@ pub fn table_ident(namespace: &str, table: &str) -> Option<iceberg::TableIdent> 
     let ns = iceberg::NamespaceIdent::from_strs(namespace.split('.')).ok()?;
     Some(iceberg::TableIdent::new(ns, table.to_string()))
 }
+pub use object_row::{ObjectRecordType, ObjectRow};
 pub use row::{JournalRow, RecordType, Source};
-pub use spec::{JournalSpec, journal_spec, state_spec, tombstones_spec};
+pub use spec::{JournalSpec, journal_spec, object_journal_spec, state_spec, tombstones_spec};

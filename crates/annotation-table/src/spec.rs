@@ -1,5 +1,5 @@
-//! The table definitions, read from `schemas/*.json`: the journal, and the current-state table
-//! with its tombstones (see [`crate::state`]).
+//! The table definitions, read from `schemas/*.json`: the annotation journal, the current-state
+//! table with its tombstones (see [`crate::state`]), and the object journal.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -12,6 +12,7 @@ use crate::TableError;
 const SPEC_JSON: &str = include_str!("../../../schemas/annotation_journal.json");
 const STATE_JSON: &str = include_str!("../../../schemas/annotations.json");
 const TOMBSTONES_JSON: &str = include_str!("../../../schemas/annotations_tombstones.json");
+const OBJECT_JOURNAL_JSON: &str = include_str!("../../../schemas/object_journal.json");
 
 /// A table's definition: schema, partition spec, sort order and properties.
 #[derive(Debug, Clone)]
@@ -65,6 +66,14 @@ pub fn tombstones_spec() -> Result<&'static JournalSpec, TableError> {
     SPEC.get_or_init(|| parse(TOMBSTONES_JSON))
         .as_ref()
         .map_err(|e| TableError::SpecInvalid(format!("schemas/annotations_tombstones.json: {e}")))
+}
+
+/// The object journal's definition, from `schemas/object_journal.json`.
+pub fn object_journal_spec() -> Result<&'static JournalSpec, TableError> {
+    static SPEC: OnceLock<Result<JournalSpec, String>> = OnceLock::new();
+    SPEC.get_or_init(|| parse(OBJECT_JOURNAL_JSON))
+        .as_ref()
+        .map_err(|e| TableError::SpecInvalid(format!("schemas/object_journal.json: {e}")))
 }
 
 fn parse(text: &str) -> Result<JournalSpec, String> {

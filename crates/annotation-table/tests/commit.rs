@@ -347,7 +347,10 @@ async fn reopening_finds_the_same_table_and_an_empty_batch_commits_nothing() {
         .unwrap();
     let again = journal(dir.path()).await;
     let report = again
-        .append(Batch::new(Source::Backfill, vec![]))
+        .append(Batch::<annotation_table::JournalRow>::new(
+            Source::Backfill,
+            vec![],
+        ))
         .await
         .unwrap();
     assert_eq!((report.rows, report.snapshot_id), (0, None));

@@ -137,6 +137,7 @@ async fn run_backfill(config: &Config, bucket: &str) -> backfill::BackfillReport
         bucket: bucket.to_string(),
         prefix: String::new(),
         versions: Versions::Current,
+        delete_markers: false,
     };
     let mut options = BackfillOptions::from_config(config, scope);
     options.progress = ProgressMode::Off;
@@ -269,6 +270,7 @@ async fn large() {
             bucket: "bench-large".into(),
             prefix: String::new(),
             versions: Versions::Current,
+            delete_markers: false,
         };
         let mut options = BackfillOptions::from_config(&cfg, scope);
         options.progress = ProgressMode::Off;

@@ -275,6 +275,7 @@ mod tests {
             bucket: "photos".into(),
             prefix: "2026/".into(),
             versions: Versions::All,
+            delete_markers: false,
         }
     }
 

@@ -1,6 +1,8 @@
 //! Commit: batches in listing order through the table's commit loop, each with the run id and
 //! the position after its last object in the snapshot summary, then the checkpoint copied into
-//! the lease document.
+//! the lease document. A batch's object journal rows are committed first, in a batch of their
+//! own: a crash between the two commits resumes before them, so they are written again (the
+//! `objects` view folds re-stated rows away) and never lost.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,6 +19,7 @@ use super::{BackfillError, SUMMARY_OBJECTS, SUMMARY_POSITION, SUMMARY_RUN};
 /// Commits batches in order; each carries the run id and the position after its last object.
 pub(super) async fn commit_loop(
     table: Option<JournalTable>,
+    object_table: Option<JournalTable>,
     lease: Option<Arc<WalkLease>>,
     run_id: String,
     mut objects_done: u64,
@@ -36,6 +39,15 @@ pub(super) async fn commit_loop(
             lease.renew().await?;
         }
         objects_done += pending.objects;
+        if let Some(object_table) = &object_table
+            && !pending.object_rows.is_empty()
+        {
+            let count = pending.object_rows.len() as u64;
+            object_table
+                .append(Batch::new(Source::Backfill, pending.object_rows))
+                .await?;
+            counters.object_rows.fetch_add(count, Ordering::Relaxed);
+        }
         let rows = pending.rows.len() as u64;
         let mut batch = Batch::new(Source::Backfill, pending.rows);
         if let Some(position) = &pending.position {

@@ -48,7 +48,8 @@ use crate::batcher::{Batcher, FlushPolicy};
 use crate::config::{Config, ConfigError, defaults};
 use crate::lease::Holder;
 use crate::lease::document::StateStore;
-use crate::rows::Observed;
+use crate::object_rows::{KeyObservation, ObjectScope};
+use crate::rows::{Observed, sequence_number};
 use crate::set_reader::SetReader;
 use checkpoint::{StoredPosition, WalkLease};
 use commit::commit_loop;
@@ -225,6 +226,8 @@ pub struct BackfillReport {
     pub rows: u64,
     /// Commits.
     pub commits: u64,
+    /// Object journal rows committed (or, in a dry run, that would be).
+    pub object_rows: u64,
     /// S3 calls by operation (every attempt).
     pub s3_calls: BTreeMap<&'static str, u64>,
     /// Wall time.
@@ -271,6 +274,9 @@ impl std::fmt::Display for BackfillReport {
             )?;
         }
         writeln!(f, "  annotations:     {}", self.annotations)?;
+        if self.object_rows > 0 {
+            writeln!(f, "  object rows:     {}", self.object_rows)?;
+        }
         let verb = if self.dry_run {
             "would write"
         } else {
@@ -312,7 +318,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<BackfillReport, BackfillError> {
     let started = Instant::now();
-    let scope = options.scope.clone();
+    let objects = config.object_prefixes().map(ObjectScope::new);
+    let scope = ListScope {
+        delete_markers: objects.is_some(),
+        ..options.scope.clone()
+    };
     let target = format!("s3://{}/{}", scope.bucket, scope.prefix);
     if is_directory_bucket(&scope.bucket) {
         return Err(SourceError::DirectoryBucket {
@@ -350,10 +360,21 @@ pub async fn run(
         ..BackfillReport::default()
     };
 
-    let (table, lease, start) = if options.dry_run {
-        (None, None, None)
+    let (table, object_table, lease, start) = if options.dry_run {
+        (None, None, None, None)
     } else {
         let (_, catalog) = config.connect_catalog::<BackfillError>().await?;
+        let object_table = match objects {
+            Some(_) => Some(
+                JournalTable::open_objects(
+                    catalog.clone(),
+                    config.namespace(),
+                    Some(config.objects_table()),
+                )
+                .await?,
+            ),
+            None => None,
+        };
         let table = JournalTable::open(catalog, config.namespace(), Some(config.table())).await?;
         report.table = table.ident().to_string();
         let state_url = config.backfill_state_url()?;
@@ -397,7 +418,12 @@ pub async fn run(
                 start.position = Some(position);
             }
         }
-        (Some(table), Some(Arc::new(lease)), Some(start))
+        (
+            Some(table),
+            object_table,
+            Some(Arc::new(lease)),
+            Some(start),
+        )
     };
     let resume_from = start
         .as_ref()
@@ -463,6 +489,7 @@ pub async fn run(
     let (commit_tx, commit_rx) = mpsc::channel::<Pending>(1);
     let committer = tokio::spawn(commit_loop(
         table.clone(),
+        object_table,
         lease.clone(),
         report.run_id.clone(),
         objects_before,
@@ -509,6 +536,7 @@ pub async fn run(
         }),
         dry_run: options.dry_run,
         dry_rows: 0,
+        dry_object_rows: 0,
         tx: commit_tx,
         closed: false,
     };
@@ -532,9 +560,31 @@ pub async fn run(
                 break;
             }
         };
+        // The version's object row goes before its annotation rows, in the same batch.
+        if let Some(objects) = &objects
+            && objects.covers(&listed.object.key)
+        {
+            outbox.add_object(&KeyObservation {
+                bucket: listed.object.bucket.clone(),
+                key: listed.object.key.clone(),
+                sequence_number: sequence_number(listed.listed_at, &writer),
+                versions: vec![(listed.object.clone(), listed.facts.clone())],
+                whole_key: false,
+                context: None,
+            });
+        }
         let (observation, held) = match read {
             Read::Whole(observation) => (Some(*observation), Reservation::none()),
             Read::Skipped => (None, Reservation::none()),
+            Read::Marker => {
+                counters.read.fetch_add(1, Ordering::Relaxed);
+                outbox.complete(listed.position);
+                outbox.flush_if_full().await;
+                if outbox.closed {
+                    break;
+                }
+                continue;
+            }
             Read::Deferred(set) => {
                 let mut parts = in_parts.read(set, None);
                 let mut last = None;
@@ -598,7 +648,7 @@ pub async fn run(
             break;
         }
     }
-    let dry_rows = outbox.dry_rows;
+    let (dry_rows, dry_object_rows) = (outbox.dry_rows, outbox.dry_object_rows);
     // Commit what was read in order (on a stop too: it is a contiguous stretch of the listing).
     if failure.is_none() {
         outbox.flush().await;
@@ -630,6 +680,11 @@ pub async fn run(
         counters.rows.load(Ordering::Relaxed)
     };
     report.commits = counters.commits.load(Ordering::Relaxed);
+    report.object_rows = if options.dry_run {
+        dry_object_rows
+    } else {
+        counters.object_rows.load(Ordering::Relaxed)
+    };
     report.s3_calls = Op::ALL
         .iter()
         .map(|op| (op.name(), source.stats().snapshot(*op).calls))

@@ -1,18 +1,22 @@
 //! The outbox: a walk's rows batched by the shared flush policy, each batch carrying the
 //! listing position after its last complete version (so a resume never writes them again).
+//! Object journal rows ride in the same batches (committed first, see `commit`).
 
 use annotation_source::{ListPosition, Reservation};
-use annotation_table::{JournalRow, Source};
+use annotation_table::{JournalRow, ObjectRow, Source};
 use chrono::Utc;
 use tokio::sync::mpsc;
 
 use crate::batcher::Batcher;
+use crate::object_rows::{KeyObservation, object_rows_of};
 use crate::rows::{Observation, rows_of};
 
 /// Rows ready to commit, and where the listing stands after them.
 #[derive(Default)]
 pub(super) struct Pending {
     pub(super) rows: Vec<JournalRow>,
+    /// Object journal rows of the versions walked.
+    pub(super) object_rows: Vec<ObjectRow>,
     pub(super) objects: u64,
     /// After the last object version completed in this batch; `None` when the batch holds
     /// only early parts of one large set (the checkpoint must not move past it yet).
@@ -25,6 +29,8 @@ pub(super) struct Pending {
 pub(super) enum Piece {
     /// A version's rows (or a part's), and the payload bytes they hold.
     Rows(Vec<JournalRow>, Reservation),
+    /// A version's object journal row.
+    Objects(Vec<ObjectRow>),
     /// A version is done: the checkpoint may move past it.
     Done(ListPosition),
 }
@@ -38,6 +44,7 @@ impl Pending {
                     pending.rows.extend(rows);
                     pending.held.push(held);
                 }
+                Piece::Objects(rows) => pending.object_rows.extend(rows),
                 Piece::Done(position) => {
                     pending.objects += 1;
                     pending.position = Some(position);
@@ -53,6 +60,7 @@ pub(super) struct Outbox {
     pub(super) batch: Batcher<Piece>,
     pub(super) dry_run: bool,
     pub(super) dry_rows: u64,
+    pub(super) dry_object_rows: u64,
     pub(super) tx: mpsc::Sender<Pending>,
     /// The committer is gone: stop reading.
     pub(super) closed: bool,
@@ -72,6 +80,18 @@ impl Outbox {
         }
         let now = tokio::time::Instant::now();
         self.batch.push(Piece::Rows(rows, held), count, bytes, now);
+    }
+
+    /// Adds the object journal rows of a version the walk listed.
+    pub(super) fn add_object(&mut self, observation: &KeyObservation) {
+        let mut rows = object_rows_of(observation, Source::Backfill, Utc::now());
+        let count = rows.len();
+        if self.dry_run {
+            self.dry_object_rows += count as u64;
+            rows.clear();
+        }
+        let now = tokio::time::Instant::now();
+        self.batch.push(Piece::Objects(rows), count, 0, now);
     }
 
     /// Marks an object version done: the checkpoint may move past it.

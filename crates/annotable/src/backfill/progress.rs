@@ -34,6 +34,8 @@ pub struct Counters {
     pub committed_objects: AtomicU64,
     /// Commits.
     pub commits: AtomicU64,
+    /// Object journal rows committed.
+    pub object_rows: AtomicU64,
     /// The listing reached its end (the total is known).
     pub listing_done: AtomicBool,
 }

@@ -27,6 +27,8 @@ pub(super) enum Read {
     Deferred(ListedSet),
     /// S3 refused to read it (logged, counted, no row written).
     Skipped,
+    /// A delete marker: it has no annotations to read.
+    Marker,
 }
 
 /// Pages through the listing into `tx`, from `from` (after the first page if it was read).
@@ -82,6 +84,12 @@ pub(super) async fn read_one(
     listed: Listed,
     whole_limit: u64,
 ) -> Result<ReadResult, SourceError> {
+    if listed.facts.is_delete_marker {
+        return Ok(ReadResult {
+            listed,
+            read: Read::Marker,
+        });
+    }
     let read = async {
         let set = reader.list(&listed.object, None).await?;
         if set.bytes() > whole_limit {

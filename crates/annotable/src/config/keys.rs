@@ -62,6 +62,8 @@ pub mod defaults {
     pub const MAINTAIN_ORPHAN_AGE_SECS: u64 = 86_400;
     /// `state.table`.
     pub const STATE_TABLE: &str = "annotations";
+    /// `objects.table`.
+    pub const OBJECTS_TABLE: &str = "object_journal";
     /// `state.fold_budget_mb` of `maintain --refresh/--rebuild-state`.
     pub const STATE_FOLD_BUDGET_MB: u64 = 1024;
     /// `sql.listen`: loopback, beside PostgreSQL's own 5432.
@@ -287,6 +289,9 @@ pub const KEYS: &[Key] = &[
     ),
     key("maintain.serve_interval_secs", Num, Derived("never")),
     key("maintain.journal_retention_days", Num, Derived("never")),
+    key("objects.enabled", Kind::Bool, Bool(true)),
+    key("objects.table", Str, Text(d::OBJECTS_TABLE)),
+    key("objects.prefixes", List, Derived("every key")),
     key("state.table", Str, Text(d::STATE_TABLE)),
     key(
         "state.refresh_interval_secs",

@@ -13,6 +13,7 @@ use super::dead_letter::poison;
 use super::resolve::{Outcome, Resolved};
 use super::visibility::{Held, release, retry_backoff};
 use crate::batcher::{Batcher, FlushPolicy};
+use crate::object_rows::KeyObservation;
 use crate::rows::Observation;
 
 /// Messages and observations committed together.
@@ -20,6 +21,8 @@ use crate::rows::Observation;
 pub(crate) struct PendingBatch {
     pub messages: Vec<Held>,
     pub observations: Vec<Observation>,
+    /// Key listings of object events (object journal rows).
+    pub keys: Vec<KeyObservation>,
     /// Receipts of the messages whose early parts are in this batch.
     pub parts_of: Vec<String>,
     /// The payload bytes the observations hold, given back once committed.
@@ -36,11 +39,12 @@ impl PendingBatch {
             }
             Resolved::Message {
                 mut msg,
-                outcome: Outcome::Observed(observations),
+                outcome: Outcome::Observed(observations, keys),
                 held,
             } => {
                 msg.body = String::new();
                 self.observations.extend(observations);
+                self.keys.extend(keys);
                 self.held.push(held);
                 self.messages.push(msg);
             }
@@ -99,15 +103,19 @@ pub(crate) async fn batch_loop(
             Resolved::Message { msg, .. } => tokio::time::Instant::from_std(msg.received_at),
             Resolved::Part { .. } => tokio::time::Instant::now(),
         };
-        let observations: &[Observation] = match &resolved {
-            Resolved::Part { part, .. } => std::slice::from_ref(&part.observation),
+        let (observations, keys): (&[Observation], &[KeyObservation]) = match &resolved {
+            Resolved::Part { part, .. } => (std::slice::from_ref(&part.observation), &[]),
             Resolved::Message {
-                outcome: Outcome::Observed(observations),
+                outcome: Outcome::Observed(observations, keys),
                 ..
-            } => observations,
-            Resolved::Message { .. } => &[],
+            } => (observations, keys),
+            Resolved::Message { .. } => (&[], &[]),
         };
-        let rows = observations.iter().map(|o| o.observed.max_rows()).sum();
+        let rows = observations
+            .iter()
+            .map(|o| o.observed.max_rows())
+            .chain(keys.iter().map(KeyObservation::rows))
+            .sum();
         let bytes = observations
             .iter()
             .map(|o| o.observed.estimated_bytes())

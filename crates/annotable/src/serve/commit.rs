@@ -1,11 +1,17 @@
 //! Commit: a batch's observations become rows (minus the suppressed ones), committed once;
 //! the batch's messages go to the acker only after their rows are in a committed snapshot.
+//!
+//! With objects on, a batch is two commits: its object journal rows first, then its
+//! annotation rows, each exactly once by its own batch id. Iceberg commits one table at a time;
+//! this order means an annotation row is never committed before the object rows its event
+//! produced, and a crash between the two only makes a redelivered message list its keys again
+//! (object rows re-stated, which the `objects` view folds away).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use annotation_table::{Batch, JournalRow, JournalTable, Source, TableError};
+use annotation_table::{Batch, JournalRow, JournalTable, ObjectRow, Source, TableError, TableRow};
 use chrono::Utc;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
@@ -14,6 +20,7 @@ use super::Shared;
 use super::batch::PendingBatch;
 use super::health::Cause;
 use super::visibility::{Held, release, retry_backoff};
+use crate::object_rows::object_rows_of;
 use crate::rows::rows_of;
 use crate::suppression::{Overlay, StateCache};
 
@@ -25,6 +32,7 @@ use crate::suppression::{Overlay, StateCache};
 pub(crate) async fn commit_loop(
     shared: Arc<Shared>,
     table: JournalTable,
+    objects: Option<JournalTable>,
     mut cache: StateCache,
     mut rx: mpsc::Receiver<PendingBatch>,
     ack: mpsc::Sender<Vec<Held>>,
@@ -36,6 +44,7 @@ pub(crate) async fn commit_loop(
         let PendingBatch {
             messages,
             mut observations,
+            keys,
             parts_of,
             held,
             ..
@@ -66,14 +75,27 @@ pub(crate) async fn commit_loop(
             warn!(message_id = %msg.message_id, "an earlier part of this message's annotation set was not committed; the message is released to be read again");
             release(&shared, &msg, retry_backoff(msg.receive_count)).await;
         }
-        if rows.is_empty() {
+        let object_rows: Vec<ObjectRow> = keys
+            .iter()
+            .flat_map(|k| object_rows_of(k, Source::Notification, now))
+            .collect();
+        if rows.is_empty() && object_rows.is_empty() {
             cache.commit(overlay);
             let _ = ack.send(sound).await;
             continue;
         }
-        let row_count = rows.len();
-        let result =
-            commit_through_outages(&shared, &table, Batch::new(Source::Notification, rows)).await;
+        let row_count = rows.len() + object_rows.len();
+        let mut result = Ok(());
+        if let Some(objects) = &objects
+            && !object_rows.is_empty()
+        {
+            let batch = Batch::new(Source::Notification, object_rows);
+            result = commit_through_outages(&shared, objects, batch).await;
+        }
+        if result.is_ok() && !rows.is_empty() {
+            let batch = Batch::new(Source::Notification, rows);
+            result = commit_through_outages(&shared, &table, batch).await;
+        }
         drop(held);
         match result {
             Ok(()) => {
@@ -103,10 +125,10 @@ pub(crate) async fn commit_loop(
 /// messages stay held and invisible) and readiness reports the outage; once the process stops
 /// receiving, the loop gives up at the commit deadline, inside the shutdown deadline, and the
 /// messages come back to be committed again.
-async fn commit_through_outages(
+async fn commit_through_outages<R: TableRow>(
     shared: &Shared,
     table: &JournalTable,
-    batch: Batch,
+    batch: Batch<R>,
 ) -> Result<(), TableError> {
     let started = Instant::now();
     let batch_id = batch.id.clone();

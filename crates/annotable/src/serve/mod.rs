@@ -51,6 +51,7 @@ use tracing::{info, warn};
 
 use crate::config::defaults;
 use crate::config::{Config, ConfigError};
+use crate::object_rows::ObjectScope;
 use crate::rows;
 use crate::set_reader::SetReader;
 use crate::suppression::StateCache;
@@ -276,6 +277,8 @@ pub(crate) struct Shared {
     pub budget: ReadBudget,
     /// Reads object versions' whole sets under `budget`.
     pub sets: SetReader,
+    /// Which keys' versions object events list for the object journal (`None`: objects off).
+    pub objects: Option<ObjectScope>,
     /// Cancelled when the process stops receiving: work retried through an outage gives up
     /// then (its messages come back later).
     pub stopping: CancellationToken,
@@ -306,6 +309,22 @@ pub async fn run(
             max_elapsed: None,
             ..RetryPolicy::default()
         });
+    let object_table = match config.object_prefixes() {
+        Some(_) => Some(
+            JournalTable::open_objects(
+                catalog.clone(),
+                config.namespace(),
+                Some(config.objects_table()),
+            )
+            .await?
+            .with_retry(RetryPolicy {
+                max_backoff: Duration::from_secs(10),
+                max_elapsed: None,
+                ..RetryPolicy::default()
+            }),
+        ),
+        None => None,
+    };
     let mut cache = StateCache::new(options.dedup_versions, options.max_clock_skew);
     match warm_up::warm_up(
         &table,
@@ -346,6 +365,7 @@ pub async fn run(
         source,
         budget,
         sets,
+        objects: config.object_prefixes().map(ObjectScope::new),
         queue,
         options: options.clone(),
         metrics: metrics.clone(),
@@ -495,6 +515,7 @@ pub async fn run(
     let committer = tokio::spawn(commit::commit_loop(
         shared.clone(),
         table,
+        object_table,
         cache,
         batch_rx,
         ack_tx,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use annotation_source::{AnnotationState, MAX_ANNOTATION_BYTES, Reservation, SourceError};
-use s3_events::{Action, Event, Notification, ObjectRef};
+use s3_events::{Action, Event, EventKind, Notification, ObjectRef};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
@@ -15,6 +15,7 @@ use super::Shared;
 use super::health::Cause;
 use super::intake::Inbound;
 use super::visibility::Held;
+use crate::object_rows::KeyObservation;
 use crate::rows::{Observation, Observed, sequence_number};
 use crate::set_reader::Part;
 
@@ -38,8 +39,9 @@ pub(crate) enum Resolved {
 }
 
 pub(crate) enum Outcome {
-    /// Everything the message's events established (empty for test events and ignored ones).
-    Observed(Vec<Observation>),
+    /// Everything the message's events established (empty for test events and ignored ones):
+    /// annotation observations, and the key listings of its object events.
+    Observed(Vec<Observation>, Vec<KeyObservation>),
     /// Cannot ever succeed: dead-letter path.
     Poison(String),
     /// May succeed later: release with a backoff.
@@ -117,7 +119,10 @@ async fn resolve_message(
         }
         Ok(Notification::Test(_)) => {
             shared.metrics.events_ignored.inc();
-            return (Outcome::Observed(Vec::new()), Reservation::none());
+            return (
+                Outcome::Observed(Vec::new(), Vec::new()),
+                Reservation::none(),
+            );
         }
         Ok(Notification::Events(events)) => events,
         Ok(Notification::Partial { events, rejected }) => {
@@ -131,8 +136,15 @@ async fn resolve_message(
         }
     };
     let mut observations = Vec::with_capacity(events.len());
+    let mut keys = Vec::new();
     let mut held = Reservation::none();
     for event in events {
+        match list_key(shared, event).await {
+            Ok(Some(key)) => keys.push(key),
+            Ok(None) => {}
+            Err(e) if e.is_retryable() => return (Outcome::Retry(e.to_string()), held),
+            Err(e) => return (Outcome::Poison(e.to_string()), held),
+        }
         match resolve_event(shared, msg, event, parts).await {
             Ok(Some(part)) => {
                 observations.push(part.observation);
@@ -145,7 +157,35 @@ async fn resolve_message(
             Err(e) => return (Outcome::Poison(e.to_string()), held),
         }
     }
-    (Outcome::Observed(observations), held)
+    (Outcome::Observed(observations, keys), held)
+}
+
+/// For an object event under the object scope: every version of its key, listed now
+/// (`object_rows`). The event's own size and ETag are not used: under reordering they may
+/// describe a version already gone, and they name no storage class.
+async fn list_key(shared: &Shared, event: &Event) -> Result<Option<KeyObservation>, SourceError> {
+    let object_event = matches!(
+        event.kind,
+        EventKind::ObjectCreated(_) | EventKind::ObjectRemoved | EventKind::DeleteMarkerCreated
+    );
+    let Some(scope) = &shared.objects else {
+        return Ok(None);
+    };
+    if !object_event || !scope.covers(&event.object.key) {
+        return Ok(None);
+    }
+    let listed = shared
+        .source
+        .list_key_versions(&event.object.bucket, &event.object.key)
+        .await?;
+    Ok(Some(KeyObservation {
+        bucket: event.object.bucket.clone(),
+        key: event.object.key.clone(),
+        sequence_number: sequence_number(listed.at_nanos, &shared.writer_id),
+        versions: listed.value,
+        whole_key: true,
+        context: Some(event.context.clone()),
+    }))
 }
 
 /// The S3 reads of docs/correctness.md §2. Every annotation change is verified by reading the annotation

@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use annotable_tests::{Env, PLAIN, TestResult, VERSIONED, Workload, assert_converged};
+use annotable_tests::{
+    Env, PLAIN, TestResult, VERSIONED, Workload, assert_converged, assert_objects_converged,
+};
 use futures::StreamExt;
 
 /// Objects per bucket; every third key of the versioned bucket gets a second version.
@@ -96,7 +98,10 @@ async fn backfill_indexes_both_buckets_and_resumes_after_kill_9() -> TestResult 
             "--progress",
             "off",
         ],
-        &[("ANNOTABLE_TABLE", "full_run_journal")],
+        &[
+            ("ANNOTABLE_TABLE", "full_run_journal"),
+            ("ANNOTABLE_OBJECTS_TABLE", "full_run_objects"),
+        ],
     );
     assert!(full.status.success(), "{}", stderr(&full));
     let full_calls = figure(&stdout(&full), "S3 calls:");
@@ -184,6 +189,16 @@ async fn backfill_indexes_both_buckets_and_resumes_after_kill_9() -> TestResult 
     assert_eq!(rows[0][0].as_deref(), Some(expected.to_string().as_str()));
     assert_converged(&env).await;
     assert_eq!(env.truth().await.len(), v_annotations + p_annotations);
+    // Every listed version has its object row: all of the versioned bucket's, the plain
+    // bucket's current ones (its only ones).
+    assert_objects_converged(&env).await;
+    let object_rows = env.sql("SELECT count(*) FROM object_journal").await;
+    let object_rows: usize = object_rows[0][0].as_deref().unwrap_or("0").parse()?;
+    assert!(
+        object_rows >= v_versions + p_versions,
+        "{object_rows} object rows for {} versions",
+        v_versions + p_versions
+    );
 
     // A finished backfill is not resumed: the next one starts over (a rebuild).
     let again = env.annotable(&[

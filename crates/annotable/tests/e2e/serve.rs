@@ -4,7 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use annotable_tests::{Env, PLAIN, TestResult, VERSIONED, Workload, assert_converged};
+use annotable_tests::{
+    Env, PLAIN, TestResult, VERSIONED, Workload, assert_converged, assert_objects_converged,
+};
 use aws_sdk_s3::types::{
     BucketVersioningStatus, Event as S3Event, NotificationConfiguration, QueueConfiguration,
     VersioningConfiguration,
@@ -19,6 +21,7 @@ async fn the_view_converges_to_s3_after_a_random_workload() -> TestResult {
     let (status, log) = env.serve_until_idle("3", &[]);
     assert!(status.success(), "serve failed: {status}\n{log}");
     assert_converged(&env).await;
+    assert_objects_converged(&env).await;
     let restated = env.restated().await;
     assert!(restated.is_empty(), "restating rows: {restated:#?}");
     // Nothing left behind, nothing poisoned.
@@ -73,6 +76,7 @@ async fn kill_9_at_random_points_loses_and_restates_nothing() -> TestResult {
     let (status, log) = env.serve_until_idle("5", &[]);
     assert!(status.success(), "final serve failed: {status}\n{log}");
     assert_converged(&env).await;
+    assert_objects_converged(&env).await;
     let restated = env.restated().await;
     assert!(
         restated.is_empty(),
@@ -597,6 +601,7 @@ async fn s3_changing_under_two_writers_killed_at_random_with_maintenance_converg
     });
     assert!(sa.success() && sb.success(), "{}\n{}", a.log(), b.log());
     assert_converged(&env).await;
+    assert_objects_converged(&env).await;
     env.assert_nothing_left(&format!("{}\n{}", a.log(), b.log()))
         .await;
     Ok(())
