@@ -25,7 +25,9 @@ pub mod workload;
 
 pub use env::{Env, PLAIN, Serve, VERSIONED, annotable_bin};
 pub use net::{FaultProxy, Refuse, S3TablesCasProxy, TcpSwitch, free_port, http_get};
-pub use objects_truth::{ObjectRow, assert_objects_converged};
+pub use objects_truth::{
+    ObjectRow, assert_object_examples_answer, assert_objects_converged, objects_by_pyiceberg,
+};
 pub use stack::{LocalStack, Queue, Stack, fixtures_dir, py_tools_python, save_fixture};
 pub use truth::{Row, assert_converged, join_key, read_version};
 pub use workload::{KEYS, Workload};

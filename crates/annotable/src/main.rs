@@ -461,6 +461,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     dry_run: args.dry_run
                 }
             );
+            if let Some((table, report)) = maintain::object_journal(&config, request).await? {
+                println!(
+                    "\n{table}\n{}",
+                    maintain::Printed {
+                        report: &report,
+                        dry_run: args.dry_run
+                    }
+                );
+            }
             let options = maintain::options(&config, request)?;
             for (table, report) in annotable::state::maintain(&config, &options).await? {
                 println!(

@@ -181,6 +181,39 @@ pub async fn maintainer(config: &Config) -> Result<Maintainer, MaintainError> {
     .await?)
 }
 
+/// `annotable maintain` on the object journal, when it exists: compaction, snapshot expiry and
+/// orphan cleanup as for the annotation journal, under the object journal's own lease. Its
+/// name and report; `None` when there is no object journal.
+pub async fn object_journal(
+    config: &Config,
+    request: MaintainRequest,
+) -> Result<Option<(String, MaintainReport)>, MaintainError> {
+    let options = options(config, request)?;
+    let (catalog_config, catalog) = config.connect_catalog::<MaintainError>().await?;
+    let exists = match annotation_table::table_ident(config.namespace(), config.objects_table()) {
+        Some(ident) => catalog.table_exists(&ident).await.unwrap_or(false),
+        None => false,
+    };
+    if !exists {
+        return Ok(None);
+    }
+    let table =
+        JournalTable::open_objects(catalog, config.namespace(), Some(config.objects_table()))
+            .await?;
+    let maintainer = Maintainer::new(
+        table,
+        &catalog_config,
+        config.catalog_name(),
+        &config.storage_config(),
+    )
+    .await?;
+    let me = Holder::this_process("maintain");
+    let report = run_leased(&maintainer, &options, &me)
+        .await?
+        .map_err(|busy| busy.into_error(&maintainer))?;
+    Ok(Some((maintainer.table().ident().to_string(), report)))
+}
+
 /// `annotable maintain`: one run under the table's maintenance lease.
 pub async fn run(
     config: &Config,

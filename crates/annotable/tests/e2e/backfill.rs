@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use annotable_tests::{
     Env, PLAIN, TestResult, VERSIONED, Workload, assert_converged, assert_objects_converged,
+    objects_by_pyiceberg,
 };
 use futures::StreamExt;
 
@@ -192,6 +193,26 @@ async fn backfill_indexes_both_buckets_and_resumes_after_kill_9() -> TestResult 
     // Every listed version has its object row: all of the versioned bucket's, the plain
     // bucket's current ones (its only ones).
     assert_objects_converged(&env).await;
+    let by_pyiceberg = objects_by_pyiceberg(&env);
+    let ours: std::collections::BTreeSet<_> = env
+        .objects_view()
+        .await
+        .into_iter()
+        .map(|o| {
+            (
+                o.bucket,
+                o.key,
+                o.version_id,
+                o.is_delete_marker,
+                o.size,
+                o.e_tag,
+            )
+        })
+        .collect();
+    assert_eq!(
+        by_pyiceberg, ours,
+        "pyiceberg's fold of object_journal differs from objects"
+    );
     let object_rows = env.sql("SELECT count(*) FROM object_journal").await;
     let object_rows: usize = object_rows[0][0].as_deref().unwrap_or("0").parse()?;
     assert!(

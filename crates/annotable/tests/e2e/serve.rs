@@ -5,7 +5,8 @@
 use std::time::{Duration, Instant};
 
 use annotable_tests::{
-    Env, PLAIN, TestResult, VERSIONED, Workload, assert_converged, assert_objects_converged,
+    Env, PLAIN, TestResult, VERSIONED, Workload, assert_converged, assert_object_examples_answer,
+    assert_objects_converged,
 };
 use aws_sdk_s3::types::{
     BucketVersioningStatus, Event as S3Event, NotificationConfiguration, QueueConfiguration,
@@ -22,6 +23,7 @@ async fn the_view_converges_to_s3_after_a_random_workload() -> TestResult {
     assert!(status.success(), "serve failed: {status}\n{log}");
     assert_converged(&env).await;
     assert_objects_converged(&env).await;
+    assert_object_examples_answer(&env).await;
     let restated = env.restated().await;
     assert!(restated.is_empty(), "restating rows: {restated:#?}");
     // Nothing left behind, nothing poisoned.
@@ -812,6 +814,25 @@ async fn large_annotation_sets_are_read_in_parts_under_the_read_buffer() -> Test
         grew <= 160,
         "backfill's peak memory grew by {grew} MiB over an idle serve's ({} MiB) while reading {read_mib} MiB with a 16 MiB read buffer",
         baseline >> 20
+    );
+    Ok(())
+}
+
+/// `objects.enabled = false`: annotations only. No object journal is created, no key is listed
+/// for object events, and the annotations still equal S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_objects_off_serve_keeps_annotations_only() -> TestResult {
+    let mut env = Env::start(30, 5).await;
+    let mut workload = Workload::new(0x0ff, 20);
+    assert!(workload.run(&env.stack.s3, 80).await >= 80);
+    let (status, log) = env.serve_until_idle("3", &[("ANNOTABLE_OBJECTS_ENABLED", "false")]);
+    assert!(status.success(), "serve failed: {status}\n{log}");
+    assert_converged(&env).await;
+    let query = env.annotable(&["query", "SELECT count(*) FROM object_journal"]);
+    let said = String::from_utf8_lossy(&query.stderr);
+    assert!(
+        !query.status.success() && said.contains("object_journal"),
+        "object_journal exists with objects off: {said}"
     );
     Ok(())
 }
