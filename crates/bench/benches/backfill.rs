@@ -14,7 +14,11 @@
 //!    `backfill.read_buffer_bytes` (64 and 256 MiB): the peak follows the buffer, not the
 //!    gigabytes read.
 //!
-//! `ANNOTABLE_BENCH_ONLY=throughput|rss|large` runs one of them. Needs `AWS_ACCESS_KEY_ID=test
+//! 4. **objects**: object versions/s and peak RSS of a backfill of `ANNOTABLE_BENCH_OBJECTS`
+//!    (5,000) objects with one annotation each with `objects.enabled` on (object journal rows
+//!    too) and off (annotations only), alternating, each into a fresh table, same run.
+//!
+//! `ANNOTABLE_BENCH_ONLY=throughput|rss|large|objects` runs one of them. Needs `AWS_ACCESS_KEY_ID=test
 //! AWS_SECRET_ACCESS_KEY=test` (any value) in the environment, like the serve bench.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -31,7 +35,12 @@ use local_stack::LocalStack;
 use tokio_util::sync::CancellationToken;
 
 fn config(stack: &LocalStack, dir: &std::path::Path) -> Config {
+    config_with(stack, dir, true)
+}
+
+fn config_with(stack: &LocalStack, dir: &std::path::Path, objects: bool) -> Config {
     let vars = [
+        ("ANNOTABLE_OBJECTS_ENABLED", objects.to_string()),
         ("ANNOTABLE_DATA_DIR", dir.join("data").display().to_string()),
         ("ANNOTABLE_AWS_ENDPOINT_URL", stack.endpoint()),
         ("ANNOTABLE_AWS_REGION", "us-east-1".into()),
@@ -236,6 +245,50 @@ async fn rss() {
     }
 }
 
+async fn objects() {
+    let objects = env_usize("ANNOTABLE_BENCH_OBJECTS", 5_000);
+    let stack = LocalStack::start().expect("emulator");
+    let s3 = stack.s3();
+    let bucket = "bench-objects";
+    s3.create_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("bucket");
+    populate(&s3, bucket, 0..objects, 1).await;
+    let mut best = [f64::MAX; 2];
+    let mut peak = [0f64; 2];
+    for round in 0..3 {
+        for (i, on) in [false, true].into_iter().enumerate() {
+            let dir = tempfile::tempdir().expect("dir");
+            let cfg = config_with(&stack, dir.path(), on);
+            let _ = std::fs::write("/proc/self/clear_refs", "5");
+            let report = run_backfill(&cfg, bucket).await;
+            assert_eq!(report.objects_read as usize, objects);
+            assert_eq!(report.object_rows as usize, if on { objects } else { 0 });
+            let secs = report.elapsed.as_secs_f64();
+            let rss = annotable_bench::peak_rss_mib();
+            best[i] = best[i].min(secs);
+            peak[i] = peak[i].max(rss);
+            println!(
+                "objects round {round}, objects {}: {:.0} objects/s, {} rows + {} object rows, peak RSS {rss:.0} MiB",
+                if on { "on" } else { "off" },
+                objects as f64 / secs,
+                report.rows,
+                report.object_rows
+            );
+        }
+    }
+    println!(
+        "objects (best of 3): off {:.0} objects/s, on {:.0} objects/s: on/off time ratio {:.2}; peak RSS off {:.0} MiB, on {:.0} MiB",
+        objects as f64 / best[0],
+        objects as f64 / best[1],
+        best[1] / best[0],
+        peak[0],
+        peak[1]
+    );
+}
+
 async fn large() {
     let annotations = env_usize("ANNOTABLE_BENCH_ANNOTATIONS", 1_000);
     let copies = env_usize("ANNOTABLE_BENCH_COPIES", 3);
@@ -306,5 +359,8 @@ async fn main() {
     }
     if only.is_empty() || only == "rss" {
         rss().await;
+    }
+    if only.is_empty() || only == "objects" {
+        objects().await;
     }
 }
