@@ -4,6 +4,7 @@
 
 mod contract {
     mod annotations;
+    mod key_versions;
     mod notifications;
     mod sqs;
 }

@@ -272,19 +272,21 @@ pub async fn assert_object_examples_answer(env: &Env) {
     assert_eq!(got, by_value, "size_by_annotation_value");
 }
 
-/// pyiceberg (another Iceberg implementation) reads `object_journal` from the SQLite catalog
-/// and folds it by the `objects` rule itself; returns the object versions it finds, as
-/// (bucket, key, version id, is_delete_marker, size, e_tag).
-pub fn objects_by_pyiceberg(
-    env: &Env,
-) -> BTreeSet<(
+/// An object version as pyiceberg's fold reports it: (bucket, key, version id,
+/// is_delete_marker, size, e_tag).
+pub type VersionFacts = (
     String,
     String,
     Option<String>,
     bool,
     Option<i64>,
     Option<String>,
-)> {
+);
+
+/// pyiceberg (another Iceberg implementation) reads `object_journal` from the SQLite catalog
+/// and folds it by the `objects` rule itself; returns the object versions it finds, as
+/// (bucket, key, version id, is_delete_marker, size, e_tag).
+pub fn objects_by_pyiceberg(env: &Env) -> BTreeSet<VersionFacts> {
     const READER: &str = r#"
 import json, sys
 from pyiceberg.catalog.sql import SqlCatalog
@@ -312,13 +314,6 @@ print(json.dumps(out))
         "pyiceberg: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows: Vec<(
-        String,
-        String,
-        Option<String>,
-        bool,
-        Option<i64>,
-        Option<String>,
-    )> = serde_json::from_slice(&out.stdout).expect("pyiceberg output");
+    let rows: Vec<VersionFacts> = serde_json::from_slice(&out.stdout).expect("pyiceberg output");
     rows.into_iter().collect()
 }

@@ -334,7 +334,7 @@ impl AnnotationSource {
         let mut from: Option<(String, Option<String>)> = None;
         let mut at_nanos = None;
         loop {
-            let page = self
+            let page = match self
                 .with_retries(Op::ListObjects, &target, || async {
                     let response = self
                         .s3
@@ -351,7 +351,20 @@ impl AnnotationSource {
                         Err(e) => listing_failure(&e, Op::ListObjects, &target),
                     }
                 })
-                .await?;
+                .await
+            {
+                Ok(page) => page,
+                // A bucket that is gone holds no version of any key. Stamped after the answer:
+                // the versions were gone by then, and no version of them can come back.
+                Err(SourceError::NoSuchBucket { .. }) if found.is_empty() => {
+                    return Ok(crate::Observed {
+                        at_nanos: self.stamp(),
+                        value: Vec::new(),
+                        version_id: None,
+                    });
+                }
+                Err(e) => return Err(e),
+            };
             at_nanos.get_or_insert(page.at_nanos);
             let out = page.value;
             let of_key = |k: Option<&str>| k == Some(key);

@@ -182,7 +182,12 @@ async fn files(session_dir: &Path, table: &str) -> Result<Vec<String>> {
 }
 
 fn canonical(value: &str) -> String {
-    // Both engines print decimals and floats their own way: compare numbers as numbers.
+    // Both engines print timestamps, decimals and floats their own way: `2026-12-06T20:55:16`
+    // against `2026-12-06 20:55:16`, numbers compared as numbers.
+    let bytes = value.as_bytes();
+    if bytes.len() >= 19 && bytes[4] == b'-' && bytes[10] == b'T' {
+        return value.replacen('T', " ", 1);
+    }
     match value.parse::<f64>() {
         Ok(n) if value.contains('.') => format!("{n:.1}"),
         _ => value.to_string(),

@@ -139,13 +139,18 @@ async fn resolve_message(
     let mut keys = Vec::new();
     let mut held = Reservation::none();
     for event in events {
-        match list_key(shared, event).await {
+        // The key listing and the annotation reads are independent S3 calls: made together.
+        let (listed, resolved) = tokio::join!(
+            list_key(shared, event),
+            resolve_event(shared, msg, event, parts)
+        );
+        match listed {
             Ok(Some(key)) => keys.push(key),
             Ok(None) => {}
             Err(e) if e.is_retryable() => return (Outcome::Retry(e.to_string()), held),
             Err(e) => return (Outcome::Poison(e.to_string()), held),
         }
-        match resolve_event(shared, msg, event, parts).await {
+        match resolved {
             Ok(Some(part)) => {
                 observations.push(part.observation);
                 held.merge(part.held);
