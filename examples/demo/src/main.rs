@@ -285,7 +285,7 @@ async fn run(stack: &LocalStack, bin: &std::path::Path, work: &std::path::Path) 
     }
 
     step("the current state, as AWS's annotation table would show it");
-    let queries: [&[&str]; 3] = [
+    let queries: [&[&str]; 4] = [
         &[
             "query",
             "SELECT object_key, name, text_value FROM annotations ORDER BY object_key, name",
@@ -297,6 +297,11 @@ async fn run(stack: &LocalStack, bin: &std::path::Path, work: &std::path::Path) 
         &[
             "query",
             "SELECT object_key, name, record_type, source, event_name FROM annotation_journal ORDER BY object_key, sequence_number",
+        ],
+        // Objects beside annotations (docs/objects.md): every object version S3 holds, joined.
+        &[
+            "query",
+            "SELECT o.key, o.size, o.storage_class, count(a.name) AS annotations FROM objects o LEFT JOIN annotations a ON a.object_join_key = o.object_join_key WHERE NOT o.is_delete_marker GROUP BY o.key, o.size, o.storage_class ORDER BY o.key",
         ],
     ];
     for q in queries {

@@ -146,6 +146,12 @@ pub async fn run(config: &Config, buckets: &[String]) -> Vec<Check> {
                 what: format!("annotation API of bucket {bucket}"),
                 result: probe::annotation_api(&clients.s3, bucket, owner).await,
             });
+            if config.object_prefixes().is_some() {
+                checks.push(Check {
+                    what: format!("version listing of bucket {bucket} (objects)"),
+                    result: probe::version_listing(&clients.s3, bucket, owner).await,
+                });
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! Probes that touch the services the way the commands will: the annotation API of a bucket
 //! (a listing of a key that does not exist: S3 with the API answers NoSuchKey, a store without
-//! it NotImplemented) and the warehouse (a small file written and deleted where the tables'
-//! files go).
+//! it NotImplemented), the version listing object events make `serve` do for the object
+//! journal, and the warehouse (a small file written and deleted where the tables' files go).
 
 use aws_sdk_s3::error::ProvideErrorMetadata;
 
@@ -44,6 +44,39 @@ pub(super) async fn annotation_api(
         )),
         _ => Err(format!(
             "ListObjectAnnotations failed: {}",
+            aws_sdk_s3::error::DisplayErrorContext(&error)
+        )),
+    }
+}
+
+/// Whether `bucket` lets annotable list object versions (one ListObjectVersions of a key that
+/// does not exist): every object event makes `serve` list its key's versions when objects
+/// are recorded.
+pub(super) async fn version_listing(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    expected_owner: Option<&str>,
+) -> Result<String, String> {
+    let key = format!("annotable-doctor-probe-{}", fastrand::u64(..));
+    let answer = s3
+        .list_object_versions()
+        .bucket(bucket)
+        .prefix(&key)
+        .max_keys(1)
+        .set_expected_bucket_owner(expected_owner.map(str::to_string))
+        .send()
+        .await;
+    let error = match answer {
+        Ok(_) => return Ok("answers ListObjectVersions".into()),
+        Err(e) => e,
+    };
+    let status = error.raw_response().map(|r| r.status().as_u16());
+    match (error.code(), status) {
+        (Some("AccessDenied"), _) | (None, Some(403)) => Err(format!(
+            "ListObjectVersions is denied, so serve cannot record object versions: grant s3:ListBucketVersions on arn:aws:s3:::{bucket} (docs/deploy/iam/serve.json), or set objects.enabled = false to keep annotations only"
+        )),
+        _ => Err(format!(
+            "ListObjectVersions failed: {}",
             aws_sdk_s3::error::DisplayErrorContext(&error)
         )),
     }

@@ -479,6 +479,15 @@ async fn setup_subscribes_lifecycle_expirations_and_doctor_checks_queue_and_even
     };
     let line = doctor(VERSIONED);
     assert!(line.starts_with("ok"), "{line}");
+    // Objects are on: the version listing serve makes for object events is probed too.
+    let out = env.annotable(&["doctor", "--bucket", VERSIONED]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    let probe = format!("version listing of bucket {VERSIONED} (objects)");
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with("ok") && l.contains(&probe) && l.contains("ListObjectVersions")),
+        "{said}"
+    );
 
     // The configuration an older `setup` wrote: no lifecycle expirations.
     let only = |arn: &str, events: &[&str]| {
