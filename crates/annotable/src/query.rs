@@ -83,11 +83,17 @@ pub enum QueryError {
 /// Opens a query session on the configured catalog and namespace.
 pub async fn open_session(config: &Config) -> Result<QuerySession, QueryError> {
     let (catalog_config, catalog) = config.connect_catalog::<QueryError>().await?;
-    Ok(QuerySession::new(
+    let options = annotation_sql::SessionOptions {
+        state_table: Some(config.state_table().to_string()),
+        object_journal: Some(config.objects_table().to_string()),
+        ..annotation_sql::SessionOptions::default()
+    };
+    Ok(QuerySession::with_options(
         catalog,
         catalog_config.describe(),
         config.namespace(),
         config.table(),
+        &options,
     )
     .await?)
 }

@@ -118,6 +118,7 @@ pub async fn run(
         namespace: config.namespace().to_string(),
         journal: config.table().to_string(),
         state_table: config.state_table().to_string(),
+        objects_table: config.objects_table().to_string(),
     };
     let authenticated = options.credentials.is_some();
     let tls = options.tls.is_some();

@@ -238,6 +238,8 @@ pub(crate) struct NamespaceSchema {
     /// The state table's name, reachable as [`STATE_ALIAS`] (its tombstones as
     /// [`TOMBSTONES_ALIAS`]).
     state: String,
+    /// The object journal's name, reachable as `object_journal` too.
+    objects: String,
     views: RwLock<BTreeMap<String, Arc<dyn TableProvider>>>,
     /// Table names seen at the last [`NamespaceSchema::refresh`], for `SHOW TABLES`.
     listed: RwLock<Vec<String>>,
@@ -260,11 +262,23 @@ impl NamespaceSchema {
             state: annotation_table::state_spec()
                 .map(|s| s.table.clone())
                 .unwrap_or_else(|_| "annotations".into()),
+            objects: crate::session::OBJECT_JOURNAL.to_string(),
             views: RwLock::default(),
             listed: RwLock::default(),
             pins: Pins::default(),
             travel: RwLock::default(),
         }
+    }
+
+    /// Names the object journal (default `object_journal`).
+    pub(crate) fn with_objects(mut self, objects: &str) -> Self {
+        self.objects = objects.to_string();
+        self
+    }
+
+    /// The object journal's name.
+    pub(crate) fn objects_name(&self) -> &str {
+        &self.objects
     }
 
     /// Names the state table (default `annotations`).
@@ -278,6 +292,7 @@ impl NamespaceSchema {
             Some(journal) if name == JOURNAL_ALIAS => journal.clone(),
             _ if name == STATE_ALIAS => self.state.clone(),
             _ if name == TOMBSTONES_ALIAS => annotation_table::state::tombstones_name(&self.state),
+            _ if name == crate::session::OBJECT_JOURNAL => self.objects.clone(),
             _ => name.to_string(),
         }
     }

@@ -20,7 +20,8 @@ use crate::provider::{IcebergCatalog, JOURNAL_ALIAS, NamespaceSchema};
 use crate::state::{self, ANNOTATIONS, AnnotationsSource, FROM_JOURNAL, StateComparison};
 use crate::time_travel::{TimeTravel, TravelPoint};
 
-/// The object journal's table name (the `objects` view reads it under this name).
+/// The object journal's default name, and the name SQL (and the `objects` view) reaches it by
+/// whatever it is called.
 pub const OBJECT_JOURNAL: &str = "object_journal";
 const OBJECTS_VIEW: &str = "objects";
 const OBJECTS_FILE: &str = "objects.sql";
@@ -57,6 +58,9 @@ pub struct QuerySession {
 pub struct SessionOptions {
     /// The current-state table's name; `None` for the configured default (`annotations`).
     pub state_table: Option<String>,
+    /// The object journal's name (`objects.table`); `None` for `object_journal`. SQL reaches it
+    /// as `object_journal` too, which is what the `objects` view reads.
+    pub object_journal: Option<String>,
     /// The most memory the session's statements may hold at once, in bytes; a statement that
     /// needs more fails with "resources exhausted" instead of growing the process.
     pub memory_limit: Option<usize>,
@@ -156,7 +160,8 @@ impl QuerySession {
                 NamespaceIdent::new(namespace.to_string()),
                 (journal != JOURNAL_ALIAS).then(|| journal.to_string()),
             )
-            .with_state(&state),
+            .with_state(&state)
+            .with_objects(options.object_journal.as_deref().unwrap_or(OBJECT_JOURNAL)),
         );
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, namespace)
@@ -406,7 +411,7 @@ impl QuerySession {
         if !names.iter().any(|n| n == &self.journal) {
             return Ok(false);
         }
-        let object_journal = names.iter().any(|n| n == OBJECT_JOURNAL);
+        let object_journal = names.iter().any(|n| *n == self.schema.objects_name());
         for (file, sql) in view_definitions() {
             // Over the object journal, which exists only once objects are recorded: defined
             // when a statement names it after that (`plan`).

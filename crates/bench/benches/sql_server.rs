@@ -146,6 +146,7 @@ async fn main() -> Result<()> {
         namespace: NAMESPACE.into(),
         journal: "annotation_journal".into(),
         state_table: "annotations".into(),
+        objects_table: "object_journal".into(),
     };
     let options = ServerOptions {
         listen: "127.0.0.1:0".into(),

@@ -50,6 +50,7 @@ pub(crate) async fn open_session(
 ) -> Result<QuerySession, annotation_sql::SqlError> {
     let options = SessionOptions {
         state_table: Some(tables.state_table.clone()),
+        object_journal: Some(tables.objects_table.clone()),
         memory_limit: Some(limits.statement_memory),
     };
     let session = QuerySession::with_options(

@@ -19,6 +19,8 @@ pub struct Tables {
     pub journal: String,
     /// The current-state table.
     pub state_table: String,
+    /// The object journal (`objects.table`).
+    pub objects_table: String,
 }
 
 /// A user name and password clients authenticate with (SCRAM-SHA-256).

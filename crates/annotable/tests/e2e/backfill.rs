@@ -107,6 +107,21 @@ async fn backfill_indexes_both_buckets_and_resumes_after_kill_9() -> TestResult 
     assert!(full.status.success(), "{}", stderr(&full));
     let full_calls = figure(&stdout(&full), "S3 calls:");
     assert_eq!(figure(&stdout(&full), "annotations:"), v_annotations as u64);
+    // Under another objects.table name, `objects` (which reads `object_journal`) reads it.
+    let counted = env.annotable_env(
+        &["query", "--format", "csv", "SELECT count(*) FROM objects"],
+        &[
+            ("ANNOTABLE_TABLE", "full_run_journal"),
+            ("ANNOTABLE_OBJECTS_TABLE", "full_run_objects"),
+        ],
+    );
+    assert!(counted.status.success(), "{}", stderr(&counted));
+    assert_eq!(
+        stdout(&counted).lines().nth(1),
+        Some(v_versions.to_string().as_str()),
+        "{}",
+        stdout(&counted)
+    );
 
     // Small commits, few reads at a time, killed once some are committed.
     let small = [
