@@ -42,6 +42,9 @@ pub(crate) const JOURNAL_ALIAS: &str = "annotation_journal";
 /// The name of the current-state table as plain readers see it (the SQL name `annotations`
 /// is the state with the journal's newest rows folded in; see `state`).
 pub(crate) const STATE_ALIAS: &str = "annotations_state";
+/// The object journal's default name, and the name SQL (and the `objects` view) reaches it by
+/// whatever it is called (`objects.table`).
+pub(crate) const OBJECT_JOURNAL_ALIAS: &str = "object_journal";
 
 /// The name the state overlay uses for the state's tombstones table.
 pub(crate) const TOMBSTONES_ALIAS: &str = "annotations_tombstones";
@@ -262,7 +265,7 @@ impl NamespaceSchema {
             state: annotation_table::state_spec()
                 .map(|s| s.table.clone())
                 .unwrap_or_else(|_| "annotations".into()),
-            objects: crate::session::OBJECT_JOURNAL.to_string(),
+            objects: OBJECT_JOURNAL_ALIAS.to_string(),
             views: RwLock::default(),
             listed: RwLock::default(),
             pins: Pins::default(),
@@ -292,7 +295,7 @@ impl NamespaceSchema {
             Some(journal) if name == JOURNAL_ALIAS => journal.clone(),
             _ if name == STATE_ALIAS => self.state.clone(),
             _ if name == TOMBSTONES_ALIAS => annotation_table::state::tombstones_name(&self.state),
-            _ if name == crate::session::OBJECT_JOURNAL => self.objects.clone(),
+            _ if name == OBJECT_JOURNAL_ALIAS => self.objects.clone(),
             _ => name.to_string(),
         }
     }

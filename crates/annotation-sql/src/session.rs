@@ -16,13 +16,10 @@ use iceberg::{Catalog, NamespaceIdent};
 use tokio::sync::Mutex;
 
 use crate::error::SqlError;
-use crate::provider::{IcebergCatalog, JOURNAL_ALIAS, NamespaceSchema};
+use crate::provider::{IcebergCatalog, JOURNAL_ALIAS, NamespaceSchema, OBJECT_JOURNAL_ALIAS};
 use crate::state::{self, ANNOTATIONS, AnnotationsSource, FROM_JOURNAL, StateComparison};
 use crate::time_travel::{TimeTravel, TravelPoint};
 
-/// The object journal's default name, and the name SQL (and the `objects` view) reaches it by
-/// whatever it is called.
-pub const OBJECT_JOURNAL: &str = "object_journal";
 const OBJECTS_VIEW: &str = "objects";
 const OBJECTS_FILE: &str = "objects.sql";
 
@@ -161,7 +158,12 @@ impl QuerySession {
                 (journal != JOURNAL_ALIAS).then(|| journal.to_string()),
             )
             .with_state(&state)
-            .with_objects(options.object_journal.as_deref().unwrap_or(OBJECT_JOURNAL)),
+            .with_objects(
+                options
+                    .object_journal
+                    .as_deref()
+                    .unwrap_or(OBJECT_JOURNAL_ALIAS),
+            ),
         );
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG_NAME, namespace)
@@ -430,7 +432,7 @@ impl QuerySession {
         if self.schema.has_view(OBJECTS_VIEW)
             || !self
                 .schema
-                .table_exists_now(OBJECT_JOURNAL)
+                .table_exists_now(OBJECT_JOURNAL_ALIAS)
                 .await
                 .map_err(|e| self.catalog_error("looking up the object journal", e))?
         {
