@@ -24,6 +24,7 @@ pub struct ObjectRow {
     pub e_tag: Option<String>,
     pub storage_class: Option<String>,
     pub is_multipart: Option<bool>,
+    pub checksum_algorithm: Option<String>,
 }
 
 fn micros(t: Option<&aws_sdk_s3::primitives::DateTime>) -> Option<chrono::NaiveDateTime> {
@@ -62,6 +63,13 @@ pub async fn list_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> BTreeSet<Obje
                 is_multipart: e_tag.as_deref().map(|e| e.contains('-')),
                 e_tag,
                 storage_class: v.storage_class().map(|c| c.as_str().to_string()),
+                checksum_algorithm: (!v.checksum_algorithm().is_empty()).then(|| {
+                    v.checksum_algorithm()
+                        .iter()
+                        .map(|a| a.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }),
             });
         }
         for m in listed.delete_markers() {
@@ -78,6 +86,7 @@ pub async fn list_bucket(s3: &aws_sdk_s3::Client, bucket: &str) -> BTreeSet<Obje
                 e_tag: None,
                 storage_class: None,
                 is_multipart: None,
+                checksum_algorithm: None,
             });
         }
         if !listed.is_truncated().unwrap_or(false) {
@@ -102,7 +111,7 @@ impl Env {
         self.sql(
             "SELECT bucket, key, version_id, object_join_key, is_delete_marker, size, \
              last_modified_date, e_tag, storage_class, is_multipart, sequence_number, \
-             encryption_status, is_bucket_key_enabled, kms_key_arn FROM objects",
+             encryption_status, is_bucket_key_enabled, kms_key_arn, checksum_algorithm FROM objects",
         )
         .await
         .into_iter()
@@ -113,7 +122,7 @@ impl Env {
                 "malformed sequence_number {seq:?} in {r:?}"
             );
             assert!(
-                r[11..].iter().all(Option::is_none),
+                r[11..14].iter().all(Option::is_none),
                 "encryption columns: {r:?}"
             );
             ObjectRow {
@@ -131,6 +140,7 @@ impl Env {
                 e_tag: r[7].clone(),
                 storage_class: r[8].clone(),
                 is_multipart: r[9].as_deref().map(|b| b == "true"),
+                checksum_algorithm: r[14].clone(),
             }
         })
         .collect()
